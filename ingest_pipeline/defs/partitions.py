@@ -1,0 +1,24 @@
+"""Partitions: one hourly UTC time dimension; symbols are separate assets (see DESIGN.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import dagster as dg
+
+from ingest_pipeline.settings import Settings
+from ingest_pipeline.timeutil import HOUR_MS, to_ms
+
+
+def hourly_partitions(settings: Settings) -> dg.HourlyPartitionsDefinition:
+    """Closed UTC hours from ``partitions_start``; the hour in progress is not a partition yet."""
+    return dg.HourlyPartitionsDefinition(
+        start_date=f"{settings.partitions_start}-00:00", timezone="UTC"
+    )
+
+
+def partition_hours(context: dg.AssetExecutionContext) -> Iterator[int]:
+    """Epoch ms of every hour a run covers: one for a single partition, many for a ranged run."""
+    window = context.partition_time_window
+    start, end = to_ms(window.start), to_ms(window.end)
+    yield from range(start, end, HOUR_MS)

@@ -1,0 +1,134 @@
+"""Typed settings: ``config/<INGEST_ENV>.yaml`` plus environment overrides, validated on load."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ingest_pipeline.symbols import UnsafeSymbol, check_symbol
+
+CONFIG_DIR = Path(__file__).parent / "config"
+ENVIRONMENTS = ("local", "dev", "prod")
+KLINE_INTERVALS = frozenset("1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M".split())
+
+
+class SettingsError(ValueError):
+    """A configuration that cannot be used; the message names the file and the bad key."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: str
+    bucket: str
+    bronze_prefix: str
+    silver_prefix: str
+    deadletter_prefix: str
+    region: str
+    # None means the real AWS endpoints (boto3's own resolution).
+    aws_endpoint_url: str | None
+    binance_rest_url: str
+    binance_ws_url: str
+    kinesis_trade_stream: str
+    kinesis_bba_stream: str
+    kinesis_depth_stream: str
+    symbols: tuple[str, ...]
+    kline_intervals: tuple[str, ...]
+    partitions_start: str
+
+    @property
+    def kinesis_streams(self) -> tuple[str, str, str]:
+        return (self.kinesis_trade_stream, self.kinesis_bba_stream, self.kinesis_depth_stream)
+
+
+# Environment variable -> settings field. AWS_ENDPOINT_URL is boto3's own variable: honouring it
+# here keeps one meaning for it across boto3, the AWS CLI and this project.
+ENV_OVERRIDES = {
+    "BINANCE_REST_URL": "binance_rest_url",
+    "BINANCE_WS_URL": "binance_ws_url",
+    "INGEST_SYMBOLS": "symbols",
+    "AWS_ENDPOINT_URL": "aws_endpoint_url",
+}
+
+_FIELDS = {f.name for f in dataclasses.fields(Settings)} - {"env"}
+_OPTIONAL = {"aws_endpoint_url"}
+
+
+def load_settings(
+    env: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_dir: Path = CONFIG_DIR,
+) -> Settings:
+    """Load and validate the settings of ``env`` (default: ``$INGEST_ENV``, else ``local``)."""
+    environ = os.environ if environ is None else environ
+    env = env or environ.get("INGEST_ENV") or "local"
+    if env not in ENVIRONMENTS:
+        raise SettingsError(f"INGEST_ENV={env!r} is not one of {', '.join(ENVIRONMENTS)}")
+    path = config_dir / f"{env}.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SettingsError(f"{path}: cannot read config: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{path}: expected a mapping at the top level")
+    values: dict[str, Any] = dict(raw)
+    for var, field in ENV_OVERRIDES.items():
+        if environ.get(var):
+            value: Any = environ[var]
+            if field == "symbols":
+                value = [s.strip() for s in value.split(",") if s.strip()]
+            values[field] = value
+    return _validate(values, env, str(path))
+
+
+def _validate(values: dict[str, Any], env: str, origin: str) -> Settings:
+    unknown = sorted(set(values) - _FIELDS)
+    if unknown:
+        raise SettingsError(f"{origin}: unknown key(s) {', '.join(map(repr, unknown))}")
+    missing = sorted(k for k in _FIELDS - _OPTIONAL if values.get(k) in (None, "", []))
+    if missing:
+        raise SettingsError(f"{origin}: missing or empty key(s) {', '.join(map(repr, missing))}")
+    for key in _FIELDS - {"symbols", "kline_intervals"}:
+        if values.get(key) is not None and not isinstance(values[key], str):
+            raise SettingsError(f"{origin}: key {key!r} must be a string, got {values[key]!r}")
+    for key in ("symbols", "kline_intervals"):
+        if not isinstance(values[key], list) or not all(isinstance(v, str) for v in values[key]):
+            raise SettingsError(f"{origin}: key {key!r} must be a list of strings")
+    for symbol in values["symbols"]:
+        try:
+            check_symbol(symbol)
+        except UnsafeSymbol as exc:
+            raise SettingsError(f"{origin}: key 'symbols': {exc}") from None
+    if len(set(values["symbols"])) != len(values["symbols"]):
+        raise SettingsError(f"{origin}: key 'symbols' lists a symbol twice")
+    bad = [i for i in values["kline_intervals"] if i not in KLINE_INTERVALS]
+    if bad:
+        raise SettingsError(f"{origin}: key 'kline_intervals': unknown interval(s) {bad}")
+    try:
+        date.fromisoformat(values["partitions_start"])
+    except ValueError:
+        raise SettingsError(
+            f"{origin}: key 'partitions_start' must be a date YYYY-MM-DD, "
+            f"got {values['partitions_start']!r}"
+        ) from None
+    for key in ("aws_endpoint_url", "binance_rest_url", "binance_ws_url"):
+        url = values.get(key)
+        schemes = ("ws://", "wss://") if key == "binance_ws_url" else ("http://", "https://")
+        if url is not None and not url.startswith(schemes):
+            raise SettingsError(f"{origin}: key {key!r} must start with {' or '.join(schemes)}")
+    for key in ("bronze_prefix", "silver_prefix", "deadletter_prefix"):
+        if values[key].startswith("/") or values[key].endswith("/") or ".." in values[key]:
+            raise SettingsError(f"{origin}: key {key!r} must be a relative prefix without '/' ends")
+    values["symbols"] = tuple(values["symbols"])
+    values["kline_intervals"] = tuple(values["kline_intervals"])
+    for key in ("binance_rest_url", "binance_ws_url", "aws_endpoint_url"):
+        if values.get(key):
+            values[key] = values[key].rstrip("/")
+    values.setdefault("aws_endpoint_url", None)
+    return Settings(env=env, **values)

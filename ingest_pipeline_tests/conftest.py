@@ -1,0 +1,51 @@
+"""Session fixtures: the embedded moto server and the Binance simulator, on real sockets."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from ingest_pipeline.aws import aws_client
+from ingest_pipeline.localstack import EmbeddedAWS
+from ingest_pipeline.settings import Settings, load_settings
+
+# Dagster's telemetry has no timeout; offline it stalls shutdown.
+os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+
+
+@pytest.fixture(scope="session")
+def local_settings() -> Settings:
+    """The committed local config, untouched by the caller's environment."""
+    return load_settings("local", environ={})
+
+
+@pytest.fixture(scope="session")
+def aws(local_settings: Settings) -> Iterator[EmbeddedAWS]:
+    with EmbeddedAWS(local_settings) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def simulator_url() -> Iterator[str]:
+    from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
+
+    with SimulatorServer(SimulatorConfig()) as sim:
+        yield sim.url
+
+
+@pytest.fixture
+def aws_settings(aws: EmbeddedAWS) -> Settings:
+    """Settings aimed at the session's moto server, with a fresh bucket of the test's own."""
+    s = dataclasses.replace(aws.settings, bucket=f"test-{uuid.uuid4().hex[:12]}")
+    aws_client("s3", s).create_bucket(Bucket=s.bucket)
+    return s
+
+
+@pytest.fixture
+def settings(aws_settings: Settings, simulator_url: str) -> Settings:
+    """``aws_settings`` plus the session's Binance simulator."""
+    return dataclasses.replace(aws_settings, binance_rest_url=simulator_url)

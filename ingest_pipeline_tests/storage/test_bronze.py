@@ -1,0 +1,110 @@
+import gzip
+
+import pytest
+
+from ingest_pipeline.aws import aws_client
+from ingest_pipeline.records import AGG_TRADES, DEPTH_SNAPSHOT, klines_type
+from ingest_pipeline.settings import Settings
+from ingest_pipeline.storage.bronze import (
+    BronzeStore,
+    decode_jsonl_gz,
+    encode_jsonl_gz,
+    hour_path,
+    prepare_records,
+)
+from ingest_pipeline.symbols import UnsafeSymbol
+from ingest_pipeline.timeutil import HOUR_MS, parse_hour
+
+HOUR = parse_hour("2024-08-09-00:00")
+
+
+def trade(trade_id: int, ts_offset: int = 0, price: float = 100.0, ingest: int = 1) -> dict:
+    return {
+        "symbol": "BTCUSDT",
+        "event_ts": HOUR + ts_offset,
+        "ingest_ts": ingest,
+        "trade_id": trade_id,
+        "price": price,
+        "qty": 0.5,
+        "is_buyer_maker": False,
+        "source": "rest",
+        "first_trade_id": trade_id * 2,
+        "last_trade_id": trade_id * 2 + 1,
+    }
+
+
+def test_hour_path_layout() -> None:
+    assert hour_path("BTCUSDT", AGG_TRADES, HOUR + 5 * HOUR_MS) == (
+        "BTCUSDT/agg_trades/yyyy=2024/mm=08/dd=09/hh=05/agg_trades-BTCUSDT-2024080905.jsonl.gz"
+    )
+    assert hour_path("币安人生USDT", klines_type("1m"), HOUR).startswith("币安人生USDT/klines_1m/")
+    with pytest.raises(UnsafeSymbol):
+        hour_path("../x", AGG_TRADES, HOUR)
+    with pytest.raises(ValueError, match="start of an hour"):
+        hour_path("BTCUSDT", AGG_TRADES, HOUR + 1)
+
+
+def test_prepare_sorts_by_key_and_drops_duplicates() -> None:
+    records = [trade(3, 5), trade(1, 1), trade(2, 2), trade(1, 1, ingest=99)]
+    ordered, dropped = prepare_records(records, AGG_TRADES, HOUR)
+    assert [r["trade_id"] for r in ordered] == [1, 2, 3]
+    assert dropped == 1
+    assert ordered[0]["ingest_ts"] == 1  # the first one seen wins
+
+
+def test_prepare_refuses_records_outside_the_hour() -> None:
+    with pytest.raises(ValueError, match="outside the hour"):
+        prepare_records([trade(1, HOUR_MS)], AGG_TRADES, HOUR)
+    with pytest.raises(ValueError, match="outside the hour"):
+        prepare_records([trade(1, -1)], AGG_TRADES, HOUR)
+
+
+def test_encoding_is_deterministic_jsonl_with_zero_gzip_mtime() -> None:
+    records = [trade(i, i) for i in range(25_000)]
+    a, b = encode_jsonl_gz(records), encode_jsonl_gz(records)
+    assert a == b
+    assert a[4:8] == b"\x00\x00\x00\x00"  # gzip header MTIME
+    lines = gzip.decompress(a).split(b"\n")
+    assert lines[-1] == b"" and len(lines) == 25_001
+    assert decode_jsonl_gz(a) == records
+
+
+@pytest.fixture
+def store(aws_settings: Settings) -> BronzeStore:
+    s = aws_settings
+    return BronzeStore(aws_client("s3", s), s.bucket, s.bronze_prefix)
+
+
+def test_write_then_rerun_with_same_records_leaves_object_untouched(store: BronzeStore) -> None:
+    first = store.write_hour("BTCUSDT", AGG_TRADES, HOUR, [trade(i, i) for i in range(100)])
+    assert first.action == "created" and first.records == 100
+    assert first.uri == f"s3://{store.bucket}/bronze/" + hour_path("BTCUSDT", AGG_TRADES, HOUR)
+    before = store._s3.get_object(Bucket=store.bucket, Key=first.key)
+    body_before = before["Body"].read()
+    # Same records fetched later: only ingest_ts differs.
+    again = store.write_hour(
+        "BTCUSDT", AGG_TRADES, HOUR, [trade(i, i, ingest=777) for i in reversed(range(100))]
+    )
+    assert again.action == "unchanged"
+    after = store._s3.get_object(Bucket=store.bucket, Key=first.key)
+    assert after["Body"].read() == body_before
+    assert after["ETag"] == before["ETag"]
+    assert {r["ingest_ts"] for r in store.read_hour("BTCUSDT", AGG_TRADES, HOUR)} == {1}
+
+
+def test_rerun_with_different_records_replaces_and_reports(store: BronzeStore) -> None:
+    store.write_hour("BTCUSDT", AGG_TRADES, HOUR, [trade(i, i) for i in range(10)])
+    changed = [trade(i, i, price=101.0 if i == 4 else 100.0) for i in range(1, 12)]
+    result = store.write_hour("BTCUSDT", AGG_TRADES, HOUR, changed)
+    assert result.action == "replaced"
+    assert result.changes == {"added": 2, "removed": 1, "changed": 1}
+    stored = store.read_hour("BTCUSDT", AGG_TRADES, HOUR)
+    assert [r["trade_id"] for r in stored] == list(range(1, 12))
+    assert stored[3]["price"] == 101.0
+
+
+def test_empty_hour_is_an_empty_object(store: BronzeStore) -> None:
+    result = store.write_hour("ETHUSDT", AGG_TRADES, HOUR, [])
+    assert result.records == 0 and result.first_key is None
+    assert store.read_hour("ETHUSDT", AGG_TRADES, HOUR) == []
+    assert store.read_hour("ETHUSDT", DEPTH_SNAPSHOT, HOUR) is None

@@ -1,0 +1,38 @@
+from setuptools import find_packages, setup
+
+# Dagster packages move in lock-step: core 1.13.x pairs with libraries 0.29.x of the same patch.
+# An unpinned dagster-aws next to a newer core resolves to an ancient, broken 0.11.x.
+DAGSTER = "1.13.27"
+DAGSTER_LIBS = "0.29.27"
+
+setup(
+    name="ingest_pipeline",
+    version="0.1.0",
+    description="Binance spot market data -> S3 bronze / Kinesis / silver features, run by Dagster",
+    python_requires=">=3.11",
+    packages=find_packages(exclude=["ingest_pipeline_tests*"]),
+    package_data={"ingest_pipeline": ["config/*.yaml"]},
+    install_requires=[
+        f"dagster=={DAGSTER}",
+        f"dagster-aws=={DAGSTER_LIBS}",
+        "requests>=2.31",
+        "aiohttp>=3.9",
+        "boto3>=1.34",
+        "orjson>=3.9",
+        "pandas>=2.1",
+        "numpy>=1.26",
+        "pyarrow>=15",
+        "pyyaml>=6",
+        "moto[server]>=5.0",
+    ],
+    extras_require={
+        "dev": [
+            f"dagster-webserver=={DAGSTER}",
+            "pytest>=8",
+            "pytest-timeout>=2.2",
+            "hypothesis>=6.100",
+            "ruff>=0.6",
+        ],
+    },
+    entry_points={"console_scripts": ["ingest-pipeline=ingest_pipeline.cli:main"]},
+)
