@@ -6,7 +6,7 @@ from typing import Any
 
 import dagster as dg
 
-from ingest_pipeline.binance.normalize import agg_trade_from_rest, normalize_page
+from ingest_pipeline.binance.history import fetch_agg_trades
 from ingest_pipeline.defs.partitions import hourly_partitions, partition_hours
 from ingest_pipeline.defs.resources import BinanceRestResource, BronzeResource
 from ingest_pipeline.records import AGG_TRADES
@@ -97,14 +97,8 @@ def build_agg_trades_asset(symbol: str, settings: Settings) -> dg.AssetsDefiniti
         store = bronze.get_store()
         rows, changes = [], {}
         for hour in partition_hours(context):
-            records: list[dict[str, Any]] = []
-            rejects: list[dict[str, Any]] = []
-            for page in client.agg_trades_hour(symbol, hour):
-                good, bad = normalize_page(
-                    agg_trade_from_rest, page.items, symbol=symbol, ingest_ts=page.received_ms
-                )
-                records.extend(good)
-                rejects.extend({"reason": r.reason, "raw": r.raw} for r in bad)
+            fetched = fetch_agg_trades(client, symbol, hour)
+            records, rejects = fetched.records, fetched.rejects
             if rejects:
                 uri = bronze.write_rejects(symbol, AGG_TRADES, hour, rejects)
                 context.log.warning(
