@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import operator
+import re
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import orjson
@@ -29,6 +32,9 @@ DEFAULT_GZIP_LEVEL = 3
 FINGERPRINT_META = "content-sha256"
 RECORDS_META = "records"
 _IGNORED_IN_FINGERPRINT = "ingest_ts"
+# ingest_ts is an integer and no other field can hold this text (symbols are alphanumeric,
+# prices and sizes are numbers or numeric strings), so masking it in the JSON is exact.
+_INGEST_TS = re.compile(rb'"ingest_ts":\d+')
 
 
 def hour_path(symbol: str, data_type: str, hour_ms: int) -> str:
@@ -51,50 +57,56 @@ def prepare_records(
     Returns the records and the number of duplicates dropped. A record outside
     ``[hour, hour + 1h)`` is a caller bug, not data to hide: it raises ``ValueError``.
     """
+    records = list(records)
+    if not records:
+        return records, 0
     key = record_key(data_type)
     tfield = time_field(data_type)
-    end = hour_ms + HOUR_MS
+    times = [r[tfield] for r in records]
+    if min(times) < hour_ms or max(times) >= hour_ms + HOUR_MS:
+        bad = next(r for r in records if not hour_ms <= r[tfield] < hour_ms + HOUR_MS)
+        raise ValueError(
+            f"{data_type} record {key(bad)} has {tfield}={bad[tfield]} outside the hour "
+            f"[{hour_ms}, {hour_ms + HOUR_MS})"
+        )
+    keys = list(map(key, records))
+    # REST pages arrive in key order: checking is far cheaper than sorting a million records.
+    if all(map(operator.lt, keys, islice(keys, 1, None))):
+        return records, 0
     unique: dict[Any, Record] = {}
-    total = 0
-    for r in records:
-        total += 1
-        t = r[tfield]
-        if not hour_ms <= t < end:
-            raise ValueError(
-                f"{data_type} record {key(r)} has {tfield}={t} outside the hour [{hour_ms}, {end})"
-            )
-        unique.setdefault(key(r), r)
-    ordered = [unique[k] for k in sorted(unique)]
-    return ordered, total - len(ordered)
+    for k, r in zip(keys, records, strict=True):
+        unique.setdefault(k, r)
+    return [unique[k] for k in sorted(unique)], len(records) - len(unique)
 
 
 def encode_jsonl_gz(records: Sequence[Record], level: int = DEFAULT_GZIP_LEVEL) -> bytes:
     """Gzip JSONL with a zero header timestamp, so equal records always give equal bytes."""
+    return encode_with_fingerprint(records, level)[0]
+
+
+def encode_with_fingerprint(
+    records: Sequence[Record], level: int = DEFAULT_GZIP_LEVEL
+) -> tuple[bytes, str]:
+    """The gzip JSONL body and the content fingerprint of ``records``, in one serialization.
+
+    The fingerprint is the SHA-256 of the JSONL with every ``ingest_ts`` value zeroed: equal
+    for two fetches of the same records, whatever their receive times.
+    """
     # wbits=31 selects the gzip container; zlib writes mtime 0, unlike GzipFile's default.
     compressor = zlib.compressobj(level, zlib.DEFLATED, 31)
+    digest = hashlib.sha256()
     parts: list[bytes] = []
     dumps = orjson.dumps
     for i in range(0, len(records), CHUNK_RECORDS):
-        chunk = records[i : i + CHUNK_RECORDS]
-        parts.append(compressor.compress(b"\n".join(map(dumps, chunk)) + b"\n"))
+        chunk = b"\n".join(map(dumps, records[i : i + CHUNK_RECORDS])) + b"\n"
+        digest.update(_INGEST_TS.sub(b'"ingest_ts":0', chunk))
+        parts.append(compressor.compress(chunk))
     parts.append(compressor.flush())
-    return b"".join(parts)
+    return b"".join(parts), digest.hexdigest()
 
 
 def decode_jsonl_gz(data: bytes) -> list[Record]:
     return [orjson.loads(line) for line in gzip.decompress(data).splitlines() if line]
-
-
-def content_fingerprint(records: Sequence[Record]) -> str:
-    """SHA-256 of the records in order, each without ``ingest_ts`` and with sorted keys."""
-    digest = hashlib.sha256()
-    for i in range(0, len(records), CHUNK_RECORDS):
-        chunk = [
-            {k: v for k, v in r.items() if k != _IGNORED_IN_FINGERPRINT}
-            for r in records[i : i + CHUNK_RECORDS]
-        ]
-        digest.update(orjson.dumps(chunk, option=orjson.OPT_SORT_KEYS))
-    return digest.hexdigest()
 
 
 def diff_records(old: Sequence[Record], new: Sequence[Record], data_type: str) -> dict[str, int]:
@@ -171,7 +183,7 @@ class BronzeStore:
         """Write one hour's records as one object, idempotently (see the module docstring)."""
         key = self.key(symbol, data_type, hour_ms)
         ordered, duplicates = prepare_records(records, data_type, hour_ms)
-        fingerprint = content_fingerprint(ordered)
+        body, fingerprint = encode_with_fingerprint(ordered, self.gzip_level)
         rkey = record_key(data_type)
         bounds = {
             "first_key": rkey(ordered[0]) if ordered else None,
@@ -196,7 +208,6 @@ class BronzeStore:
         if existing is not None:
             old = self.read_hour(symbol, data_type, hour_ms) or []
             changes = diff_records(old, ordered, data_type)
-        body = encode_jsonl_gz(ordered, self.gzip_level)
         # One PUT with a checksum: S3 stores the whole object or nothing, never a partial one.
         self._s3.put_object(
             Bucket=self.bucket,

@@ -9,6 +9,7 @@ from ingest_pipeline.storage.bronze import (
     BronzeStore,
     decode_jsonl_gz,
     encode_jsonl_gz,
+    encode_with_fingerprint,
     hour_path,
     prepare_records,
 )
@@ -108,3 +109,17 @@ def test_empty_hour_is_an_empty_object(store: BronzeStore) -> None:
     assert result.records == 0 and result.first_key is None
     assert store.read_hour("ETHUSDT", AGG_TRADES, HOUR) == []
     assert store.read_hour("ETHUSDT", DEPTH_SNAPSHOT, HOUR) is None
+
+
+def test_fingerprint_ignores_ingest_ts_only() -> None:
+    base = [trade(i, i) for i in range(3)]
+    _, fp = encode_with_fingerprint(base)
+    assert encode_with_fingerprint([trade(i, i, ingest=10**12 + i) for i in range(3)])[1] == fp
+    assert encode_with_fingerprint([trade(i, i, price=100.5) for i in range(3)])[1] != fp
+    assert encode_with_fingerprint(base[:2])[1] != fp
+
+
+def test_prepare_keeps_already_ordered_input_as_is() -> None:
+    records = [trade(i, i) for i in range(5)]
+    ordered, dropped = prepare_records(records, AGG_TRADES, HOUR)
+    assert ordered == records and dropped == 0
