@@ -1,37 +1,112 @@
-"""Bronze assets: one per symbol and REST data type, hourly partitions, keys ``bronze/S/type``."""
+"""Bronze assets: one per symbol and REST data type, hourly partitions, keys ``bronze/S/type``.
+
+``agg_trades``, ``trades`` and ``klines_<interval>`` are history: any closed hour can be
+fetched (and re-fetched) at any time. ``depth_snapshot`` is the live book: Binance serves no
+past books, so only the hour in progress can be captured, and a run over past hours skips it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
 
-from ingest_pipeline.binance.history import fetch_agg_trades
+from ingest_pipeline.binance.history import (
+    Fetched,
+    fetch_agg_trades,
+    fetch_depth_snapshot,
+    fetch_klines,
+    fetch_trades,
+)
+from ingest_pipeline.binance.rest import BinanceRestClient
 from ingest_pipeline.defs.partitions import hourly_partitions, partition_hours
 from ingest_pipeline.defs.resources import BinanceRestResource, BronzeResource
-from ingest_pipeline.records import AGG_TRADES
+from ingest_pipeline.records import AGG_TRADES, DEPTH_SNAPSHOT, TRADES, klines_type
 from ingest_pipeline.settings import Settings
-from ingest_pipeline.storage.bronze import WriteResult
+from ingest_pipeline.storage.bronze import BronzeStore, WriteResult
 from ingest_pipeline.symbols import asset_key_part
-from ingest_pipeline.timeutil import from_ms
+from ingest_pipeline.timeutil import floor_hour, from_ms, now_ms
 
 BRONZE_GROUP = "bronze"
 # The concurrency pool shared by everything that calls Binance (limit in dagster.yaml).
 BINANCE_POOL = "binance"
 # A month's backfill becomes ~30 runs of a day each instead of 720 single-hour runs.
 BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=24)
+DEPTH_SNAPSHOT_LIMIT = 1000
 
 
 def bronze_key(symbol: str, data_type: str) -> dg.AssetKey:
     return dg.AssetKey(["bronze", asset_key_part(symbol), data_type])
 
 
+class UpstreamMissing(Exception):
+    """A partition needs another bronze object of the same hour that does not exist yet."""
+
+
+# Fetches one hour: (client, store, symbol, hour_ms) -> records and rejects.
+HourFetcher = Callable[[BinanceRestClient, BronzeStore, str, int], Fetched]
+
+
+@dataclass(frozen=True)
+class BronzeType:
+    data_type: str
+    description: str
+    fetch: HourFetcher
+    # Name of the id in the record key, shown as first_<id_name> / last_<id_name>.
+    id_name: str
+    upstream: tuple[str, ...] = ()
+
+
+def _fetch_trades(client: BinanceRestClient, store: BronzeStore, symbol: str, hour: int) -> Fetched:
+    aggs = store.read_hour(symbol, AGG_TRADES, hour)
+    if aggs is None:
+        raise UpstreamMissing(
+            f"{symbol} trades for {from_ms(hour):%Y-%m-%d %H}h need that hour's agg_trades, "
+            "which are not in bronze yet: materialize agg_trades first"
+        )
+    if not aggs:
+        return Fetched()
+    return fetch_trades(client, symbol, aggs[0]["first_trade_id"], aggs[-1]["last_trade_id"])
+
+
+def history_types(settings: Settings) -> list[BronzeType]:
+    types = [
+        BronzeType(
+            AGG_TRADES,
+            "Every aggregate trade in the hour (`GET /api/v3/aggTrades`): MarketTrade records "
+            "with the first/last individual trade ids they cover.",
+            lambda c, _s, sym, h: fetch_agg_trades(c, sym, h),
+            "trade_id",
+        ),
+        BronzeType(
+            TRADES,
+            "Every individual trade in the hour (`GET /api/v3/historicalTrades`), over the id "
+            "range `[first f, last l]` of the hour's aggTrades.",
+            _fetch_trades,
+            "trade_id",
+            upstream=(AGG_TRADES,),
+        ),
+    ]
+    for interval in settings.kline_intervals:
+        types.append(
+            BronzeType(
+                klines_type(interval),
+                f"The hour's {interval} klines (`GET /api/v3/klines`), by open time.",
+                lambda c, _s, sym, h, i=interval: fetch_klines(c, sym, i, h),
+                "open_time",
+            )
+        )
+    return types
+
+
 def _hour_row(hour_ms: int, result: WriteResult, rejected: int) -> dict[str, Any]:
     return {
         "hour": f"{from_ms(hour_ms):%Y-%m-%d %H:00}",
         "records": result.records,
-        "first_id": result.first_key[1] if result.first_key else None,
-        "last_id": result.last_key[1] if result.last_key else None,
+        "first_id": result.first_key[-1] if result.first_key else None,
+        "last_id": result.last_key[-1] if result.last_key else None,
         "bytes": result.bytes,
         "action": result.action,
         "rejected": rejected,
@@ -39,7 +114,7 @@ def _hour_row(hour_ms: int, result: WriteResult, rejected: int) -> dict[str, Any
     }
 
 
-def _metadata(rows: list[dict[str, Any]], changes: dict[str, int]) -> dict[str, Any]:
+def _metadata(rows: list[dict[str, Any]], id_name: str, changes: dict[str, int]) -> dict[str, Any]:
     """Per-partition metadata for a one-hour run; totals plus a per-hour table for a range.
 
     A ranged (backfill) run records one materialization per partition with the same
@@ -54,12 +129,11 @@ def _metadata(rows: list[dict[str, Any]], changes: dict[str, int]) -> dict[str, 
     }
     if len(rows) == 1:
         row = rows[0]
-        meta.update(
-            first_trade_id=dg.MetadataValue.int(row["first_id"] if row["first_id"] else -1),
-            last_trade_id=dg.MetadataValue.int(row["last_id"] if row["last_id"] else -1),
-            s3_uri=dg.MetadataValue.path(row["uri"]),
-            write_action=dg.MetadataValue.text(row["action"]),
-        )
+        if row["first_id"] is not None:
+            meta[f"first_{id_name}"] = dg.MetadataValue.int(row["first_id"])
+            meta[f"last_{id_name}"] = dg.MetadataValue.int(row["last_id"])
+        meta["s3_uri"] = dg.MetadataValue.path(row["uri"])
+        meta["write_action"] = dg.MetadataValue.text(row["action"])
         if changes:
             meta["changes"] = dg.MetadataValue.json(changes)
     else:
@@ -69,24 +143,49 @@ def _metadata(rows: list[dict[str, Any]], changes: dict[str, int]) -> dict[str, 
     return meta
 
 
-def build_agg_trades_asset(symbol: str, settings: Settings) -> dg.AssetsDefinition:
+def _land_hour(
+    context: dg.AssetExecutionContext,
+    bronze: BronzeResource,
+    store: BronzeStore,
+    symbol: str,
+    data_type: str,
+    hour: int,
+    fetched: Fetched,
+) -> tuple[dict[str, Any], WriteResult]:
+    if fetched.rejects:
+        uri = bronze.write_rejects(symbol, data_type, hour, fetched.rejects)
+        context.log.warning(
+            f"{symbol} {data_type} {from_ms(hour):%Y-%m-%d %H}h: {len(fetched.rejects)} "
+            f"malformed payloads kept aside at {uri}; first reason: "
+            f"{fetched.rejects[0]['reason']}"
+        )
+    result = store.write_hour(symbol, data_type, hour, fetched.records)
+    if result.changes:
+        context.log.warning(f"{result.uri} replaced, records changed: {result.changes}")
+    context.log.info(f"{result.uri}: {result.records} records, {result.bytes} B, {result.action}")
+    return _hour_row(hour, result, len(fetched.rejects)), result
+
+
+def _asset_metadata(symbol: str, data_type: str, settings: Settings) -> dict[str, Any]:
+    return {
+        "symbol": symbol,
+        "data_type": data_type,
+        "s3_layout": f"s3://{settings.bucket}/{settings.bronze_prefix}/{symbol}/{data_type}/"
+        "yyyy=YYYY/mm=MM/dd=DD/hh=HH/",
+    }
+
+
+def build_history_asset(symbol: str, kind: BronzeType, settings: Settings) -> dg.AssetsDefinition:
     @dg.asset(
-        key=bronze_key(symbol, AGG_TRADES),
+        key=bronze_key(symbol, kind.data_type),
+        deps=[bronze_key(symbol, u) for u in kind.upstream],
         group_name=BRONZE_GROUP,
         kinds={"s3", "binance"},
         partitions_def=hourly_partitions(settings),
         backfill_policy=BACKFILL_POLICY,
         pool=BINANCE_POOL,
-        description=(
-            f"Every aggregate trade of {symbol} in the hour (`GET /api/v3/aggTrades`), as "
-            "MarketTrade records with first/last trade ids: gzip JSONL, one object per hour."
-        ),
-        metadata={
-            "symbol": symbol,
-            "data_type": AGG_TRADES,
-            "s3_layout": f"s3://{settings.bucket}/{settings.bronze_prefix}/{symbol}/{AGG_TRADES}/"
-            "yyyy=YYYY/mm=MM/dd=DD/hh=HH/",
-        },
+        description=f"{symbol}: {kind.description} Gzip JSONL, one object per hour.",
+        metadata=_asset_metadata(symbol, kind.data_type, settings),
     )
     def _asset(
         context: dg.AssetExecutionContext, binance: BinanceRestResource, bronze: BronzeResource
@@ -97,26 +196,79 @@ def build_agg_trades_asset(symbol: str, settings: Settings) -> dg.AssetsDefiniti
         store = bronze.get_store()
         rows, changes = [], {}
         for hour in partition_hours(context):
-            fetched = fetch_agg_trades(client, symbol, hour)
-            records, rejects = fetched.records, fetched.rejects
-            if rejects:
-                uri = bronze.write_rejects(symbol, AGG_TRADES, hour, rejects)
-                context.log.warning(
-                    f"{symbol} {from_ms(hour):%Y-%m-%d %H}h: {len(rejects)} malformed aggTrades "
-                    f"kept aside at {uri}; first reason: {rejects[0]['reason']}"
-                )
-            result = store.write_hour(symbol, AGG_TRADES, hour, records)
-            if result.changes:
-                changes = result.changes
-                context.log.warning(f"{result.uri} replaced: {result.changes}")
+            fetched = kind.fetch(client, store, symbol, hour)
+            row, result = _land_hour(context, bronze, store, symbol, kind.data_type, hour, fetched)
+            rows.append(row)
+            changes = result.changes or changes
+        return dg.MaterializeResult(metadata=_metadata(rows, kind.id_name, changes))
+
+    return _asset
+
+
+def build_depth_snapshot_asset(symbol: str, settings: Settings) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=bronze_key(symbol, DEPTH_SNAPSHOT),
+        group_name=BRONZE_GROUP,
+        kinds={"s3", "binance"},
+        # end_offset=1 makes the hour in progress a partition: the only one we can capture.
+        partitions_def=hourly_partitions(settings, end_offset=1),
+        backfill_policy=BACKFILL_POLICY,
+        pool=BINANCE_POOL,
+        output_required=False,
+        description=(
+            f"{symbol}: the live order book (`GET /api/v3/depth`, {DEPTH_SNAPSHOT_LIMIT} levels) "
+            "with Binance's server time. Binance serves no past books: only the hour in "
+            "progress can be captured; runs over past hours skip it without failing."
+        ),
+        metadata=_asset_metadata(symbol, DEPTH_SNAPSHOT, settings),
+    )
+    def _asset(
+        context: dg.AssetExecutionContext, binance: BinanceRestResource, bronze: BronzeResource
+    ) -> Iterator[dg.MaterializeResult]:
+        hours = list(partition_hours(context))
+        current = floor_hour(now_ms())
+        if hours != [current]:
+            # A ranged run marks every partition of its range: it may only capture when its
+            # range is exactly the hour in progress.
             context.log.info(
-                f"{result.uri}: {result.records} aggTrades, {result.bytes} bytes, {result.action}"
+                f"{symbol} depth_snapshot skipped for {len(hours)} hour(s) from "
+                f"{from_ms(hours[0]):%Y-%m-%d %H}h: Binance serves only the live book, "
+                "which belongs to the hour in progress"
             )
-            rows.append(_hour_row(hour, result, len(rejects)))
-        return dg.MaterializeResult(metadata=_metadata(rows, changes))
+            return
+        client = binance.get_client()
+        client.exchange_info(symbol)
+        fetched = fetch_depth_snapshot(client, symbol, DEPTH_SNAPSHOT_LIMIT)
+        snapshot_hours = {floor_hour(r["timestamp"]) for r in fetched.records}
+        if snapshot_hours - {current}:
+            context.log.info(f"{symbol} depth snapshot taken after the hour ended: skipped")
+            return
+        store = bronze.get_store()
+        # Captures accumulate: every snapshot of the hour is a resync point for a book rebuild.
+        fetched.records = (store.read_hour(symbol, DEPTH_SNAPSHOT, current) or []) + fetched.records
+        row, result = _land_hour(context, bronze, store, symbol, DEPTH_SNAPSHOT, current, fetched)
+        meta = _metadata([row], "update_id", result.changes)
+        for name in ("first_update_id", "last_update_id"):
+            meta.pop(name, None)
+        if fetched.records:
+            snap = fetched.records[-1]
+            meta["last_update_id"] = dg.MetadataValue.int(snap["last_update_id"])
+            meta["server_time"] = dg.MetadataValue.timestamp(snap["timestamp"] / 1000)
+            meta["levels"] = dg.MetadataValue.json(
+                {"bids": len(snap["bids"]), "asks": len(snap["asks"])}
+            )
+        yield dg.MaterializeResult(metadata=meta)
 
     return _asset
 
 
 def build_bronze_assets(settings: Settings) -> list[dg.AssetsDefinition]:
-    return [build_agg_trades_asset(symbol, settings) for symbol in settings.symbols]
+    assets = []
+    for symbol in settings.symbols:
+        assets += [build_history_asset(symbol, kind, settings) for kind in history_types(settings)]
+        assets.append(build_depth_snapshot_asset(symbol, settings))
+    return assets
+
+
+def build_agg_trades_asset(symbol: str, settings: Settings) -> dg.AssetsDefinition:
+    return build_history_asset(symbol, history_types(settings)[0], settings)

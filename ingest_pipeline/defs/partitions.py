@@ -10,10 +10,11 @@ from ingest_pipeline.settings import Settings
 from ingest_pipeline.timeutil import HOUR_MS, to_ms
 
 
-def hourly_partitions(settings: Settings) -> dg.HourlyPartitionsDefinition:
-    """Closed UTC hours from ``partitions_start``; the hour in progress is not a partition yet."""
+def hourly_partitions(settings: Settings, end_offset: int = 0) -> dg.HourlyPartitionsDefinition:
+    """UTC hours from ``partitions_start``: closed hours only, unless ``end_offset=1`` adds the
+    hour in progress."""
     return dg.HourlyPartitionsDefinition(
-        start_date=f"{settings.partitions_start}-00:00", timezone="UTC"
+        start_date=f"{settings.partitions_start}-00:00", timezone="UTC", end_offset=end_offset
     )
 
 

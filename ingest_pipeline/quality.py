@@ -1,0 +1,176 @@
+"""Data-quality rules for bronze records: pure functions, one per asset check.
+
+Each rule returns a ``Verdict``: passed or not, a one-line summary and the details a person
+needs to find the defect (the first offending ids, not all of them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ingest_pipeline.records import Record
+from ingest_pipeline.timeutil import HOUR_MS
+
+MAX_LISTED = 10
+VOLUME_TOLERANCE = 1e-8
+INTERVAL_MS = {
+    "1s": 1_000, "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000,
+    "30m": 1_800_000, "1h": 3_600_000,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    summary: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _ranges(missing: Sequence[tuple[int, int]]) -> list[str]:
+    return [f"{a}..{b}" for a, b in missing[:MAX_LISTED]]
+
+
+def id_gaps(ids: Sequence[int]) -> list[tuple[int, int]]:
+    """Missing id ranges ``(first, last)`` between consecutive ids of an ascending sequence."""
+    return [(a + 1, b - 1) for a, b in zip(ids, ids[1:], strict=False) if b > a + 1]
+
+
+def check_contiguous_ids(records: Sequence[Record], id_field: str) -> Verdict:
+    ids = sorted(r[id_field] for r in records)
+    gaps = id_gaps(ids)
+    dups = len(ids) - len(set(ids))
+    if gaps or dups:
+        return Verdict(
+            False,
+            f"{len(gaps)} gap(s), {dups} duplicate(s) in {id_field}",
+            {"gaps": _ranges(gaps), "duplicates": dups},
+        )
+    span = f"{ids[0]}..{ids[-1]}" if ids else "empty"
+    return Verdict(True, f"{len(ids)} contiguous {id_field}s {span}")
+
+
+def check_no_duplicates(records: Sequence[Record], id_field: str) -> Verdict:
+    seen: set[int] = set()
+    dups = []
+    for r in records:
+        if r[id_field] in seen:
+            dups.append(r[id_field])
+        seen.add(r[id_field])
+    if dups:
+        return Verdict(False, f"{len(dups)} duplicate {id_field}(s)", {"first": dups[:MAX_LISTED]})
+    return Verdict(True, f"no duplicate {id_field} among {len(records)} records")
+
+
+def check_in_hour(records: Sequence[Record], time_field: str, hour_ms: int) -> Verdict:
+    outside = [r[time_field] for r in records if not hour_ms <= r[time_field] < hour_ms + HOUR_MS]
+    if outside:
+        return Verdict(
+            False, f"{len(outside)} record(s) outside the hour", {"first": outside[:MAX_LISTED]}
+        )
+    return Verdict(True, f"every {time_field} in [{hour_ms}, {hour_ms + HOUR_MS})")
+
+
+def check_positive_price_qty(records: Sequence[Record], id_field: str) -> Verdict:
+    bad = [r[id_field] for r in records if not (r["price"] > 0 and r["qty"] > 0)]
+    if bad:
+        return Verdict(False, f"{len(bad)} record(s) with price or qty <= 0", {"ids": bad[:10]})
+    return Verdict(True, "every price and qty > 0")
+
+
+def check_continues_previous_hour(
+    records: Sequence[Record], previous: Sequence[Record] | None, id_field: str
+) -> Verdict:
+    """The hour's first id is the previous hour's last id + 1 (when that hour exists)."""
+    if previous is None:
+        return Verdict(True, "previous hour not in bronze: nothing to compare")
+    if not records or not previous:
+        return Verdict(True, "an hour without records: nothing to compare")
+    first = min(r[id_field] for r in records)
+    last = max(r[id_field] for r in previous)
+    if first != last + 1:
+        return Verdict(
+            False,
+            f"first {id_field} {first} does not follow the previous hour's last {last}",
+            {"missing": _ranges([(last + 1, first - 1)]) if first > last + 1 else []},
+        )
+    return Verdict(True, f"first {id_field} {first} follows the previous hour's last {last}")
+
+
+def check_trades_match_agg_trades(trades: Sequence[Record], aggs: Sequence[Record]) -> Verdict:
+    expected = sum(a["last_trade_id"] - a["first_trade_id"] + 1 for a in aggs)
+    if len(trades) != expected:
+        return Verdict(
+            False,
+            f"{len(trades)} trades, but the hour's aggTrades cover {expected}",
+            {"trades": len(trades), "expected": expected},
+        )
+    return Verdict(True, f"{len(trades)} trades == sum(l - f + 1) over {len(aggs)} aggTrades")
+
+
+def check_klines(
+    klines: Sequence[Record], trades: Sequence[Record] | None, interval: str, hour_ms: int
+) -> Verdict:
+    """One kline per interval step; OHLC consistent; volume and count equal the hour's trades.
+
+    ``trades`` may be aggTrades (counts come from ``l - f + 1``) or individual trades.
+    """
+    step = INTERVAL_MS[interval]
+    problems: dict[str, Any] = {}
+    opens = [k["open_time"] for k in klines]
+    expected = list(range(hour_ms, hour_ms + HOUR_MS, step))
+    if opens != expected:
+        missing = sorted(set(expected) - set(opens))
+        extra = sorted(set(opens) - set(expected))
+        problems["steps"] = {
+            "rows": len(opens), "expected": len(expected),
+            "missing": missing[:MAX_LISTED], "unexpected": extra[:MAX_LISTED],
+        }  # fmt: skip
+    bad_ohlc = [
+        k["open_time"]
+        for k in klines
+        if not (
+            k["low_price"] <= min(k["open_price"], k["close_price"])
+            and max(k["open_price"], k["close_price"]) <= k["high_price"]
+        )
+    ]
+    if bad_ohlc:
+        problems["ohlc"] = bad_ohlc[:MAX_LISTED]
+    if trades is not None:
+        volume: dict[int, float] = {}
+        count: dict[int, int] = {}
+        for t in trades:
+            slot = t["event_ts"] - (t["event_ts"] - hour_ms) % step
+            volume[slot] = volume.get(slot, 0.0) + t["qty"]
+            n = t["last_trade_id"] - t["first_trade_id"] + 1 if "first_trade_id" in t else 1
+            count[slot] = count.get(slot, 0) + n
+        mismatched = [
+            k["open_time"]
+            for k in klines
+            if abs(k["volume"] - volume.get(k["open_time"], 0.0)) > VOLUME_TOLERANCE
+            or k["trade_count"] != count.get(k["open_time"], 0)
+        ]
+        if mismatched:
+            problems["disagree_with_trades"] = mismatched[:MAX_LISTED]
+    if problems:
+        return Verdict(False, f"klines defects: {', '.join(problems)}", problems)
+    return Verdict(True, f"{len(klines)} {interval} klines, consistent with the hour's trades")
+
+
+def check_book(snapshot: Record) -> Verdict:
+    """Bids strictly descending, asks strictly ascending, not crossed, no zero size."""
+    bids = [(float(p), float(q)) for p, q in snapshot["bids"]]
+    asks = [(float(p), float(q)) for p, q in snapshot["asks"]]
+    problems = []
+    if any(nxt[0] >= prev[0] for prev, nxt in zip(bids, bids[1:], strict=False)):
+        problems.append("bids not strictly descending")
+    if any(nxt[0] <= prev[0] for prev, nxt in zip(asks, asks[1:], strict=False)):
+        problems.append("asks not strictly ascending")
+    if bids and asks and bids[0][0] >= asks[0][0]:
+        problems.append(f"crossed: best bid {bids[0][0]} >= best ask {asks[0][0]}")
+    if any(q <= 0 for _, q in bids + asks):
+        problems.append("a level with zero size")
+    if problems:
+        return Verdict(False, "; ".join(problems), {"last_update_id": snapshot["last_update_id"]})
+    return Verdict(True, f"{len(bids)} bids / {len(asks)} asks ordered, not crossed, no zero size")
