@@ -27,7 +27,7 @@ def _wait_for_signal() -> None:
 def cmd_simulator(args: argparse.Namespace) -> int:
     from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
 
-    config = SimulatorConfig(replay=args.replay) if args.replay else SimulatorConfig()
+    config = SimulatorConfig(replay_path=args.replay)
     server = SimulatorServer(config, host=args.host, port=args.port)
     server.start()
     print(server.url, flush=True)
@@ -68,11 +68,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
             for hour in hours:
                 key = f"{from_ms(hour):%Y-%m-%d-%H:%M}"
                 result = dg.materialize(
-                    assets, resources=resources, partition_key=key, instance=instance
+                    assets,
+                    resources=resources,
+                    partition_key=key,
+                    instance=instance,
+                    run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
                 )
                 if not result.success:
                     print(f"partition {key} failed", file=sys.stderr)
                     return 1
+                checks = result.get_asset_check_evaluations()
+                failed = [c.check_name for c in checks if not c.passed]
                 for event in result.get_asset_materialization_events():
                     meta = event.materialization.metadata
                     print(
@@ -81,6 +87,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
                         f"{meta['first_trade_id'].value}..{meta['last_trade_id'].value}, "
                         f"{meta['bytes'].value} bytes, {meta['write_action'].value}"
                     )
+                print(
+                    f"      checks: {len(checks) - len(failed)}/{len(checks)} passed"
+                    + (f", failed: {', '.join(failed)}" if failed else "")
+                )
     print(f"demo done in {time.monotonic() - started:.1f} s; everything it started is stopped")
     return 0
 
@@ -108,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=os.environ.get("INGEST_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Dagster's storage migrations log every step at INFO; a user needs none of it.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -5,14 +5,13 @@ fetched (and re-fetched) at any time. ``depth_snapshot`` is the live book: Binan
 past books, so only the hour in progress can be captured, and a run over past hours skips it.
 """
 
-from __future__ import annotations
-
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
 
+from ingest_pipeline import quality
 from ingest_pipeline.binance.history import (
     Fetched,
     fetch_agg_trades,
@@ -23,11 +22,11 @@ from ingest_pipeline.binance.history import (
 from ingest_pipeline.binance.rest import BinanceRestClient
 from ingest_pipeline.defs.partitions import hourly_partitions, partition_hours
 from ingest_pipeline.defs.resources import BinanceRestResource, BronzeResource
-from ingest_pipeline.records import AGG_TRADES, DEPTH_SNAPSHOT, TRADES, klines_type
+from ingest_pipeline.records import AGG_TRADES, DEPTH_SNAPSHOT, TRADES, Record, klines_type
 from ingest_pipeline.settings import Settings
 from ingest_pipeline.storage.bronze import BronzeStore, WriteResult
 from ingest_pipeline.symbols import asset_key_part
-from ingest_pipeline.timeutil import floor_hour, from_ms, now_ms
+from ingest_pipeline.timeutil import HOUR_MS, floor_hour, from_ms, now_ms
 
 BRONZE_GROUP = "bronze"
 # The concurrency pool shared by everything that calls Binance (limit in dagster.yaml).
@@ -49,6 +48,36 @@ class UpstreamMissing(Exception):
 HourFetcher = Callable[[BinanceRestClient, BronzeStore, str, int], Fetched]
 
 
+@dataclass
+class HourData:
+    """What a check sees of one hour: the records as fetched (before dedup) and the store."""
+
+    symbol: str
+    data_type: str
+    hour: int
+    records: list[Record]
+    store: BronzeStore
+    # The previous hour's records when this run wrote them, so checks need not read them back.
+    previous: list[Record] | None = None
+
+    def previous_hour(self) -> list[Record] | None:
+        if self.previous is None:
+            self.previous = self.store.read_hour(self.symbol, self.data_type, self.hour - HOUR_MS)
+        return self.previous
+
+    def other(self, data_type: str) -> list[Record] | None:
+        return self.store.read_hour(self.symbol, data_type, self.hour)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    description: str
+    rule: Callable[[HourData], quality.Verdict]
+    # Blocking: a failure stops downstream assets of the same run from consuming the hour.
+    blocking: bool = False
+
+
 @dataclass(frozen=True)
 class BronzeType:
     data_type: str
@@ -57,6 +86,47 @@ class BronzeType:
     # Name of the id in the record key, shown as first_<id_name> / last_<id_name>.
     id_name: str
     upstream: tuple[str, ...] = ()
+    checks: tuple[Check, ...] = ()
+
+
+def _klines_rule(interval: str) -> Callable[[HourData], quality.Verdict]:
+    def rule(d: HourData) -> quality.Verdict:
+        aggs = d.other(AGG_TRADES)
+        if aggs is None:
+            return quality.Verdict(False, "the hour's agg_trades are not in bronze to compare")
+        return quality.check_klines(d.records, aggs, interval, d.hour)
+
+    return rule
+
+
+def _trades_rule(d: HourData) -> quality.Verdict:
+    return quality.check_trades_match_agg_trades(d.records, d.other(AGG_TRADES) or [])
+
+
+TRADE_ID_CHECKS = (
+    Check(
+        "ids_contiguous",
+        "Trade ids of the hour form one contiguous range (gaps listed with their ranges).",
+        lambda d: quality.check_contiguous_ids(d.records, "trade_id"),
+        blocking=True,
+    ),
+    Check(
+        "no_duplicates",
+        "Binance returned no trade id twice.",
+        lambda d: quality.check_no_duplicates(d.records, "trade_id"),
+    ),
+    Check(
+        "event_ts_in_hour",
+        "Every record's event_ts falls in [hour, hour + 1h).",
+        lambda d: quality.check_in_hour(d.records, "event_ts", d.hour),
+        blocking=True,
+    ),
+    Check(
+        "price_qty_positive",
+        "Every price and quantity is > 0.",
+        lambda d: quality.check_positive_price_qty(d.records, "trade_id"),
+    ),
+)
 
 
 def _fetch_trades(client: BinanceRestClient, store: BronzeStore, symbol: str, hour: int) -> Fetched:
@@ -79,6 +149,17 @@ def history_types(settings: Settings) -> list[BronzeType]:
             "with the first/last individual trade ids they cover.",
             lambda c, _s, sym, h: fetch_agg_trades(c, sym, h),
             "trade_id",
+            checks=(
+                *TRADE_ID_CHECKS,
+                Check(
+                    "continues_previous_hour",
+                    "The first aggTrade id is the previous hour's last id + 1 (when that hour "
+                    "is in bronze).",
+                    lambda d: quality.check_continues_previous_hour(
+                        d.records, d.previous_hour(), "trade_id"
+                    ),
+                ),
+            ),
         ),
         BronzeType(
             TRADES,
@@ -87,6 +168,15 @@ def history_types(settings: Settings) -> list[BronzeType]:
             _fetch_trades,
             "trade_id",
             upstream=(AGG_TRADES,),
+            checks=(
+                Check(
+                    "count_matches_agg_trades",
+                    "Trade count == sum(l - f + 1) over the hour's aggTrades.",
+                    _trades_rule,
+                    blocking=True,
+                ),
+                TRADE_ID_CHECKS[0],
+            ),
         ),
     ]
     for interval in settings.kline_intervals:
@@ -96,6 +186,17 @@ def history_types(settings: Settings) -> list[BronzeType]:
                 f"The hour's {interval} klines (`GET /api/v3/klines`), by open time.",
                 lambda c, _s, sym, h, i=interval: fetch_klines(c, sym, i, h),
                 "open_time",
+                # Read after agg_trades so the check can compare the klines with the trades.
+                upstream=(AGG_TRADES,),
+                checks=(
+                    Check(
+                        "consistent_with_trades",
+                        f"Exactly one {interval} kline per step; low <= open, close <= high; "
+                        "volume and trade count equal the sums of the hour's aggTrades.",
+                        _klines_rule(interval),
+                        blocking=True,
+                    ),
+                ),
             )
         )
     return types
@@ -166,6 +267,41 @@ def _land_hour(
     return _hour_row(hour, result, len(fetched.rejects)), result
 
 
+def _check_specs(symbol: str, data_type: str, checks: Sequence[Check]) -> list[dg.AssetCheckSpec]:
+    return [
+        dg.AssetCheckSpec(
+            c.name,
+            asset=bronze_key(symbol, data_type),
+            description=c.description,
+            blocking=c.blocking,
+        )
+        for c in checks
+    ]
+
+
+def _check_result(check: Check, verdicts: list[tuple[int, quality.Verdict]]) -> dg.AssetCheckResult:
+    """One result for the run's hours: it passes when every hour passes; failures are listed."""
+    failed = [(h, v) for h, v in verdicts if not v.passed]
+    if len(verdicts) == 1:
+        summary = verdicts[0][1].summary
+    elif failed:
+        summary = f"{len(failed)} of {len(verdicts)} hours fail"
+    else:
+        summary = f"all {len(verdicts)} hours pass"
+    meta: dict[str, Any] = {"summary": dg.MetadataValue.text(summary)}
+    if failed:
+        meta["failures"] = dg.MetadataValue.json(
+            {f"{from_ms(h):%Y-%m-%d %H}h": {"summary": v.summary, **v.details} for h, v in failed}
+        )
+    return dg.AssetCheckResult(
+        check_name=check.name,
+        passed=not failed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata=meta,
+        description=summary,
+    )
+
+
 def _asset_metadata(symbol: str, data_type: str, settings: Settings) -> dict[str, Any]:
     return {
         "symbol": symbol,
@@ -186,6 +322,7 @@ def build_history_asset(symbol: str, kind: BronzeType, settings: Settings) -> dg
         pool=BINANCE_POOL,
         description=f"{symbol}: {kind.description} Gzip JSONL, one object per hour.",
         metadata=_asset_metadata(symbol, kind.data_type, settings),
+        check_specs=_check_specs(symbol, kind.data_type, kind.checks),
     )
     def _asset(
         context: dg.AssetExecutionContext, binance: BinanceRestResource, bronze: BronzeResource
@@ -195,14 +332,35 @@ def build_history_asset(symbol: str, kind: BronzeType, settings: Settings) -> dg
         client.exchange_info(symbol)
         store = bronze.get_store()
         rows, changes = [], {}
+        verdicts: dict[str, list[tuple[int, quality.Verdict]]] = {c.name: [] for c in kind.checks}
+        previous: list[Record] | None = None
         for hour in partition_hours(context):
             fetched = kind.fetch(client, store, symbol, hour)
             row, result = _land_hour(context, bronze, store, symbol, kind.data_type, hour, fetched)
             rows.append(row)
             changes = result.changes or changes
-        return dg.MaterializeResult(metadata=_metadata(rows, kind.id_name, changes))
+            data = HourData(symbol, kind.data_type, hour, fetched.records, store, previous)
+            for check in kind.checks:
+                verdicts[check.name].append((hour, check.rule(data)))
+            previous = fetched.records
+        return dg.MaterializeResult(
+            metadata=_metadata(rows, kind.id_name, changes),
+            check_results=[_check_result(c, verdicts[c.name]) for c in kind.checks],
+        )
 
     return _asset
+
+
+BOOK_CHECK = Check(
+    "book_valid",
+    "Bids strictly descending, asks strictly ascending, best bid < best ask, no zero size.",
+    lambda d: (
+        quality.check_book(d.records[-1])
+        if d.records
+        else quality.Verdict(False, "no valid snapshot was captured")
+    ),
+    blocking=True,
+)
 
 
 def build_depth_snapshot_asset(symbol: str, settings: Settings) -> dg.AssetsDefinition:
@@ -221,6 +379,7 @@ def build_depth_snapshot_asset(symbol: str, settings: Settings) -> dg.AssetsDefi
             "progress can be captured; runs over past hours skip it without failing."
         ),
         metadata=_asset_metadata(symbol, DEPTH_SNAPSHOT, settings),
+        check_specs=_check_specs(symbol, DEPTH_SNAPSHOT, [BOOK_CHECK]),
     )
     def _asset(
         context: dg.AssetExecutionContext, binance: BinanceRestResource, bronze: BronzeResource
@@ -245,7 +404,8 @@ def build_depth_snapshot_asset(symbol: str, settings: Settings) -> dg.AssetsDefi
             return
         store = bronze.get_store()
         # Captures accumulate: every snapshot of the hour is a resync point for a book rebuild.
-        fetched.records = (store.read_hour(symbol, DEPTH_SNAPSHOT, current) or []) + fetched.records
+        captured = fetched.records
+        fetched.records = (store.read_hour(symbol, DEPTH_SNAPSHOT, current) or []) + captured
         row, result = _land_hour(context, bronze, store, symbol, DEPTH_SNAPSHOT, current, fetched)
         meta = _metadata([row], "update_id", result.changes)
         for name in ("first_update_id", "last_update_id"):
@@ -257,7 +417,11 @@ def build_depth_snapshot_asset(symbol: str, settings: Settings) -> dg.AssetsDefi
             meta["levels"] = dg.MetadataValue.json(
                 {"bids": len(snap["bids"]), "asks": len(snap["asks"])}
             )
-        yield dg.MaterializeResult(metadata=meta)
+        data = HourData(symbol, DEPTH_SNAPSHOT, current, captured, store)
+        verdicts = [(current, BOOK_CHECK.rule(data))]
+        yield dg.MaterializeResult(
+            metadata=meta, check_results=[_check_result(BOOK_CHECK, verdicts)]
+        )
 
     return _asset
 

@@ -1,7 +1,5 @@
 """Partitions: one hourly UTC time dimension; symbols are separate assets (see DESIGN.md)."""
 
-from __future__ import annotations
-
 from collections.abc import Iterator
 
 import dagster as dg

@@ -1,7 +1,5 @@
 """Resources for the external systems: Binance REST and the bronze store on S3."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from typing import Any
 

@@ -1,0 +1,133 @@
+"""Run the Binance simulator: in a background thread (tests, local stack) or in the foreground."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from aiohttp import web
+
+from ingest_pipeline.simulator.market import GENESIS_MS, Market, SymbolSpec, default_universe
+from ingest_pipeline.simulator.rest import FAULT_KINDS, BinanceRest, wall_clock_ms
+
+
+@dataclass
+class SimulatorConfig:
+    """Everything that shapes one simulated exchange."""
+
+    symbols: list[SymbolSpec] = field(default_factory=default_universe)
+    extra_symbols: int = 0  # adds SYM0001USDT... for scale tests
+    genesis_ms: int = GENESIS_MS
+    weight_limit: int = 6000  # REQUEST_WEIGHT per minute, also announced by exchangeInfo
+    ban_seconds: float = 120.0  # Binance bans for 2 min to 3 days; tests shrink it
+    fault_rate: float = 0.0
+    fault_kinds: tuple[str, ...] = FAULT_KINDS
+    fault_retry_after: int = 1
+    slow_seconds: float = 30.0
+    seed: int = 0  # seeds the fault sequence; the market is seeded per SymbolSpec
+    replay_path: str | None = None  # replay of a real capture: not implemented yet
+    clock: Callable[[], int] = wall_clock_ms  # epoch ms; "now" of the market
+
+    def all_symbols(self) -> list[SymbolSpec]:
+        extra = default_universe(self.extra_symbols)[len(default_universe()) :]
+        return [*self.symbols, *extra]
+
+
+class SimulatorServer:
+    """The simulator's HTTP server on ``host:port`` (port 0 picks a free port)."""
+
+    def __init__(
+        self, config: SimulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self.config = config or SimulatorConfig()
+        if self.config.replay_path is not None:
+            raise NotImplementedError("replay of a capture is not implemented yet")
+        self.host = host
+        self.port = port
+        self.market = Market(self.config.all_symbols(), self.config.genesis_ms)
+        self.rest = BinanceRest(self.config, self.market, self.config.clock)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._stopped: asyncio.Event | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def _serve(self, ready: Callable[[], None]) -> None:
+        self._stopped = asyncio.Event()
+        self._runner = web.AppRunner(self.rest.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        server = site._server  # aiohttp exposes the bound port only through the server
+        if self.port == 0 and server is not None:
+            self.port = server.sockets[0].getsockname()[1]
+        ready()
+        try:
+            await self._stopped.wait()
+        finally:
+            await self._runner.cleanup()
+
+    def start(self) -> SimulatorServer:
+        """Serve from a background thread; returns once the socket is listening."""
+        if self._thread is not None:
+            raise RuntimeError("simulator already started")
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            try:
+                self._loop.run_until_complete(self._serve(started.set))
+            except BaseException as exc:  # surface bind errors in the caller's thread
+                failure.append(exc)
+                started.set()
+            finally:
+                self._loop.close()
+
+        self._thread = threading.Thread(target=run, name="binance-simulator", daemon=True)
+        self._thread.start()
+        started.wait()
+        if failure:
+            self._thread = None
+            raise failure[0]
+        return self
+
+    def stop(self) -> None:
+        if self._thread is None or self._loop is None or self._stopped is None:
+            return
+        self._loop.call_soon_threadsafe(self._stopped.set)
+        self._thread.join(timeout=10)
+        self._thread = None
+
+    def run_forever(self) -> None:
+        """Serve in the foreground until SIGINT/SIGTERM (the CLI entry point)."""
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+
+            def ready() -> None:
+                print(f"Binance simulator listening on {self.url}", flush=True)
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(sig, self._stopped.set)  # type: ignore[union-attr]
+
+            await self._serve(ready)
+
+        asyncio.run(main())
+
+    def __enter__(self) -> SimulatorServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

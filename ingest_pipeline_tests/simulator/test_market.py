@@ -1,0 +1,202 @@
+"""The synthetic market model on its own: counters, hours, prices, klines, books."""
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from ingest_pipeline.simulator.market import (
+    BATCHES_PER_HOUR,
+    HOUR_MS,
+    Market,
+    SymbolModel,
+    SymbolSpec,
+    default_universe,
+    format_units,
+)
+
+# 2024-01-01T00:00Z: an ordinary past hour, far from genesis.
+H_2024 = (1_704_067_200_000 - 1_499_990_400_000) // HOUR_MS
+
+
+@pytest.fixture(scope="module")
+def market() -> Market:
+    return Market(default_universe())
+
+
+def _digest(model: SymbolModel, h: int) -> str:
+    hd = model.hour(h)
+    arrays = (hd.time, hd.price, hd.qty, hd.buyer_maker, hd.agg_first, hd.agg_last, hd.agg_qty)
+    return hashlib.sha256(b"".join(a.tobytes() for a in arrays)).hexdigest()
+
+
+def test_hour_is_identical_in_another_process(market: Market) -> None:
+    code = (
+        "from ingest_pipeline.simulator.market import Market, default_universe\n"
+        "from ingest_pipeline_tests.simulator.test_market import _digest\n"
+        f"print(_digest(Market(default_universe())['BTCUSDT'], {H_2024}))"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert out.stdout.strip() == _digest(market["BTCUSDT"], H_2024)
+
+
+def test_hourly_counts_positive_and_in_range(market: Market) -> None:
+    btc = market["BTCUSDT"]
+    starts = np.array([btc.trade_id_start(h) for h in range(H_2024, H_2024 + 24 * 60)])
+    counts = np.diff(starts)
+    assert counts.min() >= 30_000 and counts.max() <= 100_000
+    assert counts.mean() == pytest.approx(60_000, rel=0.05)
+    aggs = np.diff([btc.agg_id_start(h) for h in range(H_2024, H_2024 + 24 * 60)])
+    assert (aggs >= 1).all() and (aggs <= counts).all()
+
+
+def test_hour_structure(market: Market) -> None:
+    btc = market["BTCUSDT"]
+    hd = btc.hour(H_2024)
+    assert hd.first_trade_id == btc.trade_id_start(H_2024)
+    assert hd.n_trades == btc.trade_id_start(H_2024 + 1) - btc.trade_id_start(H_2024)
+    assert hd.n_aggs == btc.agg_id_start(H_2024 + 1) - btc.agg_id_start(H_2024)
+    t0 = btc.hour_start(H_2024)
+    assert hd.time[0] >= t0 and hd.time[-1] < t0 + HOUR_MS
+    assert (np.diff(hd.time) >= 0).all()
+    assert (hd.qty > 0).all() and (hd.price > 0).all()
+    # aggTrades tile the trades: consecutive, non-empty, one price/time/side each.
+    assert hd.agg_first[0] == 0 and hd.agg_last[-1] == hd.n_trades - 1
+    assert (hd.agg_first[1:] == hd.agg_last[:-1] + 1).all()
+    owner = np.repeat(np.arange(hd.n_aggs), hd.agg_last - hd.agg_first + 1)
+    for arr in (hd.price, hd.time, hd.buyer_maker):
+        assert (arr == arr[hd.agg_first][owner]).all()
+    assert (np.add.reduceat(hd.qty, hd.agg_first) == hd.agg_qty).all()
+
+
+def test_price_path_glues_hours(market: Market) -> None:
+    btc = market["BTCUSDT"]
+    for h in range(H_2024, H_2024 + 5):
+        assert btc.path(h)[0][-1] == btc.path(h + 1)[0][0] == btc.anchor(h + 1)
+    assert btc.path(H_2024)[0].size == BATCHES_PER_HOUR + 1
+
+
+def test_some_milliseconds_hold_over_1000_trades(market: Market) -> None:
+    btc = market["BTCUSDT"]
+    busiest = [
+        np.unique(btc.hour(h).time, return_counts=True)[1].max() for h in range(H_2024, H_2024 + 24)
+    ]
+    assert max(busiest) > 1000
+
+
+def test_generating_a_100k_trade_hour_is_fast() -> None:
+    model = SymbolModel(SymbolSpec("FASTUSDT", "FAST", "USDT", trades_per_hour=100_000))
+    model.hour(H_2024)  # warm numpy
+    t = time.perf_counter()
+    hd = model._make_hour(H_2024 + 1)
+    assert hd.n_trades > 40_000
+    assert time.perf_counter() - t < 0.1
+
+
+def test_klines_aggregate_trades(market: Market) -> None:
+    bnb = market["BNBUSDT"]
+    now = bnb.hour_start(H_2024 + 10)
+    t0 = bnb.hour_start(H_2024)
+    hd = bnb.hour(H_2024)
+    [k1h] = bnb.klines("1h", t0, t0, 10, now)
+    assert (k1h.open, k1h.close) == (hd.price[0], hd.price[-1])
+    assert (k1h.high, k1h.low) == (hd.price.max(), hd.price.min())
+    assert k1h.count == hd.n_trades and k1h.volume == hd.qty.sum()
+    assert k1h.quote_volume == int((hd.price * hd.qty).sum())
+    buy = ~hd.buyer_maker
+    assert k1h.taker_buy_volume == hd.qty[buy].sum()
+    minutes = bnb.klines("1m", t0, t0 + HOUR_MS - 1, 1000, now)
+    assert len(minutes) == 60 and sum(k.count for k in minutes) == k1h.count
+    assert sum(k.quote_volume for k in minutes) == k1h.quote_volume
+    [k2h] = bnb.klines("2h", t0, t0, 1, now)
+    nxt = bnb.klines("1h", t0 + HOUR_MS, t0 + HOUR_MS, 1, now)[0]
+    assert k2h.volume == k1h.volume + nxt.volume and k2h.close == nxt.close
+
+
+def test_empty_seconds_repeat_previous_close(market: Market) -> None:
+    xrp = market["XRPUSDT"]
+    t0 = xrp.hour_start(H_2024)
+    secs = xrp.klines("1s", t0, t0 + 999_999, 1000, t0 + 10 * HOUR_MS)
+    empty = [i for i, k in enumerate(secs) if k.count == 0 and i > 0]
+    assert empty, "a 6000 trades/hour symbol has quiet seconds"
+    for i in empty:
+        k = secs[i]
+        assert k.open == k.high == k.low == k.close == secs[i - 1].close and k.volume == 0
+
+
+def test_book_and_update_ids(market: Market) -> None:
+    btc = market["BTCUSDT"]
+    b0 = (btc.hour_start(H_2024) - btc.genesis_ms) // 100
+    ids = [btc.update_id(b) for b in range(b0, b0 + 5000)]
+    assert all(b > a for a, b in zip(ids, ids[1:], strict=False))
+    for b in (b0, b0 + 1, b0 + 777):
+        book = btc.book(b, 5000)
+        assert book.bid_px.size == book.ask_px.size == 5000
+        assert book.bid_px[0] < book.ask_px[0]
+        assert (np.diff(book.bid_px) < 0).all() and (np.diff(book.ask_px) > 0).all()
+        assert (book.bid_qty > 0).all() and (book.ask_qty > 0).all()
+    # Between two consecutive batches only some level sizes change: a cheap diff stream.
+    p = np.arange(btc.touch(b0)[1], btc.touch(b0)[1] + 5000)
+    changed = (btc.level_qty(p, b0) != btc.level_qty(p, b0 + 1)).sum()
+    assert 0 < changed < 500
+
+
+def test_trades_touch_the_book(market: Market) -> None:
+    btc = market["BTCUSDT"]
+    hd = btc.hour(H_2024)
+    batch = (hd.time - btc.genesis_ms) // 100
+    bid, spread = btc.path(H_2024)
+    j = batch - H_2024 * BATCHES_PER_HOUR
+    first = hd.agg_first
+    buy = ~hd.buyer_maker[first]
+    at_touch = np.where(
+        buy, hd.price[first] >= bid[j[first]] + spread[j[first]], hd.price[first] <= bid[j[first]]
+    )
+    assert at_touch.all()
+
+
+def test_format_units() -> None:
+    assert format_units(163479, 7) == "0.01634790"
+    assert format_units(5, 0) == "5.00000000"
+    assert format_units(123456789, 10) == "0.01234568"
+
+
+def test_ids_and_times_before_and_after_genesis(market: Market) -> None:
+    btc = market["BTCUSDT"]
+    assert btc.trade_id_start(0) == 0 and btc.agg_id_start(0) == 0
+    assert btc.recent_trades(10, btc.genesis_ms - 1).ids.size == 0
+    first = btc.trades_from_id(0, 3, btc.genesis_ms + HOUR_MS)
+    assert first.ids.tolist() == [0, 1, 2] and first.time[0] >= btc.genesis_ms
+
+
+def test_depth_diffs_rebuild_the_book(market: Market) -> None:
+    eth = market["ETHUSDT"]
+    b0 = (eth.hour_start(H_2024) + HOUR_MS - 300 - eth.genesis_ms) // 100  # crosses an hour
+    start = eth.book(b0)
+    bids = dict(zip(start.bid_px.tolist(), start.bid_qty.tolist(), strict=True))
+    asks = dict(zip(start.ask_px.tolist(), start.ask_qty.tolist(), strict=True))
+    last = start.last_update_id
+    for b in range(b0 + 1, b0 + 8):
+        diff = eth.book_diff(b)
+        assert diff.first_update_id == last + 1 and diff.final_update_id > last
+        last = diff.final_update_id
+        for book, px, qty in ((bids, diff.bid_px, diff.bid_qty), (asks, diff.ask_px, diff.ask_qty)):
+            for p, q in zip(px.tolist(), qty.tolist(), strict=True):
+                if q == 0:
+                    book.pop(p, None)
+                else:
+                    book[p] = q
+        want = eth.book(b)
+        assert sorted(bids.items(), reverse=True) == list(
+            zip(want.bid_px.tolist(), want.bid_qty.tolist(), strict=True)
+        )
+        assert sorted(asks.items()) == list(
+            zip(want.ask_px.tolist(), want.ask_qty.tolist(), strict=True)
+        )
