@@ -24,6 +24,7 @@ setup(
         "pyarrow>=15",
         "pyyaml>=6",
         "moto[server]>=5.0",
+        "prometheus-client>=0.20",
     ],
     extras_require={
         "dev": [
