@@ -56,6 +56,9 @@ class DepthDelta(TypedDict):
     source: str
     first_update_id: int
     final_update_id: int
+    # Set (true) by the streamer on the first diff after a gap (U != previous u + 1) in the
+    # symbol's diff chain: the book must be re-synced from a new snapshot. Absent otherwise.
+    gap: NotRequired[bool]
 
 
 class Kline(TypedDict):
