@@ -95,6 +95,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stream(args: argparse.Namespace) -> int:
+    """Binance WebSocket -> Kinesis until SIGTERM/SIGINT (or ``--duration`` seconds)."""
+    import asyncio
+
+    from ingest_pipeline.streaming import Streamer, StreamerConfig
+
+    settings = load_settings()
+    symbols = tuple(s.strip().upper() for s in args.symbols.split(",")) if args.symbols else None
+    if symbols:
+        settings = dataclasses.replace(settings, symbols=symbols)
+    config = StreamerConfig(
+        symbols=symbols,
+        deadletter_dir=os.path.join(args.state_dir, "deadletter"),
+        spill_dir=os.path.join(args.state_dir, "spill"),
+        health_host=args.health_host,
+        health_port=args.health_port,
+        progress_interval_s=args.progress,
+    )
+    streamer = Streamer(settings, config)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        if args.duration:
+            asyncio.get_running_loop().call_later(args.duration, stop.set)
+        await streamer.run(stop, install_signal_handlers=True)
+
+    asyncio.run(main())
+    health = streamer.health()
+    print(streamer.progress_line(), flush=True)
+    print(f"status {health['status']}, malformed {health['malformed']}", flush=True)
+    return 0 if streamer.flushed_clean else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ingest-pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -110,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="end to end on the embedded defaults")
     demo.add_argument("--symbols", default=None, help="comma-separated, default BTCUSDT,ETHUSDT")
     demo.set_defaults(func=cmd_demo)
+    stream = sub.add_parser("stream", help="stream Binance trades/BBA/depth into Kinesis")
+    stream.add_argument("--symbols", default=None, help="comma-separated, default from config")
+    stream.add_argument("--duration", type=float, default=None, help="seconds, default: forever")
+    stream.add_argument("--health-port", type=int, default=None, help="serve /health, /metrics")
+    stream.add_argument("--health-host", default="127.0.0.1")
+    stream.add_argument("--state-dir", default="var/streamer", help="spill + dead-letter dirs")
+    stream.add_argument("--progress", type=float, default=5.0, help="progress log every S s")
+    stream.set_defaults(func=cmd_stream)
     return parser
 
 

@@ -162,6 +162,8 @@ class BinanceRest:
         self.stats = SimStats()
         self._ips: dict[str, _IpState] = {}
         self._fault_counter = 0
+        # Replay mode: the recorded snapshot of a replayed symbol (or None) for GET depth.
+        self.recorded_depth: Callable[[str], dict[str, Any] | None] | None = None
         self._routes: dict[str, tuple[Callable[[web.Request, int], Any], Callable[[Any], int]]] = {
             "/api/v3/ping": (self._ping, lambda q: 1),
             "/api/v3/time": (self._time, lambda q: 1),
@@ -449,6 +451,15 @@ class BinanceRest:
         q = request.query
         symbol = self._symbol(q)
         limit = _limit(q, 100, MAX_BOOK_LEVELS)
+        recorded = self.recorded_depth(symbol) if self.recorded_depth else None
+        if recorded is not None:
+            if len(recorded["bids"]) <= limit and len(recorded["asks"]) <= limit:
+                return recorded
+            return {
+                "lastUpdateId": recorded["lastUpdateId"],
+                "bids": recorded["bids"][:limit],
+                "asks": recorded["asks"][:limit],
+            }
         model = self.market[symbol]
         if model.hour_of(now_ms) < 0:
             return {"lastUpdateId": 0, "bids": [], "asks": []}

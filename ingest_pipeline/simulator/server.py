@@ -12,7 +12,9 @@ from types import TracebackType
 from aiohttp import web
 
 from ingest_pipeline.simulator.market import GENESIS_MS, Market, SymbolSpec, default_universe
+from ingest_pipeline.simulator.replay import Replayer, load_captures, spec_of
 from ingest_pipeline.simulator.rest import FAULT_KINDS, BinanceRest, wall_clock_ms
+from ingest_pipeline.simulator.ws import BinanceWs
 
 
 @dataclass
@@ -29,7 +31,20 @@ class SimulatorConfig:
     fault_retry_after: int = 1
     slow_seconds: float = 30.0
     seed: int = 0  # seeds the fault sequence; the market is seeded per SymbolSpec
-    replay_path: str | None = None  # replay of a real capture: not implemented yet
+    replay_path: str | None = None  # replay of real captures: a file, a glob or a directory
+    replay_speed: float = 1.0  # 1.0 real time, 100.0 fast, 0 = as fast as possible
+    # WebSocket rules (Binance's values; tests shrink them)
+    ws_ping_interval: float = 20.0
+    ws_pong_timeout: float = 60.0
+    ws_max_lifetime: float = 86_400.0
+    ws_shutdown_event_at_lifetime: bool = False  # send serverShutdown before the 24 h close
+    ws_max_streams: int = 1024
+    ws_max_incoming_per_second: int = 5
+    ws_connect_limit: int = 300
+    ws_connect_window: float = 300.0
+    ws_tick_ms: int = 10  # how often due trades are flushed
+    ws_max_pending: int = 1_000_000  # frames queued for one client before it is dropped
+    ws_emitted_log: int = 200_000  # ids kept per stream by GET /_sim/ws/emitted
     clock: Callable[[], int] = wall_clock_ms  # epoch ms; "now" of the market
 
     def all_symbols(self) -> list[SymbolSpec]:
@@ -44,16 +59,32 @@ class SimulatorServer:
         self, config: SimulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0
     ) -> None:
         self.config = config or SimulatorConfig()
-        if self.config.replay_path is not None:
-            raise NotImplementedError("replay of a capture is not implemented yet")
         self.host = host
         self.port = port
-        self.market = Market(self.config.all_symbols(), self.config.genesis_ms)
+        self.replay: Replayer | None = None
+        if self.config.replay_path is not None:
+            captures = load_captures(self.config.replay_path)
+            self.replay = Replayer(captures, self.config.replay_speed)
+            specs = [spec_of(c) for c in captures.values()]
+            self.market = Market(specs, self.config.genesis_ms)
+        else:
+            self.market = Market(self.config.all_symbols(), self.config.genesis_ms)
         self.rest = BinanceRest(self.config, self.market, self.config.clock)
+        self.ws = BinanceWs(self.config, self.market, self.config.clock)
+        if self.replay is not None:
+            self.replay.hub = self.ws
+            self.ws.replay = self.replay
+            self.rest.recorded_depth = self.replay.snapshot
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._stopped: asyncio.Event | None = None
+
+    def app(self) -> web.Application:
+        """REST and WebSocket endpoints on one aiohttp app, as Binance's hosts serve them."""
+        app = self.rest.app()
+        self.ws.install(app)
+        return app
 
     @property
     def url(self) -> str:
@@ -61,7 +92,13 @@ class SimulatorServer:
 
     async def _serve(self, ready: Callable[[], None]) -> None:
         self._stopped = asyncio.Event()
-        self._runner = web.AppRunner(self.rest.app(), access_log=None)
+        self._runner = web.AppRunner(
+            self.app(),
+            access_log=None,
+            shutdown_timeout=2.0,
+            max_line_size=65_536,  # a 1024-stream combined URL is ~25 kB
+            max_field_size=65_536,
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()

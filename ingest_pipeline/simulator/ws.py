@@ -1,0 +1,885 @@
+"""Binance spot WebSocket market streams over the synthetic market (or a replayed capture).
+
+Served on the same aiohttp app and port as the REST surface, as Binance serves
+``/ws/<stream>`` and ``/stream?streams=a/b/c`` from its stream host. Behaviour follows
+``web-socket-streams.md`` of binance/binance-spot-api-docs:
+
+- raw streams at ``/ws/<stream>`` (also ``/ws/a/b/c`` and bare ``/ws``), combined streams at
+  ``/stream?streams=a/b/c`` (also bare ``/stream``); combined frames are
+  ``{"stream":"<name>","data":<payload>}``; live ``SUBSCRIBE``/``UNSUBSCRIBE``/
+  ``LIST_SUBSCRIPTIONS``/``SET_PROPERTY``/``GET_PROPERTY`` requests.
+- streams ``<symbol>@trade``, ``<symbol>@bookTicker``, ``<symbol>@depth@100ms`` and
+  ``<symbol>@depth`` (1000 ms); the symbol is the lower-cased listed symbol (``str.lower``,
+  so non-ASCII symbols keep their letters). Unknown stream names are accepted and stay silent,
+  as on Binance.
+- the server pings every ``ws_ping_interval`` seconds (20 s) and drops a client that leaves a
+  ping unanswered for ``ws_pong_timeout`` (60 s); more than ``ws_max_incoming_per_second`` (5)
+  incoming messages (text, ping and pong frames) within one second drop the connection; at most
+  ``ws_max_streams`` (1024) streams per connection; a connection lives ``ws_max_lifetime``
+  (24 h); at most ``ws_connect_limit`` (300) upgrade attempts per ``ws_connect_window`` (5 min)
+  per IP, answered with HTTP 429 beyond.
+
+Choices where the docs are silent (documented here, kept stable):
+- request errors are ``{"error": {"code": c, "msg": m}, "id": id}`` with the codes/messages of
+  the docs' error table (what the live servers send);
+- ``serverShutdown`` on market streams is the bare event ``{"e":"serverShutdown","E":<ms>}``
+  (the shape of the WebSocket API/user-data event, without the ``subscriptionId`` wrapper), sent
+  unwrapped on combined connections too, then the server closes with code 1000;
+- close codes: 1000 for the 24 h mark and after ``serverShutdown``, 1008 for a rate-limit or
+  pong-timeout violation, 1009 for a slow consumer; injected drops close the TCP connection
+  without a close frame;
+- more than 1024 streams in the URL: HTTP 400 ``{"code":-1,"msg":...}`` on upgrade; in a
+  ``SUBSCRIBE``: error code 2 and the subscription is not changed.
+
+Synthetic streams are computed once per symbol and batch and fanned out to all subscribers:
+- trades are emitted at their trade time ``T`` (checked every ``ws_tick_ms``), and are exactly
+  the trades ``historicalTrades``/``aggTrades`` return later (same id, price, qty, T, side);
+- ``depthUpdate`` for batch ``b`` (100 ms) is ``SymbolModel.book_diff(b)``, emitted once the
+  batch has begun: ``U = U(b-1)+1``, ``u = U(b)`` continue the REST snapshot's
+  ``lastUpdateId``; ``@depth`` merges ten batches (``U`` of the first, ``u`` of the last);
+- ``bookTicker`` is the top of ``book(b)`` with ``u = U(b)``, sent when the top changes;
+- ``E`` is the simulator clock at emission.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+from aiohttp import WSMsgType, web
+
+from ingest_pipeline.simulator.market import (
+    DepthDiff,
+    Market,
+    SymbolModel,
+    format_units,
+    mix64,
+    stable_u64,
+)
+
+if TYPE_CHECKING:
+    from ingest_pipeline.simulator.server import SimulatorConfig
+
+log = logging.getLogger(__name__)
+
+KINDS: tuple[str, ...] = ("trade", "bookTicker", "depth@100ms", "depth")
+_METHODS = "`SUBSCRIBE`, `UNSUBSCRIBE`, `LIST_SUBSCRIPTIONS`, `SET_PROPERTY`, `GET_PROPERTY`"
+
+
+def stream_symbol(symbol: str) -> str:
+    """The symbol as it appears in a stream name (Binance lower-cases it)."""
+    return symbol.lower()
+
+
+def server_shutdown_event(now_ms: int) -> str:
+    return orjson.dumps({"e": "serverShutdown", "E": now_ms}).decode()
+
+
+@dataclass
+class WsFaultSettings:
+    """Runtime-switchable WebSocket faults (``GET``/``POST /_sim/ws/faults``).
+
+    Rates are drawn deterministically from ``seed``: ``drop_rate`` per connection and second
+    (abrupt TCP close), ``skip_depth_rate`` per depth batch and symbol (one ``@depth@100ms``
+    diff omitted: the next one has ``U != previous u + 1``), ``malformed_rate`` per data frame
+    (alternately an invalid JSON text frame and a payload with a bad price field).
+    ``skip_depth_next`` omits the next N depth batches of whatever symbols are streamed.
+    """
+
+    drop_rate: float = 0.0
+    skip_depth_rate: float = 0.0
+    malformed_rate: float = 0.0
+    skip_depth_next: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("drop_rate", "skip_depth_rate", "malformed_rate"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+        if not isinstance(self.skip_depth_next, int) or self.skip_depth_next < 0:
+            raise ValueError("skip_depth_next must be an int >= 0")
+
+
+class _Draw:
+    """Deterministic Bernoulli draws: the n-th draw of a seeded sequence."""
+
+    def __init__(self, seed: int, name: str) -> None:
+        self.key = stable_u64(f"ws-faults|{name}|{seed}")
+        self.n = 0
+
+    def __call__(self, rate: float) -> bool:
+        if rate <= 0:
+            return False
+        self.n += 1
+        return (mix64(self.key ^ mix64(self.n)) >> 11) / float(1 << 53) < rate
+
+
+@dataclass
+class _EmitLog:
+    """What was emitted on one stream: a count and the last ``limit`` ids."""
+
+    limit: int
+    count: int = 0
+    ids: deque[Any] = field(default_factory=deque)
+
+    def add(self, ident: Any) -> None:
+        self.count += 1
+        self.ids.append(ident)
+        if len(self.ids) > self.limit:
+            self.ids.popleft()
+
+
+class WsConnection:
+    """One client connection: its subscriptions and an outgoing frame buffer."""
+
+    def __init__(
+        self, cid: int, ws: web.WebSocketResponse, transport: Any, combined: bool, ip: str
+    ) -> None:
+        self.id = cid
+        self.ws = ws
+        self.transport = transport
+        self.combined = combined
+        self.ip = ip
+        self.streams: dict[str, None] = {}  # insertion-ordered set
+        self.buf: list[str] = []
+        self.wake = asyncio.Event()
+        self.closed = False
+        self.stall_until = 0.0  # monotonic seconds
+        self.opened = time.monotonic()
+        self.incoming: deque[float] = deque()
+        self.ping_pending_since: float | None = None
+        self.sent = 0
+
+    def push(self, frame: str) -> None:
+        self.buf.append(frame)
+        self.wake.set()
+
+    def abort(self) -> None:
+        """Close the TCP connection without a close frame (an abrupt drop)."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+        self.wake.set()
+
+
+@dataclass
+class _SymbolState:
+    """Live emission state of one symbol (only while someone subscribes to it)."""
+
+    model: SymbolModel
+    name: str  # lower-case stream prefix
+    sym_json: str  # the symbol as a JSON string
+    trade_hour: int = -1
+    trade_idx: int = 0
+    trade_next_ms: int = 0
+    depth_batch: int = -1  # last batch whose diff was computed
+    prev_u: int = -1  # u of the last emitted @depth@100ms diff
+    agg: dict[str, Any] | None = None  # @depth (1000 ms) accumulation
+    top: tuple[int, int, int, int] | None = None  # last bookTicker (bid, bidq, ask, askq)
+
+
+class BinanceWs:
+    """WebSocket streams, connection rules, faults and the emitted log of one server."""
+
+    def __init__(self, config: SimulatorConfig, market: Market, clock: Callable[[], int]) -> None:
+        self.config = config
+        self.market = market
+        self.clock = clock
+        self.by_stream_symbol = {stream_symbol(s): s for s in market.models}
+        self.faults = WsFaultSettings(seed=config.seed)
+        self._draws = self._new_draws()
+        self.conns: dict[int, WsConnection] = {}
+        self.subs: dict[str, set[WsConnection]] = {}
+        self.emitted: dict[str, _EmitLog] = {}
+        self.stats: dict[str, int] = {
+            "connections": 0,
+            "refused_429": 0,
+            "refused_streams": 0,
+            "dropped_rate_limit": 0,
+            "dropped_pong_timeout": 0,
+            "dropped_lifetime": 0,
+            "dropped_fault": 0,
+            "dropped_slow": 0,
+            "server_shutdown": 0,
+            "skipped_depth": 0,
+            "malformed": 0,
+            "pings_sent": 0,
+        }
+        self._attempts: dict[str, deque[float]] = {}
+        self._next_id = 0
+        self._states: dict[str, _SymbolState] = {}
+        self._trade_heap: list[tuple[int, str]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stall_all_until = 0.0
+        self.replay: Any = None  # set by the server in replay mode (replay.Replayer)
+
+    def _new_draws(self) -> dict[str, _Draw]:
+        s = self.faults.seed
+        return {k: _Draw(s, k) for k in ("drop", "skip", "malformed", "malformed_kind")}
+
+    # ---- app ------------------------------------------------------------------------------
+    def install(self, app: web.Application) -> None:
+        app.router.add_get("/ws", self._handle_raw)
+        app.router.add_get("/ws/{tail:.*}", self._handle_raw)
+        app.router.add_get("/stream", self._handle_combined)
+        app.router.add_get("/_sim/ws/faults", self._get_faults)
+        app.router.add_post("/_sim/ws/faults", self._post_faults)
+        app.router.add_post("/_sim/ws/drop", self._post_drop)
+        app.router.add_post("/_sim/ws/stall", self._post_stall)
+        app.router.add_post("/_sim/ws/shutdown", self._post_shutdown)
+        app.router.add_post("/_sim/ws/reset", self._post_reset)
+        app.router.add_get("/_sim/ws/emitted", self._get_emitted)
+        app.router.add_get("/_sim/ws/stats", self._get_stats)
+        app.router.add_post("/_sim/replay/start", self._post_replay_start)
+        app.router.add_get("/_sim/replay/status", self._get_replay_status)
+        app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)
+
+    async def _on_startup(self, app: web.Application) -> None:
+        if self.replay is None:
+            self._tasks.append(asyncio.create_task(self._live_loop(), name="ws-live"))
+        self._tasks.append(asyncio.create_task(self._keeper_loop(), name="ws-keeper"))
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for conn in list(self.conns.values()):
+            conn.abort()
+        if self.replay is not None:
+            self.replay.stop()
+
+    # ---- connections ----------------------------------------------------------------------
+    async def _handle_raw(self, request: web.Request) -> web.StreamResponse:
+        tail = request.match_info.get("tail", "")
+        names = [s for s in tail.split("/") if s]
+        return await self._serve(request, names, combined=False)
+
+    async def _handle_combined(self, request: web.Request) -> web.StreamResponse:
+        raw = request.query.get("streams", "")
+        names = [s for s in raw.split("/") if s]
+        return await self._serve(request, names, combined=True)
+
+    def _admit(self, ip: str) -> bool:
+        now = time.monotonic()
+        q = self._attempts.setdefault(ip, deque())
+        while q and q[0] <= now - self.config.ws_connect_window:
+            q.popleft()
+        if len(q) >= self.config.ws_connect_limit:
+            return False
+        q.append(now)
+        return True
+
+    async def _serve(
+        self, request: web.Request, names: list[str], combined: bool
+    ) -> web.StreamResponse:
+        ip = request.remote or "?"
+        if not self._admit(ip):
+            self.stats["refused_429"] += 1
+            return web.json_response(
+                {"code": -1003, "msg": "Too many connection attempts."},
+                status=429,
+                headers={"Retry-After": str(int(self.config.ws_connect_window))},
+            )
+        names = list(dict.fromkeys(names))
+        if len(names) > self.config.ws_max_streams:
+            self.stats["refused_streams"] += 1
+            return web.json_response(
+                {"code": -1, "msg": f"Too many streams: at most {self.config.ws_max_streams}."},
+                status=400,
+            )
+        ws = web.WebSocketResponse(autoping=False, max_msg_size=1 << 20)
+        await ws.prepare(request)
+        self._next_id += 1
+        conn = WsConnection(self._next_id, ws, request.transport, combined, ip)
+        self.conns[conn.id] = conn
+        self.stats["connections"] += 1
+        self._subscribe(conn, names)
+        writer = asyncio.create_task(self._writer(conn))
+        try:
+            await self._reader(conn)
+        finally:
+            conn.closed = True
+            conn.wake.set()
+            self._unsubscribe(conn, list(conn.streams))
+            self.conns.pop(conn.id, None)
+            writer.cancel()
+            if not ws.closed:
+                await ws.close()
+        return ws
+
+    async def _reader(self, conn: WsConnection) -> None:
+        ws = conn.ws
+        async for msg in ws:
+            if conn.closed:
+                break
+            if not self._count_incoming(conn):
+                self.stats["dropped_rate_limit"] += 1
+                await self._close(conn, 1008, "Too many messages")
+                break
+            if msg.type == WSMsgType.PING:
+                await ws.pong(msg.data)
+            elif msg.type == WSMsgType.PONG:
+                conn.ping_pending_since = None
+            elif msg.type == WSMsgType.TEXT:
+                reply = self._request(conn, msg.data)
+                if reply is not None:
+                    conn.push(reply)
+            elif msg.type == WSMsgType.BINARY:
+                conn.push(_error(3, "Invalid JSON: expected value at line 1 column 1", None))
+            else:
+                break
+
+    def _count_incoming(self, conn: WsConnection) -> bool:
+        now = time.monotonic()
+        q = conn.incoming
+        q.append(now)
+        while q and q[0] <= now - 1.0:
+            q.popleft()
+        return len(q) <= self.config.ws_max_incoming_per_second
+
+    async def _writer(self, conn: WsConnection) -> None:
+        ws = conn.ws
+        try:
+            while not conn.closed:
+                await conn.wake.wait()
+                conn.wake.clear()
+                stall = max(conn.stall_until, self._stall_all_until) - time.monotonic()
+                if stall > 0:
+                    await asyncio.sleep(stall)
+                    conn.wake.set()
+                    continue
+                if len(conn.buf) > self.config.ws_max_pending:
+                    self.stats["dropped_slow"] += 1
+                    await self._close(conn, 1009, "Slow consumer")
+                    return
+                frames, conn.buf = conn.buf, []
+                for frame in frames:
+                    if conn.closed:
+                        return
+                    await ws.send_str(frame)
+                    conn.sent += 1
+        except (ConnectionError, RuntimeError, asyncio.CancelledError):
+            return
+        except Exception:  # a failed write ends this connection, never the server
+            log.exception("websocket writer failed")
+
+    async def _close(self, conn: WsConnection, code: int, reason: str) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        conn.wake.set()
+        try:
+            await asyncio.wait_for(conn.ws.close(code=code, message=reason.encode()), 2.0)
+        except (TimeoutError, ConnectionError, RuntimeError):
+            conn.abort()
+
+    async def _keeper_loop(self) -> None:
+        """Pings, pong timeouts, the 24 h mark and drop faults, checked every 50 ms."""
+        cfg = self.config
+        last_ping: dict[int, float] = {}
+        last_drop_check = time.monotonic()
+        while True:
+            await asyncio.sleep(0.05)
+            now = time.monotonic()
+            drop_tick = now - last_drop_check >= 1.0
+            if drop_tick:
+                last_drop_check = now
+            for conn in list(self.conns.values()):
+                if conn.closed:
+                    continue
+                if now - conn.opened >= cfg.ws_max_lifetime:
+                    self.stats["dropped_lifetime"] += 1
+                    if cfg.ws_shutdown_event_at_lifetime:
+                        await self._send_now(conn, server_shutdown_event(self.clock()))
+                    asyncio.create_task(self._close(conn, 1000, "24h limit"))
+                    continue
+                pending = conn.ping_pending_since
+                if pending is not None and now - pending > cfg.ws_pong_timeout:
+                    self.stats["dropped_pong_timeout"] += 1
+                    asyncio.create_task(self._close(conn, 1008, "Pong timeout"))
+                    continue
+                if drop_tick and self._draws["drop"](self.faults.drop_rate):
+                    self.stats["dropped_fault"] += 1
+                    conn.abort()
+                    continue
+                stalled = max(conn.stall_until, self._stall_all_until) > now
+                if (
+                    not stalled
+                    and now - last_ping.get(conn.id, conn.opened) >= cfg.ws_ping_interval
+                ):
+                    last_ping[conn.id] = now
+                    if conn.ping_pending_since is None:
+                        conn.ping_pending_since = now
+                    self.stats["pings_sent"] += 1
+                    try:
+                        await conn.ws.ping(str(self.clock()).encode())
+                    except (ConnectionError, RuntimeError):
+                        conn.abort()
+            for cid in [c for c in last_ping if c not in self.conns]:
+                del last_ping[cid]
+
+    async def _send_now(self, conn: WsConnection, frame: str) -> None:
+        try:
+            await conn.ws.send_str(frame)
+        except (ConnectionError, RuntimeError):
+            pass
+
+    # ---- requests -------------------------------------------------------------------------
+    def _request(self, conn: WsConnection, text: str) -> str | None:
+        try:
+            req = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            return _error(3, f"Invalid JSON: {exc}", None)
+        if not isinstance(req, dict):
+            return _error(3, "Invalid JSON: expected an object", None)
+        rid = req.get("id")
+        if not _valid_id(rid):
+            return _error(2, "Invalid request: request ID must be an unsigned integer", None)
+        if "method" not in req:
+            return _error(2, "Invalid request: missing field `method`", rid)
+        method = req["method"]
+        params = req.get("params")
+        if method == "SUBSCRIBE" or method == "UNSUBSCRIBE":
+            if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
+                return _error(
+                    2, "Invalid request: invalid type: expected a sequence of streams", rid
+                )
+            if method == "SUBSCRIBE":
+                new = [p for p in dict.fromkeys(params) if p not in conn.streams]
+                if len(conn.streams) + len(new) > self.config.ws_max_streams:
+                    return _error(
+                        2,
+                        f"Invalid request: too many streams (max {self.config.ws_max_streams})",
+                        rid,
+                    )
+                self._subscribe(conn, new)
+            else:
+                self._unsubscribe(conn, [p for p in params if p in conn.streams])
+            return _result(None, rid)
+        if method == "LIST_SUBSCRIPTIONS":
+            return _result(list(conn.streams), rid)
+        if method in ("SET_PROPERTY", "GET_PROPERTY"):
+            if not isinstance(params, list) or not params:
+                return _error(2, "Invalid request: property name must be a string", rid)
+            if not isinstance(params[0], str):
+                return _error(2, "Invalid request: property name must be a string", rid)
+            if params[0] != "combined":
+                return _error(0, "Unknown property", rid)
+            if method == "GET_PROPERTY":
+                return _result(conn.combined, rid)
+            if len(params) != 2 or not isinstance(params[1], bool):
+                return _error(1, "Invalid value type: expected Boolean", rid)
+            conn.combined = params[1]
+            return _result(None, rid)
+        return _error(
+            2, f"Invalid request: unknown variant `{method}`, expected one of {_METHODS}", rid
+        )
+
+    def _subscribe(self, conn: WsConnection, names: Iterable[str]) -> None:
+        for name in names:
+            conn.streams[name] = None
+            subs = self.subs.setdefault(name, set())
+            first = not subs
+            subs.add(conn)
+            if first:
+                self._activate(name)
+
+    def _unsubscribe(self, conn: WsConnection, names: Iterable[str]) -> None:
+        for name in names:
+            conn.streams.pop(name, None)
+            subs = self.subs.get(name)
+            if subs is not None:
+                subs.discard(conn)
+                if not subs:
+                    del self.subs[name]
+                    self._deactivate(name)
+
+    # ---- fan-out --------------------------------------------------------------------------
+    def publish(self, stream: str, payload: str, ident: Any) -> None:
+        """Send one payload to every subscriber of ``stream`` and log it as emitted."""
+        subs = self.subs.get(stream)
+        if not subs:
+            return
+        log_ = self.emitted.get(stream)
+        if log_ is None:
+            log_ = self.emitted[stream] = _EmitLog(self.config.ws_emitted_log)
+        log_.add(ident)
+        f = self.faults
+        if f.malformed_rate > 0 and self._draws["malformed"](f.malformed_rate):
+            self.stats["malformed"] += 1
+            payload = _malform(payload, self._draws["malformed_kind"].n % 2 == 0)
+            self._draws["malformed_kind"].n += 1
+        wrapped: str | None = None
+        for conn in subs:
+            if conn.closed:
+                continue
+            if conn.combined:
+                if wrapped is None:
+                    wrapped = f'{{"stream":{orjson.dumps(stream).decode()},"data":{payload}}}'
+                conn.push(wrapped)
+            else:
+                conn.push(payload)
+
+    # ---- synthetic live market ------------------------------------------------------------
+    def _parse(self, name: str) -> tuple[str, str] | None:
+        sym, _, kind = name.partition("@")
+        if kind not in KINDS or sym not in self.by_stream_symbol:
+            return None
+        return self.by_stream_symbol[sym], kind
+
+    def _activate(self, name: str) -> None:
+        if self.replay is not None:
+            self.replay.on_subscribe(name)
+            return
+        parsed = self._parse(name)
+        if parsed is None:
+            return
+        symbol, kind = parsed
+        st = self._states.get(symbol)
+        now = self.clock()
+        if st is None:
+            model = self.market[symbol]
+            st = self._states[symbol] = _SymbolState(
+                model, stream_symbol(symbol), orjson.dumps(symbol).decode()
+            )
+        if kind == "trade" and st.trade_hour < 0:
+            h = max(st.model.hour_of(now), 0)
+            st.trade_hour = h
+            st.trade_idx = st.model.hour(h).visible_trades(now)
+            st.trade_next_ms = now
+            heapq.heappush(self._trade_heap, (now, symbol))
+        if kind in ("depth@100ms", "depth", "bookTicker") and st.depth_batch < 0:
+            st.depth_batch = st.model.batch_of(now)
+            st.prev_u = st.model.update_id(st.depth_batch)
+
+    def _deactivate(self, name: str) -> None:
+        parsed = self._parse(name)
+        if parsed is None or self.replay is not None:
+            return
+        symbol, kind = parsed
+        st = self._states.get(symbol)
+        if st is None:
+            return
+        p = st.name
+        if kind == "trade":
+            st.trade_hour = -1  # the heap entry is dropped when popped
+        if not any(f"{p}@{k}" in self.subs for k in ("depth@100ms", "depth", "bookTicker")):
+            st.depth_batch, st.agg, st.top = -1, None, None
+        if kind == "depth":
+            st.agg = None
+        if kind == "bookTicker":
+            st.top = None
+        if st.trade_hour < 0 and st.depth_batch < 0:
+            del self._states[symbol]
+
+    async def _live_loop(self) -> None:
+        tick = self.config.ws_tick_ms / 1000.0
+        while True:
+            started = time.monotonic()
+            try:
+                await self._live_step(self.clock())
+            except Exception:  # keep streaming whatever one symbol does
+                log.exception("websocket live step failed")
+            await asyncio.sleep(max(0.0, tick - (time.monotonic() - started)))
+
+    async def _live_step(self, now: int) -> None:
+        heap = self._trade_heap
+        while heap and heap[0][0] <= now:
+            _, symbol = heapq.heappop(heap)
+            st = self._states.get(symbol)
+            if st is None or st.trade_hour < 0:
+                continue
+            self._emit_trades(st, now)
+            heapq.heappush(heap, (st.trade_next_ms, symbol))
+        done = 0
+        for st in list(self._states.values()):
+            if st.depth_batch < 0:
+                continue
+            target = st.model.batch_of(now)
+            while st.depth_batch < target and st.depth_batch >= 0:
+                self._emit_depth(st, st.depth_batch + 1)
+                done += 1
+                if done % 50 == 0:  # let connections breathe between heavy batches
+                    await asyncio.sleep(0)
+                    now = self.clock()
+
+    def _emit_trades(self, st: _SymbolState, now: int) -> None:
+        model = st.model
+        spec = model.spec
+        pd, qd = spec.price_decimals, spec.qty_decimals
+        stream = f"{st.name}@trade"
+        while True:
+            hd = model.hour(st.trade_hour)
+            hi = hd.visible_trades(now)
+            if hi > st.trade_idx:
+                lo = st.trade_idx
+                ids = range(hd.first_trade_id + lo, hd.first_trade_id + hi)
+                for tid, p, q, t, m in zip(
+                    ids,
+                    hd.price[lo:hi].tolist(),
+                    hd.qty[lo:hi].tolist(),
+                    hd.time[lo:hi].tolist(),
+                    hd.buyer_maker[lo:hi].tolist(),
+                    strict=True,
+                ):
+                    payload = (
+                        f'{{"e":"trade","E":{self.clock()},"s":{st.sym_json},"t":{tid},'
+                        f'"p":"{format_units(p, pd)}","q":"{format_units(q, qd)}","T":{t},'
+                        f'"m":{"true" if m else "false"},"M":true}}'
+                    )
+                    self.publish(stream, payload, tid)
+                st.trade_idx = hi
+            if hi < hd.n_trades:
+                st.trade_next_ms = int(hd.time[hi])
+                return
+            nxt = model.hour_start(st.trade_hour + 1)
+            if nxt > now:
+                st.trade_next_ms = nxt
+                return
+            st.trade_hour += 1
+            st.trade_idx = 0
+
+    def _emit_depth(self, st: _SymbolState, batch: int) -> None:
+        model = st.model
+        spec = model.spec
+        pd, qd = spec.price_decimals, spec.qty_decimals
+        st.depth_batch = batch
+        p = st.name
+        want_100 = f"{p}@depth@100ms" in self.subs
+        want_1000 = f"{p}@depth" in self.subs
+        if want_100 or want_1000:
+            diff = model.book_diff(batch)
+            if want_100:
+                skip = False
+                f = self.faults
+                if f.skip_depth_next > 0:
+                    f.skip_depth_next -= 1
+                    skip = True
+                elif self._draws["skip"](f.skip_depth_rate):
+                    skip = True
+                if skip:
+                    self.stats["skipped_depth"] += 1
+                else:
+                    payload = _depth_payload(
+                        self.clock(),
+                        st.sym_json,
+                        diff.first_update_id,
+                        diff.final_update_id,
+                        _levels(diff.bid_px, diff.bid_qty, pd, qd),
+                        _levels(diff.ask_px, diff.ask_qty, pd, qd),
+                    )
+                    self.publish(
+                        f"{p}@depth@100ms", payload, [diff.first_update_id, diff.final_update_id]
+                    )
+            if want_1000:
+                self._accumulate(st, diff, pd, qd)
+        if f"{p}@bookTicker" in self.subs:
+            bid, ask = model.touch(batch)
+            bq, aq = model.level_qty(np.array([bid, ask], dtype=np.int64), batch).tolist()
+            top = (bid, bq, ask, aq)
+            if top != st.top:
+                st.top = top
+                u = model.update_id(batch)
+                payload = (
+                    f'{{"u":{u},"s":{st.sym_json},"b":"{format_units(bid, pd)}",'
+                    f'"B":"{format_units(bq, qd)}","a":"{format_units(ask, pd)}",'
+                    f'"A":"{format_units(aq, qd)}"}}'
+                )
+                self.publish(f"{p}@bookTicker", payload, u)
+
+    def _accumulate(self, st: _SymbolState, diff: DepthDiff, pd: int, qd: int) -> None:
+        agg = st.agg
+        if agg is None:
+            agg = st.agg = {"U": diff.first_update_id, "b": {}, "a": {}}
+        agg["u"] = diff.final_update_id
+        agg["b"].update(zip(diff.bid_px.tolist(), diff.bid_qty.tolist(), strict=True))
+        agg["a"].update(zip(diff.ask_px.tolist(), diff.ask_qty.tolist(), strict=True))
+        if diff.batch % 10 == 0:
+            bids = sorted(agg["b"].items(), reverse=True)
+            asks = sorted(agg["a"].items())
+            payload = _depth_payload(
+                self.clock(),
+                st.sym_json,
+                agg["U"],
+                agg["u"],
+                ",".join(f'["{format_units(x, pd)}","{format_units(y, qd)}"]' for x, y in bids),
+                ",".join(f'["{format_units(x, pd)}","{format_units(y, qd)}"]' for x, y in asks),
+            )
+            self.publish(f"{st.name}@depth", payload, [agg["U"], agg["u"]])
+            st.agg = None
+
+    # ---- admin ----------------------------------------------------------------------------
+    async def _get_faults(self, request: web.Request) -> web.Response:
+        return web.json_response(asdict(self.faults))
+
+    async def _post_faults(self, request: web.Request) -> web.Response:
+        try:
+            changes = await request.json() if request.can_read_body else {}
+            self.faults = WsFaultSettings(**{**asdict(self.faults), **changes})
+        except (ValueError, TypeError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        self._draws = self._new_draws()
+        return web.json_response(asdict(self.faults))
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        if not request.can_read_body:
+            return {}
+        data = await request.json()
+        return data if isinstance(data, dict) else {}
+
+    def _targets(self, body: dict[str, Any]) -> list[WsConnection]:
+        ids = body.get("ids")
+        conns = [c for c in self.conns.values() if not c.closed]
+        return [c for c in conns if ids is None or c.id in ids]
+
+    async def _post_drop(self, request: web.Request) -> web.Response:
+        """Close connections abruptly now (all, or ``{"ids": [...]}``)."""
+        targets = self._targets(await self._body(request))
+        for conn in targets:
+            self.stats["dropped_fault"] += 1
+            conn.abort()
+        return web.json_response({"dropped": [c.id for c in targets]})
+
+    async def _post_stall(self, request: web.Request) -> web.Response:
+        """Stop sending (data and pings) for ``{"seconds": N}``, keeping the sockets open."""
+        body = await self._body(request)
+        seconds = float(body.get("seconds", 5.0))
+        until = time.monotonic() + seconds
+        targets = self._targets(body)
+        if body.get("ids") is None:
+            self._stall_all_until = until
+        for conn in targets:
+            conn.stall_until = until
+        return web.json_response({"stalled": [c.id for c in targets], "seconds": seconds})
+
+    async def _post_shutdown(self, request: web.Request) -> web.Response:
+        """Send ``serverShutdown`` then close (all, or ``{"ids": [...]}``)."""
+        targets = self._targets(await self._body(request))
+        event = server_shutdown_event(self.clock())
+        for conn in targets:
+            self.stats["server_shutdown"] += 1
+            await self._send_now(conn, event)
+            await self._close(conn, 1000, "Server shutdown")
+        return web.json_response({"shutdown": [c.id for c in targets]})
+
+    async def _post_reset(self, request: web.Request) -> web.Response:
+        """Forget the emitted log, statistics, connection attempts and faults."""
+        self.emitted.clear()
+        for k in self.stats:
+            self.stats[k] = 0
+        self._attempts.clear()
+        self.faults = WsFaultSettings(seed=self.config.seed)
+        self._draws = self._new_draws()
+        self._stall_all_until = 0.0
+        return web.json_response({})
+
+    async def _get_emitted(self, request: web.Request) -> web.Response:
+        stream = request.query.get("stream")
+        if stream is None:
+            return web.json_response(
+                {
+                    s: {"count": e.count, "last_id": e.ids[-1] if e.ids else None}
+                    for s, e in sorted(self.emitted.items())
+                }
+            )
+        e = self.emitted.get(stream) or _EmitLog(self.config.ws_emitted_log)
+        return web.json_response(
+            {
+                "stream": stream,
+                "count": e.count,
+                "last_id": e.ids[-1] if e.ids else None,
+                "ids": list(e.ids),
+                "truncated": e.count > len(e.ids),
+            }
+        )
+
+    async def _post_replay_start(self, request: web.Request) -> web.Response:
+        """(Re)start the replay from the beginning of the captures."""
+        if self.replay is None:
+            return web.json_response({"error": "not in replay mode"}, status=400)
+        self.replay.start()
+        return web.json_response({"started": True, "total": self.replay.total})
+
+    async def _get_replay_status(self, request: web.Request) -> web.Response:
+        r = self.replay
+        if r is None:
+            return web.json_response({"replay": False})
+        return web.json_response(
+            {
+                "replay": True,
+                "symbols": sorted(r.captures),
+                "speed": r.speed,
+                "total": r.total,
+                "sent": r.sent,
+                "started": r.task is not None,
+                "finished": r.finished,
+            }
+        )
+
+    async def _get_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                **self.stats,
+                "open": len(self.conns),
+                "connection_ids": sorted(self.conns),
+                "streams": len(self.subs),
+                "active_symbols": len(self._states),
+            }
+        )
+
+
+def _valid_id(rid: Any) -> bool:
+    if rid is None:
+        return True
+    if isinstance(rid, bool):
+        return False
+    if isinstance(rid, int):
+        return -(1 << 63) <= rid < (1 << 63)
+    return isinstance(rid, str) and len(rid) <= 36 and rid.isalnum()
+
+
+def _result(result: Any, rid: Any) -> str:
+    return orjson.dumps({"result": result, "id": rid}).decode()
+
+
+def _error(code: int, msg: str, rid: Any) -> str:
+    return orjson.dumps({"error": {"code": code, "msg": msg}, "id": rid}).decode()
+
+
+def _levels(px: np.ndarray, qty: np.ndarray, pd: int, qd: int) -> str:
+    return ",".join(
+        f'["{format_units(p, pd)}","{format_units(q, qd)}"]'
+        for p, q in zip(px.tolist(), qty.tolist(), strict=True)
+    )
+
+
+def _depth_payload(e: int, sym_json: str, first: int, last: int, bids: str, asks: str) -> str:
+    return (
+        f'{{"e":"depthUpdate","E":{e},"s":{sym_json},"U":{first},"u":{last},'
+        f'"b":[{bids}],"a":[{asks}]}}'
+    )
+
+
+def _malform(payload: str, invalid_json: bool) -> str:
+    """An invalid JSON text (cut in half) or a valid one whose price/id field is not a number."""
+    if invalid_json:
+        return payload[: max(1, len(payload) // 2)]
+    for key in ('"p":"', '"b":"'):  # trade price, bookTicker bid price
+        i = payload.find(key)
+        if i >= 0:
+            j = payload.find('"', i + len(key))
+            return payload[: i + len(key)] + "NaN-bad" + payload[j:]
+    i = payload.find('"U":')  # depthUpdate first update id
+    if i >= 0:
+        j = payload.find(",", i)
+        return payload[: i + 4] + '"bad"' + payload[j:]
+    return payload[: max(1, len(payload) // 2)]

@@ -1,0 +1,6 @@
+"""The real-time streamer: Binance WebSocket -> normalize -> dedup -> Kinesis, with /health and
+/metrics. No Dagster here: ``defs/`` wraps ``Streamer`` in a job."""
+
+from ingest_pipeline.streaming.streamer import Streamer, StreamerConfig
+
+__all__ = ["Streamer", "StreamerConfig"]

@@ -1,0 +1,59 @@
+"""``/health`` (JSON) and ``/metrics`` (Prometheus text) of one streamer, served by aiohttp on
+the streamer's event loop; bound to 127.0.0.1 unless configured (SPEC §5).
+
+``/health`` answers 200 for ``ok`` and ``degraded``, 503 for ``down`` (so a plain HTTP probe
+can restart a dead streamer while a degraded one keeps running)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+if TYPE_CHECKING:
+    from ingest_pipeline.streaming.streamer import Streamer
+
+
+class HealthServer:
+    def __init__(self, streamer: Streamer, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.streamer = streamer
+        self.host = host
+        self.port = port
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self._metrics)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _health(self, request: web.Request) -> web.Response:
+        body = self.streamer.health()
+        return web.Response(
+            body=orjson.dumps(body),
+            status=503 if body["status"] == "down" else 200,
+            content_type="application/json",
+        )
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        self.streamer.refresh_metrics()
+        return web.Response(
+            body=generate_latest(self.streamer.metrics.registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        )

@@ -1,0 +1,143 @@
+"""A real Dagster deployment for tests: ``dagster dev`` (webserver + daemon) in a temp home.
+
+Backfills go through the GraphQL mutation the UI itself sends, ``launchPartitionBackfill``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from ingest_pipeline.localstack import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+LAUNCH_BACKFILL = """
+mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message stack }
+    ... on UnauthorizedError { message }
+  }
+}
+"""
+
+BACKFILL_STATUS = """
+query Status($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill { status numCancelable }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
+class DagsterDev:
+    """``dagster dev`` on a free loopback port; stopped with its whole process group."""
+
+    def __init__(self, home: Path, env: Mapping[str, str], instance_yaml: str) -> None:
+        self.home = home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "dagster.yaml").write_text(instance_yaml)
+        self.env = {
+            **os.environ,
+            **env,
+            "DAGSTER_HOME": str(home),
+            "DAGSTER_DISABLE_TELEMETRY": "1",
+        }
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> DagsterDev:
+        with open(self.home / "dagster-dev.log", "wb") as log:
+            self._proc = subprocess.Popen(
+                [str(BIN / "dagster"), "dev", "-w", str(ROOT / "workspace.yaml"),
+                 "-h", "127.0.0.1", "-p", str(self.port)],
+                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                # Its own session: SIGTERM reaches dagster dev with default handling, and the
+                # whole group (webserver, daemon, code server, runs) can be stopped together.
+                start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"dagster dev exited: {self.log_tail()}")
+            try:
+                if requests.get(f"{self.url}/server_info", timeout=2).ok and self._loaded():
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        self.__exit__()
+        raise RuntimeError(f"dagster dev did not come up: {self.log_tail()}")
+
+    def _loaded(self) -> bool:
+        data = self.graphql(
+            "{ workspaceOrError { ... on Workspace { locationEntries { loadStatus } } } }"
+        )
+        entries = data["workspaceOrError"]["locationEntries"]
+        return bool(entries) and all(e["loadStatus"] == "LOADED" for e in entries)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is None:
+            return
+        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(self._proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self._proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        self._proc = None
+
+    def log_tail(self, chars: int = 4000) -> str:
+        path = self.home / "dagster-dev.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        resp = requests.post(
+            f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=60
+        )
+        resp.raise_for_status()
+        body = resp.json()
+        if body.get("errors"):
+            raise RuntimeError(body["errors"])
+        return body["data"]
+
+    def launch_backfill(self, asset_paths: Sequence[Sequence[str]], partitions: list[str]) -> str:
+        """What the UI sends for "Materialize selected" over a partition range."""
+        params = {
+            "assetSelection": [{"path": list(p)} for p in asset_paths],
+            "partitionNames": partitions,
+            "fromFailure": False,
+        }
+        result = self.graphql(LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
+        if result["__typename"] != "LaunchBackfillSuccess":
+            raise RuntimeError(result)
+        return result["backfillId"]
+
+    def wait_backfill(self, backfill_id: str, timeout_s: float) -> str:
+        deadline = time.monotonic() + timeout_s
+        status = "?"
+        while time.monotonic() < deadline:
+            result = self.graphql(BACKFILL_STATUS, {"id": backfill_id})
+            status = result["partitionBackfillOrError"]["status"]
+            if status not in ("REQUESTED", "CANCELING", "FAILING"):
+                return status
+            time.sleep(2)
+        raise TimeoutError(f"backfill {backfill_id} still {status}: {self.log_tail()}")

@@ -1,0 +1,103 @@
+"""Backfills the way the UI launches them, on a real Dagster deployment, and under faults."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import requests
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+from ingest_pipeline.aws import aws_client
+from ingest_pipeline.defs.bronze import build_bronze_assets
+from ingest_pipeline.localstack import EmbeddedAWS
+from ingest_pipeline.records import AGG_TRADES, TRADES, klines_type
+from ingest_pipeline.settings import Settings
+from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
+from ingest_pipeline.storage.bronze import BronzeStore
+from ingest_pipeline.timeutil import HOUR_MS, from_ms, parse_hour
+from ingest_pipeline_tests.dagster_harness import ROOT, DagsterDev
+
+SYMBOLS = ("SYM0001USDT", "SYM0002USDT")  # quiet generated symbols: ~500 trades an hour
+HISTORY = (AGG_TRADES, TRADES, klines_type("1m"))
+
+
+@pytest.fixture(scope="module")
+def quiet_simulator() -> Iterator[SimulatorServer]:
+    with SimulatorServer(SimulatorConfig(extra_symbols=2)) as sim:
+        yield sim
+
+
+def hours(first: str, count: int) -> list[int]:
+    return [parse_hour(first) + i * HOUR_MS for i in range(count)]
+
+
+def expected_agg_ids(sim_url: str, symbol: str, hour: int) -> range:
+    """The simulator asked directly: aggTrade ids of the hour, from its first id to the next's."""
+
+    def first_at(ms: int) -> int:
+        page = requests.get(
+            f"{sim_url}/api/v3/aggTrades",
+            params={"symbol": symbol, "startTime": ms, "endTime": ms + HOUR_MS - 1, "limit": 1},
+            timeout=10,
+        ).json()
+        return page[0]["a"]
+
+    return range(first_at(hour), first_at(hour + HOUR_MS))
+
+
+def assert_every_check_passed(
+    instance: dg.DagsterInstance, settings: Settings, partitions: list[str]
+) -> None:
+    scoped = dataclasses.replace(settings, symbols=SYMBOLS)
+    checks = [
+        spec.key
+        for asset in build_bronze_assets(scoped)
+        for spec in asset.check_specs
+        if spec.asset_key.path[-1] in HISTORY
+    ]
+    assert len(checks) == 2 * (5 + 2 + 1)
+    for key in checks:
+        history = instance.event_log_storage.get_asset_check_execution_history(key, limit=200)
+        statuses = {r.status for r in history}
+        assert statuses == {AssetCheckExecutionRecordStatus.SUCCEEDED}, (key, statuses)
+        # One result per hour, plus one overall result per ranged run.
+        assert {r.partition for r in history} == {*partitions, None}, key
+
+
+def test_ui_backfill_over_two_days_and_two_symbols(
+    aws: EmbeddedAWS, quiet_simulator: SimulatorServer, tmp_path: Path
+) -> None:
+    partitions = [f"{from_ms(h):%Y-%m-%d-%H:%M}" for h in hours("2024-08-08-00:00", 48)]
+    env = {
+        "AWS_ENDPOINT_URL": aws.endpoint_url,
+        "BINANCE_REST_URL": quiet_simulator.url,
+        "INGEST_SYMBOLS": ",".join(SYMBOLS),
+    }
+    instance_yaml = (ROOT / "dagster.yaml").read_text()
+    with DagsterDev(tmp_path / "home", env, instance_yaml) as dagster:
+        paths = [["bronze", s, t] for s in SYMBOLS for t in HISTORY]
+        backfill_id = dagster.launch_backfill(paths, partitions)
+        status = dagster.wait_backfill(backfill_id, timeout_s=420)
+        assert status == "COMPLETED_SUCCESS", dagster.log_tail()
+
+        instance = dg.DagsterInstance.from_config(str(tmp_path / "home"))
+        for path in paths:
+            materialized = instance.get_materialized_partitions(dg.AssetKey(path))
+            assert materialized == set(partitions), path
+        assert_every_check_passed(instance, aws.settings, partitions)
+
+    settings = aws.settings
+    store = BronzeStore(aws_client("s3", settings), settings.bucket, settings.bronze_prefix)
+    for symbol in SYMBOLS:
+        for hour in hours("2024-08-08-00:00", 48):
+            aggs = store.read_hour(symbol, AGG_TRADES, hour)
+            assert [a["trade_id"] for a in aggs] == list(
+                expected_agg_ids(quiet_simulator.url, symbol, hour)
+            )
+            trades = store.read_hour(symbol, TRADES, hour)
+            assert len(trades) == sum(a["last_trade_id"] - a["first_trade_id"] + 1 for a in aggs)
+            assert len(store.read_hour(symbol, klines_type("1m"), hour)) == 60
