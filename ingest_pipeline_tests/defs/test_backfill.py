@@ -13,11 +13,12 @@ from dagster._core.storage.asset_check_execution_record import AssetCheckExecuti
 
 from ingest_pipeline.aws import aws_client
 from ingest_pipeline.defs.bronze import build_bronze_assets
+from ingest_pipeline.defs.resources import BinanceRestResource, build_resources
 from ingest_pipeline.localstack import EmbeddedAWS
 from ingest_pipeline.records import AGG_TRADES, TRADES, klines_type
 from ingest_pipeline.settings import Settings
 from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
-from ingest_pipeline.storage.bronze import BronzeStore
+from ingest_pipeline.storage.bronze import BronzeStore, decode_jsonl_gz
 from ingest_pipeline.timeutil import HOUR_MS, from_ms, parse_hour
 from ingest_pipeline_tests.dagster_harness import ROOT, DagsterDev
 
@@ -101,3 +102,68 @@ def test_ui_backfill_over_two_days_and_two_symbols(
             trades = store.read_hour(symbol, TRADES, hour)
             assert len(trades) == sum(a["last_trade_id"] - a["first_trade_id"] + 1 for a in aggs)
             assert len(store.read_hour(symbol, klines_type("1m"), hour)) == 60
+
+
+def materialize_range(settings: Settings, first: str, last: str, read_timeout_s: float) -> None:
+    scoped = dataclasses.replace(settings, symbols=("SYM0001USDT",))
+    assets = [a for a in build_bronze_assets(scoped) if a.key.path[-1] in HISTORY]
+    resources = build_resources(scoped)
+    resources["binance"] = BinanceRestResource(
+        base_url=settings.binance_rest_url, read_timeout_s=read_timeout_s
+    )
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.materialize(
+            assets,
+            resources=resources,
+            instance=instance,
+            tags={
+                "dagster/asset_partition_range_start": first,
+                "dagster/asset_partition_range_end": last,
+            },
+        )
+    assert result.success
+
+
+def bucket_state(settings: Settings) -> dict[str, tuple[str, object]]:
+    s3 = aws_client("s3", settings)
+    listed = s3.list_objects_v2(Bucket=settings.bucket, Prefix=settings.bronze_prefix)
+    return {o["Key"]: (o["ETag"], o["LastModified"]) for o in listed.get("Contents", [])}
+
+
+def bucket_records(settings: Settings) -> dict[str, list[dict]]:
+    s3 = aws_client("s3", settings)
+    out = {}
+    for key in bucket_state(settings):
+        body = s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
+        out[key] = [{k: v for k, v in r.items() if k != "ingest_ts"} for r in decode_jsonl_gz(body)]
+    return out
+
+
+def test_backfill_under_faults_matches_a_clean_one_and_reruns_change_no_byte(
+    aws: EmbeddedAWS, tmp_path: Path
+) -> None:
+    first, last = "2024-08-10-00:00", "2024-08-10-23:00"
+    clean = dataclasses.replace(aws.settings, bucket="clean-" + tmp_path.name[-20:].lower())
+    faulty = dataclasses.replace(aws.settings, bucket="faulty-" + tmp_path.name[-20:].lower())
+    for s in (clean, faulty):
+        aws_client("s3", s).create_bucket(Bucket=s.bucket)
+    faults = SimulatorConfig(
+        extra_symbols=2, fault_rate=0.2, fault_retry_after=1, slow_seconds=1.5, seed=3
+    )
+    with SimulatorServer(SimulatorConfig(extra_symbols=2)) as sim:
+        materialize_range(dataclasses.replace(clean, binance_rest_url=sim.url), first, last, 10)
+    with SimulatorServer(faults) as sim:
+        faulty_sim = dataclasses.replace(faulty, binance_rest_url=sim.url)
+        materialize_range(faulty_sim, first, last, read_timeout_s=0.5)
+        before = bucket_state(clean)
+        materialize_range(
+            dataclasses.replace(clean, binance_rest_url=sim.url), first, last, read_timeout_s=0.5
+        )
+        stats = requests.get(f"{sim.url}/_sim/stats", timeout=5).json()
+    assert len(before) == 24 * len(HISTORY)
+    assert bucket_state(clean) == before  # same ETags, never rewritten
+    clean_records = bucket_records(clean)
+    assert clean_records == bucket_records(faulty)
+    assert sum(len(r) for r in clean_records.values()) > 24 * 60
+    assert set(stats["faults"]) == {"429", "5xx", "slow", "truncated", "malformed"}
+    assert stats["bans"] == 0 and "418" not in stats["by_status"]
