@@ -219,7 +219,27 @@ def _hour_row(hour_ms: int, result: WriteResult, rejected: int) -> dict[str, Any
     }
 
 
-def _metadata(rows: list[dict[str, Any]], id_name: str, changes: dict[str, int]) -> dict[str, Any]:
+PREVIEW_ROWS = 5
+
+
+def _md_table(rows: Sequence[dict[str, Any]]) -> str:
+    def cell(v: Any) -> str:
+        text = str(v)
+        # Book levels would make a preview unreadable: show their size only.
+        if isinstance(v, list):
+            text = f"[{len(v)} levels]"
+        return text.replace("|", "\\|")
+
+    header = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
+    return header + "".join("| " + " | ".join(map(cell, r.values())) + " |\n" for r in rows)
+
+
+def _metadata(
+    rows: list[dict[str, Any]],
+    id_name: str,
+    changes: dict[str, int],
+    preview: Sequence[Record] = (),
+) -> dict[str, Any]:
     """Per-partition metadata for a one-hour run; totals plus a per-hour table for a range.
 
     A ranged (backfill) run records one materialization per partition with the same
@@ -242,9 +262,9 @@ def _metadata(rows: list[dict[str, Any]], id_name: str, changes: dict[str, int])
         if changes:
             meta["changes"] = dg.MetadataValue.json(changes)
     else:
-        header = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
-        body = "".join("| " + " | ".join(str(v) for v in r.values()) + " |\n" for r in rows)
-        meta["hours"] = dg.MetadataValue.md(header + body)
+        meta["hours"] = dg.MetadataValue.md(_md_table(rows))
+    if preview:
+        meta["preview"] = dg.MetadataValue.md(_md_table(preview[:PREVIEW_ROWS]))
     return meta
 
 
@@ -385,18 +405,18 @@ def build_history_asset(symbol: str, kind: BronzeType, settings: Settings) -> dg
         store = bronze.get_store()
         rows, changes = [], {}
         verdicts: dict[str, list[tuple[int, quality.Verdict]]] = {c.name: [] for c in kind.checks}
-        previous: list[Record] | None = None
+        previous: list[Record] = []
         for hour in partition_hours(context):
             fetched = kind.fetch(client, store, symbol, hour)
             row, result = _land_hour(context, bronze, store, symbol, kind.data_type, hour, fetched)
             rows.append(row)
             changes = result.changes or changes
-            data = HourData(symbol, kind.data_type, hour, fetched.records, store, previous)
+            data = HourData(symbol, kind.data_type, hour, fetched.records, store, previous or None)
             for check in kind.checks:
                 verdicts[check.name].append((hour, check.rule(data)))
             previous = fetched.records
         return dg.MaterializeResult(
-            metadata=_metadata(rows, kind.id_name, changes),
+            metadata=_metadata(rows, kind.id_name, changes, previous),
             check_results=_check_results(
                 context, bronze_key(symbol, kind.data_type), kind.checks, verdicts
             ),
@@ -418,24 +438,34 @@ BOOK_CHECK = Check(
 
 
 def build_depth_snapshot_asset(symbol: str, settings: Settings) -> dg.AssetsDefinition:
-    @dg.asset(
-        key=bronze_key(symbol, DEPTH_SNAPSHOT),
-        group_name=BRONZE_GROUP,
-        kinds={"s3", "binance"},
-        # end_offset=1 makes the hour in progress a partition: the only one we can capture.
-        partitions_def=hourly_partitions(settings, end_offset=1),
+    partitions = hourly_partitions(settings, end_offset=1)
+    key = bronze_key(symbol, DEPTH_SNAPSHOT)
+
+    # A multi_asset only for can_subset=True: it makes the check's output optional, so a run
+    # over past hours can end without a materialization or a check result.
+    @dg.multi_asset(
+        specs=[
+            dg.AssetSpec(
+                key,
+                group_name=BRONZE_GROUP,
+                kinds={"s3", "binance"},
+                partitions_def=partitions,
+                skippable=True,
+                description=(
+                    f"{symbol}: the live order book (`GET /api/v3/depth`, "
+                    f"{DEPTH_SNAPSHOT_LIMIT} levels) with Binance's server time. Binance serves "
+                    "no past books: only the hour in progress can be captured; runs over past "
+                    "hours skip it without failing."
+                ),
+                metadata=_asset_metadata(symbol, DEPTH_SNAPSHOT, settings),
+            )
+        ],
+        name=f"{key.to_python_identifier()}",
+        partitions_def=partitions,
         backfill_policy=BACKFILL_POLICY,
         pool=BINANCE_POOL,
-        output_required=False,
-        description=(
-            f"{symbol}: the live order book (`GET /api/v3/depth`, {DEPTH_SNAPSHOT_LIMIT} levels) "
-            "with Binance's server time. Binance serves no past books: only the hour in "
-            "progress can be captured; runs over past hours skip it without failing."
-        ),
-        metadata=_asset_metadata(symbol, DEPTH_SNAPSHOT, settings),
-        check_specs=_check_specs(
-            symbol, DEPTH_SNAPSHOT, [BOOK_CHECK], hourly_partitions(settings, end_offset=1)
-        ),
+        can_subset=True,
+        check_specs=_check_specs(symbol, DEPTH_SNAPSHOT, [BOOK_CHECK], partitions),
     )
     def _asset(
         context: dg.AssetExecutionContext, binance: BinanceRestResource, bronze: BronzeResource
@@ -463,7 +493,7 @@ def build_depth_snapshot_asset(symbol: str, settings: Settings) -> dg.AssetsDefi
         captured = fetched.records
         fetched.records = (store.read_hour(symbol, DEPTH_SNAPSHOT, current) or []) + captured
         row, result = _land_hour(context, bronze, store, symbol, DEPTH_SNAPSHOT, current, fetched)
-        meta = _metadata([row], "update_id", result.changes)
+        meta = _metadata([row], "update_id", result.changes, captured)
         for name in ("first_update_id", "last_update_id"):
             meta.pop(name, None)
         if fetched.records:
@@ -476,7 +506,7 @@ def build_depth_snapshot_asset(symbol: str, settings: Settings) -> dg.AssetsDefi
         data = HourData(symbol, DEPTH_SNAPSHOT, current, captured, store)
         verdicts = [(current, BOOK_CHECK.rule(data))]
         yield dg.MaterializeResult(
-            metadata=meta, check_results=[_overall_result(BOOK_CHECK, verdicts)]
+            asset_key=key, metadata=meta, check_results=[_overall_result(BOOK_CHECK, verdicts)]
         )
 
     return _asset
