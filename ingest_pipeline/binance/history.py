@@ -17,7 +17,7 @@ from ingest_pipeline.binance.normalize import (
     normalize_page,
     trade_from_rest,
 )
-from ingest_pipeline.binance.rest import BinanceRestClient, Page
+from ingest_pipeline.binance.rest import BinanceRestClient, Page, read_ahead
 from ingest_pipeline.records import MalformedPayload, Record
 from ingest_pipeline.timeutil import HOUR_MS
 
@@ -37,7 +37,9 @@ class Fetched:
 
 def fetch_agg_trades(client: BinanceRestClient, symbol: str, hour_ms: int) -> Fetched:
     out = Fetched()
-    out.add_pages(client.agg_trades_hour(symbol, hour_ms), agg_trade_from_rest, symbol=symbol)
+    out.add_pages(
+        read_ahead(client.agg_trades_hour(symbol, hour_ms)), agg_trade_from_rest, symbol=symbol
+    )
     return out
 
 
@@ -45,7 +47,9 @@ def fetch_trades(client: BinanceRestClient, symbol: str, first_id: int, last_id:
     """The individual trades ``first_id..last_id`` (an hour's range comes from its aggTrades)."""
     out = Fetched()
     out.add_pages(
-        client.historical_trades_range(symbol, first_id, last_id), trade_from_rest, symbol=symbol
+        read_ahead(client.historical_trades_range(symbol, first_id, last_id)),
+        trade_from_rest,
+        symbol=symbol,
     )
     return out
 

@@ -13,6 +13,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -301,6 +302,20 @@ class BinanceRestClient:
         return self.get(
             "/api/v3/depth", {"symbol": check_symbol(symbol), "limit": limit}, depth_weight(limit)
         )
+
+
+def read_ahead(pages: Iterator[Page]) -> Iterator[Page]:
+    """The same pages, with the next one requested while the caller works on the current one.
+
+    Paging by ``fromId`` is sequential, so the only overlap left is the caller's parsing and
+    normalizing of page k with the network wait for page k+1. At most one page is in flight;
+    an exception of the underlying pager reaches the caller at the page where it happened.
+    """
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(next, pages, None)
+        while (page := pending.result()) is not None:
+            pending = pool.submit(next, pages, None)
+            yield page
 
 
 def _at_or_after(item: Any, field: str, end: int) -> bool:

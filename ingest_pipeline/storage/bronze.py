@@ -14,6 +14,7 @@ import operator
 import re
 import zlib
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -97,10 +98,18 @@ def encode_with_fingerprint(
     digest = hashlib.sha256()
     parts: list[bytes] = []
     dumps = orjson.dumps
-    for i in range(0, len(records), CHUNK_RECORDS):
-        chunk = b"\n".join(map(dumps, records[i : i + CHUNK_RECORDS])) + b"\n"
-        digest.update(_INGEST_TS.sub(b'"ingest_ts":0', chunk))
-        parts.append(compressor.compress(chunk))
+    # zlib releases the GIL while it deflates: compressing chunk i on a second thread while
+    # this one serializes and hashes chunk i+1 hides most of the serialization cost.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending: Future[bytes] | None = None
+        for i in range(0, len(records), CHUNK_RECORDS):
+            chunk = b"\n".join(map(dumps, records[i : i + CHUNK_RECORDS])) + b"\n"
+            digest.update(_INGEST_TS.sub(b'"ingest_ts":0', chunk))
+            if pending is not None:
+                parts.append(pending.result())
+            pending = pool.submit(compressor.compress, chunk)
+        if pending is not None:
+            parts.append(pending.result())
     parts.append(compressor.flush())
     return b"".join(parts), digest.hexdigest()
 

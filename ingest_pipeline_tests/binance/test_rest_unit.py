@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -15,6 +15,8 @@ from ingest_pipeline.binance.rest import (
     BinanceAPIError,
     BinanceRestClient,
     BinanceUnavailable,
+    Page,
+    read_ahead,
 )
 from ingest_pipeline.timeutil import HOUR_MS
 
@@ -187,3 +189,17 @@ def test_empty_hour_makes_one_request() -> None:
     client, session, _ = make_client([ok([])])
     assert list(client.agg_trades_hour("BTCUSDT", 1_723_161_600_000)) == []
     assert len(session.sent) == 1
+
+
+def test_read_ahead_keeps_order_and_raises_where_the_pager_failed() -> None:
+    def pages() -> Iterator[Page]:
+        yield Page([1], 1)
+        yield Page([2], 2)
+        raise BinanceUnavailable("third page failed")
+
+    got = []
+    with pytest.raises(BinanceUnavailable, match="third page"):
+        for page in read_ahead(pages()):
+            got.append(page.items)
+    assert got == [[1], [2]]
+    assert [p.items for p in read_ahead(iter([Page([7], 0)]))] == [[7]]
