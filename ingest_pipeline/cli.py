@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from ingest_pipeline.localstack import EmbeddedAWS
+from ingest_pipeline.logsafety import configure_logging
 from ingest_pipeline.settings import load_settings
 from ingest_pipeline.timeutil import HOUR_MS, floor_hour, from_ms, now_ms
+
+# The shared real captures beside the repository (see ../shared/data/binance-capture/README.md).
+DEFAULT_CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance-capture"
 
 
 def _wait_for_signal() -> None:
@@ -128,6 +132,34 @@ def cmd_stream(args: argparse.Namespace) -> int:
     return 0 if streamer.flushed_clean else 1
 
 
+def cmd_load_capture(args: argparse.Namespace) -> int:
+    """Real Binance captures -> bronze (trade, bba, depth_delta, depth_snapshot by hour)."""
+    from ingest_pipeline.aws import aws_client
+    from ingest_pipeline.capture_loader import load_capture
+    from ingest_pipeline.storage.bronze import BronzeStore, write_rejects
+
+    settings = load_settings()
+    s3 = aws_client("s3", settings)
+    store = BronzeStore(s3, settings.bucket, settings.bronze_prefix)
+    symbols = [s.strip() for s in args.symbols.split(",")] if args.symbols else None
+
+    def rejects(symbol: str, data_type: str, hour: int, items: list) -> str:
+        return write_rejects(
+            s3, settings.bucket, settings.deadletter_prefix, symbol, data_type, hour, items
+        )
+
+    summary = load_capture(Path(args.path), store, symbols, rejects)
+    for w in summary.written:
+        print(f"  {w.uri}: {w.records} records, {w.action}")
+    hours = ", ".join(f"{from_ms(h):%Y-%m-%d %H}h" for h in summary.hours())
+    print(
+        f"{summary.lines} lines -> {len(summary.written)} bronze objects ({hours}); "
+        f"{summary.rejected} rejected"
+        + (f" (kept at {summary.rejects_at})" if summary.rejected else "")
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ingest-pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -151,16 +183,22 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--state-dir", default="var/streamer", help="spill + dead-letter dirs")
     stream.add_argument("--progress", type=float, default=5.0, help="progress log every S s")
     stream.set_defaults(func=cmd_stream)
+    load = sub.add_parser(
+        "load-capture", help="load real Binance captures (hftbacktest format) into bronze"
+    )
+    load.add_argument(
+        "path",
+        nargs="?",
+        default=str(DEFAULT_CAPTURES),
+        help=f"a capture file or a directory of them (default {DEFAULT_CAPTURES})",
+    )
+    load.add_argument("--symbols", default=None, help="comma-separated, default: every file")
+    load.set_defaults(func=cmd_load_capture)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(
-        level=os.environ.get("INGEST_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # Dagster's storage migrations log every step at INFO; a user needs none of it.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    configure_logging(os.environ.get("INGEST_LOG_LEVEL", "INFO"))
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -26,6 +26,8 @@ def check_symbol(symbol: object) -> str:
         raise UnsafeSymbol(
             f"symbol {symbol[:40]!r}... is longer than {MAX_SYMBOL_LENGTH} characters"
         )
+    if not symbol[0].isalnum():
+        raise UnsafeSymbol(f"symbol {symbol!r} must start with a letter or digit")
     if "/" in symbol or "\\" in symbol or ".." in symbol:
         raise UnsafeSymbol(f"symbol {symbol!r} contains a path separator or '..'")
     for ch in symbol:
