@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo test lint format dev bench clean
+.PHONY: install demo test lint format dev bench clean test-ui test-deploy
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,14 @@ lint: install
 
 test: lint
 	$(BIN)/pytest
+
+# The browser test of the Dagster UI (needs Debian's chromium + chromium-driver; screenshots in
+# test-artifacts/ui/) and the deployment tests (deploy/; a throwaway PostgreSQL cluster).
+test-ui: install
+	$(BIN)/pytest ingest_pipeline_tests/ui
+
+test-deploy: install
+	$(BIN)/pytest ingest_pipeline_tests/deploy
 
 format: install
 	$(BIN)/ruff format .

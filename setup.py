@@ -27,8 +27,13 @@ setup(
         "prometheus-client>=0.20",
     ],
     extras_require={
+        # What deploy/dagster.yaml needs on top: Postgres instance storage.
+        "deploy": [f"dagster-postgres=={DAGSTER_LIBS}"],
         "dev": [
             f"dagster-webserver=={DAGSTER}",
+            f"dagster-postgres=={DAGSTER_LIBS}",
+            # Drives Debian's chromium through its chromedriver (never downloads a browser).
+            "selenium>=4.20",
             "pytest>=8",
             "pytest-timeout>=2.2",
             "hypothesis>=6.100",

@@ -174,3 +174,53 @@ def check_book(snapshot: Record) -> Verdict:
     if problems:
         return Verdict(False, "; ".join(problems), {"last_update_id": snapshot["last_update_id"]})
     return Verdict(True, f"{len(bids)} bids / {len(asks)} asks ordered, not crossed, no zero size")
+
+
+def check_increasing_ids(records: Sequence[Record], id_field: str) -> Verdict:
+    """Ids strictly increase in the order the records were received (stream order, duplicates
+    already removed): a decrease means the stream delivered updates out of order."""
+    ids = [r[id_field] for r in records]
+    back = [(a, b) for a, b in zip(ids, ids[1:], strict=False) if b <= a]
+    if back:
+        return Verdict(
+            False,
+            f"{len(back)} time(s) {id_field} did not increase",
+            {"decreases": [f"{a} -> {b}" for a, b in back[:MAX_LISTED]], "count": len(back)},
+        )
+    span = f"{ids[0]}..{ids[-1]}" if ids else "empty"
+    return Verdict(True, f"{len(ids)} {id_field}s strictly increasing ({span})")
+
+
+# A chain with more breaks than this lists the first ones and counts the rest.
+MAX_CHAIN_BREAKS_LISTED = 1000
+
+
+def depth_chain_breaks(records: Sequence[Record]) -> list[tuple[int, int]]:
+    """``(previous u, U)`` of every diff whose ``U != previous u + 1``, by final update id."""
+    chain = sorted(records, key=lambda r: r["final_update_id"])
+    return [
+        (a["final_update_id"], b["first_update_id"])
+        for a, b in zip(chain, chain[1:], strict=False)
+        if b["first_update_id"] != a["final_update_id"] + 1
+    ]
+
+
+def check_depth_chain(records: Sequence[Record]) -> Verdict:
+    """Every diff continues the previous one (``U == previous u + 1``, Binance's rule); every
+    break is listed with the update ids it skips, and diffs marked ``gap: true`` are counted."""
+    breaks = depth_chain_breaks(records)
+    marked = sum(1 for r in records if r.get("gap"))
+    details: dict[str, Any] = {"breaks": len(breaks), "marked_gap": marked}
+    if breaks:
+        details["break_list"] = [
+            f"u={u} -> U={first} ({first - u - 1} update ids missing)"
+            if first > u + 1
+            else f"u={u} -> U={first} (overlap)"
+            for u, first in breaks[:MAX_CHAIN_BREAKS_LISTED]
+        ]
+        return Verdict(
+            False,
+            f"{len(breaks)} break(s) in the depth chain, {marked} diff(s) marked gap",
+            details,
+        )
+    return Verdict(True, f"{len(records)} diffs chained, {marked} marked gap", details)

@@ -41,6 +41,17 @@ class Settings:
     symbols: tuple[str, ...]
     kline_intervals: tuple[str, ...]
     partitions_start: str
+    # Stream archive: records arriving this long after an hour's end still belong to it.
+    archive_grace_seconds: int = 240
+    # The streamer supervisor sensor: its default status (RUNNING in prod, STOPPED where a
+    # developer starts it by hand), its tick interval, how often the streamer run records a
+    # heartbeat and after how long without one the run counts as dead.
+    streamer_supervisor_status: str = "STOPPED"
+    streamer_supervisor_interval_seconds: int = 30
+    streamer_heartbeat_seconds: int = 60
+    streamer_stale_after_seconds: int = 180
+    # Spill and dead-letter files of the streamer run (None: under the Dagster instance's home).
+    streamer_state_dir: str | None = None
 
     @property
     def kinesis_streams(self) -> tuple[str, str, str]:
@@ -54,10 +65,25 @@ ENV_OVERRIDES = {
     "BINANCE_WS_URL": "binance_ws_url",
     "INGEST_SYMBOLS": "symbols",
     "AWS_ENDPOINT_URL": "aws_endpoint_url",
+    "INGEST_ARCHIVE_GRACE_SECONDS": "archive_grace_seconds",
+    "INGEST_STREAMER_SUPERVISOR_STATUS": "streamer_supervisor_status",
+    "INGEST_STREAMER_SUPERVISOR_INTERVAL_SECONDS": "streamer_supervisor_interval_seconds",
+    "INGEST_STREAMER_HEARTBEAT_SECONDS": "streamer_heartbeat_seconds",
+    "INGEST_STREAMER_STALE_AFTER_SECONDS": "streamer_stale_after_seconds",
+    "INGEST_STREAMER_STATE_DIR": "streamer_state_dir",
 }
 
 _FIELDS = {f.name for f in dataclasses.fields(Settings)} - {"env"}
-_OPTIONAL = {"aws_endpoint_url"}
+_INT_FIELDS = {
+    "archive_grace_seconds",
+    "streamer_supervisor_interval_seconds",
+    "streamer_heartbeat_seconds",
+    "streamer_stale_after_seconds",
+}
+# Keys with a default (the dataclass's) when a config file leaves them out.
+_DEFAULTED = _INT_FIELDS | {"streamer_supervisor_status", "streamer_state_dir"}
+_OPTIONAL = {"aws_endpoint_url"} | _DEFAULTED
+SUPERVISOR_STATUSES = ("RUNNING", "STOPPED")
 
 
 def load_settings(
@@ -83,6 +109,11 @@ def load_settings(
             value: Any = environ[var]
             if field == "symbols":
                 value = [s.strip() for s in value.split(",") if s.strip()]
+            elif field in _INT_FIELDS:
+                try:
+                    value = int(value)
+                except ValueError:
+                    raise SettingsError(f"{var}={value!r} is not an integer") from None
             values[field] = value
     return _validate(values, env, str(path))
 
@@ -94,7 +125,12 @@ def _validate(values: dict[str, Any], env: str, origin: str) -> Settings:
     missing = sorted(k for k in _FIELDS - _OPTIONAL if values.get(k) in (None, "", []))
     if missing:
         raise SettingsError(f"{origin}: missing or empty key(s) {', '.join(map(repr, missing))}")
-    for key in _FIELDS - {"symbols", "kline_intervals"}:
+    for key in _INT_FIELDS & set(values):
+        if isinstance(values[key], bool) or not isinstance(values[key], int) or values[key] < 0:
+            raise SettingsError(
+                f"{origin}: key {key!r} must be an integer >= 0, got {values[key]!r}"
+            )
+    for key in _FIELDS - {"symbols", "kline_intervals"} - _INT_FIELDS:
         if values.get(key) is not None and not isinstance(values[key], str):
             raise SettingsError(f"{origin}: key {key!r} must be a string, got {values[key]!r}")
     for key in ("symbols", "kline_intervals"):
@@ -125,6 +161,23 @@ def _validate(values: dict[str, Any], env: str, origin: str) -> Settings:
     for key in ("bronze_prefix", "silver_prefix", "deadletter_prefix"):
         if values[key].startswith("/") or values[key].endswith("/") or ".." in values[key]:
             raise SettingsError(f"{origin}: key {key!r} must be a relative prefix without '/' ends")
+    status = values.get("streamer_supervisor_status")
+    if status is not None and status not in SUPERVISOR_STATUSES:
+        raise SettingsError(
+            f"{origin}: key 'streamer_supervisor_status' must be one of "
+            f"{', '.join(SUPERVISOR_STATUSES)}, got {status!r}"
+        )
+    for key in ("streamer_supervisor_interval_seconds", "streamer_heartbeat_seconds"):
+        if values.get(key) == 0:
+            raise SettingsError(f"{origin}: key {key!r} must be > 0")
+    heartbeat = values.get("streamer_heartbeat_seconds", 60)
+    stale = values.get("streamer_stale_after_seconds", 180)
+    if stale < 2 * heartbeat:
+        raise SettingsError(
+            f"{origin}: key 'streamer_stale_after_seconds' ({stale}) must be at least twice "
+            f"'streamer_heartbeat_seconds' ({heartbeat}): one late heartbeat is not a dead run"
+        )
+    values = {k: v for k, v in values.items() if not (k in _DEFAULTED and v is None)}
     values["symbols"] = tuple(values["symbols"])
     values["kline_intervals"] = tuple(values["kline_intervals"])
     for key in ("binance_rest_url", "binance_ws_url", "aws_endpoint_url"):

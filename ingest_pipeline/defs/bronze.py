@@ -21,6 +21,7 @@ from ingest_pipeline.binance.history import (
     fetch_trades,
 )
 from ingest_pipeline.binance.rest import BinanceRestClient
+from ingest_pipeline.defs.checks import Check, check_results, check_specs, overall_result
 from ingest_pipeline.defs.partitions import hourly_partitions, partition_hours
 from ingest_pipeline.defs.resources import BinanceRestResource, BronzeResource
 from ingest_pipeline.records import AGG_TRADES, DEPTH_SNAPSHOT, TRADES, Record, klines_type
@@ -35,7 +36,6 @@ BINANCE_POOL = "binance"
 # A month's backfill becomes ~30 runs of a day each instead of 720 single-hour runs. The policy
 # is marked beta; DESIGN.md chose it knowingly, so its warning would only be noise.
 warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=dg.BetaWarning)
-warnings.filterwarnings("ignore", message=".*partitions_def on an AssetCheckSpec.*")
 BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=24)
 DEPTH_SNAPSHOT_LIMIT = 1000
 
@@ -71,15 +71,6 @@ class HourData:
 
     def other(self, data_type: str) -> list[Record] | None:
         return self.store.read_hour(self.symbol, data_type, self.hour)
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    description: str
-    rule: Callable[[HourData], quality.Verdict]
-    # Blocking: a failure stops downstream assets of the same run from consuming the hour.
-    blocking: bool = False
 
 
 @dataclass(frozen=True)
@@ -291,89 +282,6 @@ def _land_hour(
     return _hour_row(hour, result, len(fetched.rejects)), result
 
 
-def _check_specs(
-    symbol: str,
-    data_type: str,
-    checks: Sequence[Check],
-    partitions_def: dg.PartitionsDefinition,
-) -> list[dg.AssetCheckSpec]:
-    # Partitioned checks: the UI shows a result per hour, not one per run.
-    return [
-        dg.AssetCheckSpec(
-            c.name,
-            asset=bronze_key(symbol, data_type),
-            description=c.description,
-            blocking=c.blocking,
-            partitions_def=partitions_def,
-        )
-        for c in checks
-    ]
-
-
-def _verdict_metadata(v: quality.Verdict) -> dict[str, Any]:
-    meta: dict[str, Any] = {"summary": dg.MetadataValue.text(v.summary)}
-    if v.details:
-        meta["details"] = dg.MetadataValue.json(v.details)
-    return meta
-
-
-def _check_results(
-    context: dg.AssetExecutionContext,
-    asset_key: dg.AssetKey,
-    checks: Sequence[Check],
-    verdicts: dict[str, list[tuple[int, quality.Verdict]]],
-) -> list[dg.AssetCheckResult]:
-    """Check results of a run: per hour, plus the run's overall result.
-
-    A one-hour run yields the hour's result (Dagster files it under the run's partition). An
-    AssetCheckResult carries no partition, so a ranged run logs each hour's evaluation itself,
-    then yields one overall result, which is what blocking acts on.
-    """
-    results = []
-    for check in checks:
-        hours = verdicts[check.name]
-        if len(hours) > 1:
-            for hour, v in hours:
-                context.log_event(
-                    dg.AssetCheckEvaluation(
-                        asset_key=asset_key,
-                        check_name=check.name,
-                        passed=v.passed,
-                        metadata=_verdict_metadata(v),
-                        severity=dg.AssetCheckSeverity.ERROR,
-                        description=v.summary,
-                        blocking=check.blocking,
-                        partition=f"{from_ms(hour):%Y-%m-%d-%H:%M}",
-                    )
-                )
-        results.append(_overall_result(check, hours))
-    return results
-
-
-def _overall_result(
-    check: Check, verdicts: list[tuple[int, quality.Verdict]]
-) -> dg.AssetCheckResult:
-    failed = [(h, v) for h, v in verdicts if not v.passed]
-    if len(verdicts) == 1:
-        summary = verdicts[0][1].summary
-    elif failed:
-        summary = f"{len(failed)} of {len(verdicts)} hours fail"
-    else:
-        summary = f"all {len(verdicts)} hours pass"
-    meta: dict[str, Any] = {"summary": dg.MetadataValue.text(summary)}
-    if failed:
-        meta["failures"] = dg.MetadataValue.json(
-            {f"{from_ms(h):%Y-%m-%d %H}h": {"summary": v.summary, **v.details} for h, v in failed}
-        )
-    return dg.AssetCheckResult(
-        check_name=check.name,
-        passed=not failed,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata=meta,
-        description=summary,
-    )
-
-
 def _asset_metadata(symbol: str, data_type: str, settings: Settings) -> dict[str, Any]:
     return {
         "symbol": symbol,
@@ -394,7 +302,9 @@ def build_history_asset(symbol: str, kind: BronzeType, settings: Settings) -> dg
         pool=BINANCE_POOL,
         description=f"{symbol}: {kind.description} Gzip JSONL, one object per hour.",
         metadata=_asset_metadata(symbol, kind.data_type, settings),
-        check_specs=_check_specs(symbol, kind.data_type, kind.checks, hourly_partitions(settings)),
+        check_specs=check_specs(
+            bronze_key(symbol, kind.data_type), kind.checks, hourly_partitions(settings)
+        ),
     )
     def _asset(
         context: dg.AssetExecutionContext, binance: BinanceRestResource, bronze: BronzeResource
@@ -417,7 +327,7 @@ def build_history_asset(symbol: str, kind: BronzeType, settings: Settings) -> dg
             previous = fetched.records
         return dg.MaterializeResult(
             metadata=_metadata(rows, kind.id_name, changes, previous),
-            check_results=_check_results(
+            check_results=check_results(
                 context, bronze_key(symbol, kind.data_type), kind.checks, verdicts
             ),
         )
@@ -465,7 +375,7 @@ def build_depth_snapshot_asset(symbol: str, settings: Settings) -> dg.AssetsDefi
         backfill_policy=BACKFILL_POLICY,
         pool=BINANCE_POOL,
         can_subset=True,
-        check_specs=_check_specs(symbol, DEPTH_SNAPSHOT, [BOOK_CHECK], partitions),
+        check_specs=check_specs(key, [BOOK_CHECK], partitions),
     )
     def _asset(
         context: dg.AssetExecutionContext, binance: BinanceRestResource, bronze: BronzeResource
@@ -506,7 +416,7 @@ def build_depth_snapshot_asset(symbol: str, settings: Settings) -> dg.AssetsDefi
         data = HourData(symbol, DEPTH_SNAPSHOT, current, captured, store)
         verdicts = [(current, BOOK_CHECK.rule(data))]
         yield dg.MaterializeResult(
-            asset_key=key, metadata=meta, check_results=[_overall_result(BOOK_CHECK, verdicts)]
+            asset_key=key, metadata=meta, check_results=[overall_result(BOOK_CHECK, verdicts)]
         )
 
     return _asset

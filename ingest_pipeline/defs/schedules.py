@@ -13,9 +13,11 @@ _snapshots = dg.AssetSelection.groups(BRONZE_GROUP) & dg.AssetSelection.key_subs
     DEPTH_SNAPSHOT
 )
 
+# REST history only: the archive assets (kind kinesis) have their own job and schedule.
 bronze_history_job = dg.define_asset_job(
     "bronze_history_hourly",
-    selection=dg.AssetSelection.groups(BRONZE_GROUP) - _snapshots,
+    selection=dg.AssetSelection.groups(BRONZE_GROUP)
+    & dg.AssetSelection.kind("binance") - _snapshots,
     description="agg_trades, trades and klines of one hour for every symbol.",
 )
 

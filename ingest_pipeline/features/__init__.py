@@ -9,12 +9,20 @@
 
 from ingest_pipeline.features.book import BookTracker, OrderBook, SyncStats, price_ticks
 from ingest_pipeline.features.offline import (
+    BOOK_TABLE,
+    KLINE_TABLE,
+    SOURCE_TABLES,
+    TRADE_TABLE,
+    TRAINING_TABLE,
     FeatureResult,
     SymbolInputs,
     book_features,
     compute_features,
     hour_features,
+    hour_table,
+    join_tables,
     kline_features,
+    table_columns,
     trade_features,
 )
 from ingest_pipeline.features.online import OnlineFeatureEngine, rows_to_frame
@@ -27,6 +35,14 @@ from ingest_pipeline.features.spec import (
 )
 
 __all__ = [
+    "BOOK_TABLE",
+    "KLINE_TABLE",
+    "SOURCE_TABLES",
+    "TRADE_TABLE",
+    "TRAINING_TABLE",
+    "hour_table",
+    "join_tables",
+    "table_columns",
     "DEFAULT_SPEC",
     "BookTracker",
     "FeatureResult",

@@ -284,6 +284,7 @@ _COUNT_NOISE = 0.1  # relative hour-to-hour noise of the trade count
 _AGGS_PER_TRADE = 0.6  # aggTrades per trade: most aggTrades hold 1-2 trades
 _ORDERS_PER_AGG = 0.75  # taker orders per aggTrade: most orders take one level
 _BURST_PROB = 0.25  # share of busy hours holding one millisecond with >1000 trades
+_TICK_CHUNK = 100  # depth batches whose level ticks are scheduled at once (see book_diff)
 _ANCHOR_WAVES = ((72, 0.03), (264, 0.06), (888, 0.1), (2424, 0.2), (8760, 0.35), (24000, 0.5))
 
 
@@ -309,6 +310,8 @@ class SymbolModel:
         self._updates_per_batch = 4 + self.spec.trades_per_hour // 10_000
         self._tick = 10.0**-self.spec.price_decimals
         self._step = 10.0**-self.spec.qty_decimals
+        self._chunk: _TickChunk | None = None
+        self._diff_lock = threading.Lock()
 
     # ---- clock -----------------------------------------------------------------------------
     def hour_of(self, ms: int) -> int:
@@ -693,11 +696,19 @@ class SymbolModel:
         and phase, so the levels that change between batch b-1 and b are exactly those whose
         epoch number ticks over: a diff stream can find them without rebuilding the book.
         """
+        hp, period, phase = self._level_hash(prices)
+        return self._qty(hp, (np.uint64(batch) + phase) // period)
+
+    def _level_hash(self, prices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(hash, period, phase) of each price level, as uint64 arrays."""
         p = prices.astype(np.uint64) ^ np.uint64(self._key)
         hp = _mix_np(p)
         period = np.uint64(20) + hp % np.uint64(580)
         phase = (hp >> np.uint64(20)) % period
-        epoch = (np.uint64(batch) + phase) // period
+        return hp, period, phase
+
+    def _qty(self, hp: np.ndarray, epoch: np.ndarray) -> np.ndarray:
+        """Size of levels with hash ``hp`` in their ``epoch`` (the draw behind ``level_qty``)."""
         u = (_mix_np(hp ^ _mix_np(epoch)) >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
         mean_steps = 4 * self.spec.trade_notional / (self.spec.base_price * self._step)
         return np.maximum(np.floor(-np.log1p(-u) * mean_steps), 1).astype(np.int64)
@@ -722,7 +733,22 @@ class SymbolModel:
 
         Levels leaving the window, or crossing to the other side, get size 0; applying the diff
         to book(batch-1) gives book(batch) exactly. ``first_update_id`` is U(batch-1)+1.
+
+        Equal to :meth:`_book_diff_full` (both books compared level by level) at a fraction of
+        its cost: a level staying in its side's window changes only when its epoch ticks over
+        to a different draw, and those ticks are scheduled once per chunk of batches, over
+        every price the chunk's windows reach (:class:`_TickChunk`). Sizes of all those levels
+        are kept current as batches are asked for in order, so a level entering a window is a
+        lookup.
         """
+        with self._diff_lock:
+            ch = self._chunk
+            if ch is None or not ch.b0 <= batch < ch.b0 + _TICK_CHUNK:
+                ch = self._chunk = _TickChunk(self, batch // _TICK_CHUNK * _TICK_CHUNK)
+            return ch.diff(batch)
+
+    def _book_diff_full(self, batch: int) -> DepthDiff:
+        """The reference for :meth:`book_diff`: both books compared level by level."""
         (pb, pa), (cb, ca) = self.touch(batch - 1), self.touch(batch)
         sides = []
         for prev_top, cur_top, sign in ((pb, cb, -1), (pa, ca, 1)):
@@ -747,6 +773,109 @@ class SymbolModel:
             final_update_id=self.update_id(batch),
             bid_px=sides[0][0],
             bid_qty=sides[0][1],
+            ask_px=sides[1][0],
+            ask_qty=sides[1][1],
+        )
+
+
+class _TickChunk:
+    """Level-size ticks of one symbol over ``_TICK_CHUNK`` depth batches from ``b0``.
+
+    Covers every price that a bid or ask window of batches ``b0-1 .. b0+_TICK_CHUNK-1``
+    reaches; ``qty`` holds the size of each of those levels at batch ``at``.
+    """
+
+    def __init__(self, model: SymbolModel, b0: int) -> None:
+        self.model = model
+        self.b0 = b0
+        b1 = b0 + _TICK_CHUNK  # exclusive
+        bids: list[int] = []
+        asks: list[int] = []
+        for h in range((b0 - 1) // BATCHES_PER_HOUR, (b1 - 1) // BATCHES_PER_HOUR + 1):
+            bid, spread = model.path(h)
+            j0 = max(b0 - 1 - h * BATCHES_PER_HOUR, 0)
+            j1 = min(b1 - 1 - h * BATCHES_PER_HOUR, BATCHES_PER_HOUR - 1) + 1  # as touch()
+            bids += bid[j0:j1].tolist()
+            asks += (bid[j0:j1] + spread[j0:j1]).tolist()
+        self.bids, self.asks = bids, asks  # touch of batches b0-1 .. b1-1
+        self.base = base = max(1, min(bids) - MAX_BOOK_LEVELS + 1)
+        prices = np.arange(base, max(asks) + MAX_BOOK_LEVELS)
+        self.hp, self.period, self.phase = hp, period, phase = model._level_hash(prices)
+        # A level's epoch ticks over at batch b when (b + phase) % period == 0.
+        ub0 = np.uint64(b0)
+        first = (period - (ub0 + phase) % period) % period  # offset of its first tick >= b0
+        due = first < np.uint64(_TICK_CHUNK)
+        count = np.zeros(prices.size, dtype=np.int64)
+        count[due] = ((np.uint64(_TICK_CHUNK - 1) - first[due]) // period[due] + 1).astype(np.int64)
+        idx = np.repeat(np.arange(prices.size), count)
+        k = (np.arange(idx.size) - (np.cumsum(count) - count)[idx]).astype(np.uint64)
+        off = first[idx] + k * period[idx]  # batch - b0
+        epoch = (ub0 + off + phase[idx]) // period[idx]
+        new = model._qty(hp[idx], epoch)
+        keep = new != model._qty(hp[idx], epoch - np.uint64(1))  # a redraw may land equal
+        off, px, new = off[keep].astype(np.int64), prices[idx[keep]], new[keep]
+        order = np.argsort(off, kind="stable")  # by batch, then by price ascending
+        off, px_l, new_l = off[order], px[order].tolist(), new[order].tolist()
+        bounds = np.searchsorted(off, np.arange(_TICK_CHUNK + 1)).tolist()
+        self.ticks = [
+            (px_l[bounds[i] : bounds[i + 1]], new_l[bounds[i] : bounds[i + 1]])
+            for i in range(_TICK_CHUNK)
+        ]
+        self.at = b0 - 1
+        self.qty: list[int] = self._sizes_at(b0 - 1)
+
+    def _sizes_at(self, batch: int) -> list[int]:
+        return self.model._qty(self.hp, (np.uint64(batch) + self.phase) // self.period).tolist()
+
+    def diff(self, batch: int) -> DepthDiff:
+        i = batch - self.b0
+        if self.at != batch - 1:  # not asked in order: rebuild the sizes at batch-1
+            self.qty = self._sizes_at(batch - 1)
+        qty, base = self.qty, self.base
+        tick_px, tick_qty = self.ticks[i]
+        for p, q in zip(tick_px, tick_qty, strict=True):
+            qty[p - base] = q
+        self.at = batch
+        pb, pa, cb, ca = self.bids[i], self.asks[i], self.bids[i + 1], self.asks[i + 1]
+        sides = []
+        for prev, cur in (
+            ((max(1, pb - MAX_BOOK_LEVELS + 1), pb), (max(1, cb - MAX_BOOK_LEVELS + 1), cb)),
+            ((pa, pa + MAX_BOOK_LEVELS - 1), (ca, ca + MAX_BOOK_LEVELS - 1)),
+        ):
+            # Ascending price order: below the overlap, the overlap's ticks, above it. A range
+            # of the previous window only is removed (0), one of the current only enters.
+            lo, hi = max(prev[0], cur[0]), min(prev[1], cur[1])
+            if lo > hi:  # no overlap
+                ranges = sorted((prev, cur))
+                below, above, mid = ranges[0], ranges[1], None
+            else:
+                below = (min(prev[0], cur[0]), lo - 1)
+                above = (hi + 1, max(prev[1], cur[1]))
+                mid = (lo, hi)
+            px: list[int] = []
+            qs: list[int] = []
+            for r in (below, mid, above):
+                if r is None or r[0] > r[1]:
+                    continue
+                if r is mid:
+                    for p, q in zip(tick_px, tick_qty, strict=True):
+                        if lo <= p <= hi:
+                            px.append(p)
+                            qs.append(q)
+                    continue
+                px.extend(range(r[0], r[1] + 1))
+                if cur[0] <= r[0] <= cur[1]:  # entering
+                    qs.extend(qty[r[0] - base : r[1] + 1 - base])
+                else:  # leaving
+                    qs.extend([0] * (r[1] + 1 - r[0]))
+            sides.append((np.array(px, dtype=np.int64), np.array(qs, dtype=np.int64)))
+        model = self.model
+        return DepthDiff(
+            batch=batch,
+            first_update_id=model.update_id(batch - 1) + 1,
+            final_update_id=model.update_id(batch),
+            bid_px=sides[0][0][::-1],  # bids best first
+            bid_qty=sides[0][1][::-1],
             ask_px=sides[1][0],
             ask_qty=sides[1][1],
         )

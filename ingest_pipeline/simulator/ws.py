@@ -185,6 +185,9 @@ class _SymbolState:
     prev_u: int = -1  # u of the last emitted @depth@100ms diff
     agg: dict[str, Any] | None = None  # @depth (1000 ms) accumulation
     top: tuple[int, int, int, int] | None = None  # last bookTicker (bid, bidq, ask, askq)
+    # Formatted depth levels: '["<price>","' by price ticks, '<qty>"]' by qty steps.
+    px_fmt: dict[int, str] = field(default_factory=dict)
+    qty_fmt: dict[int, str] = field(default_factory=dict)
 
 
 class BinanceWs:
@@ -674,8 +677,8 @@ class BinanceWs:
                         st.sym_json,
                         diff.first_update_id,
                         diff.final_update_id,
-                        _levels(diff.bid_px, diff.bid_qty, pd, qd),
-                        _levels(diff.ask_px, diff.ask_qty, pd, qd),
+                        _levels(st, diff.bid_px, diff.bid_qty, pd, qd),
+                        _levels(st, diff.ask_px, diff.ask_qty, pd, qd),
                     )
                     self.publish(
                         f"{p}@depth@100ms", payload, [diff.first_update_id, diff.final_update_id]
@@ -855,11 +858,27 @@ def _error(code: int, msg: str, rid: Any) -> str:
     return orjson.dumps({"error": {"code": code, "msg": msg}, "id": rid}).decode()
 
 
-def _levels(px: np.ndarray, qty: np.ndarray, pd: int, qd: int) -> str:
-    return ",".join(
-        f'["{format_units(p, pd)}","{format_units(q, qd)}"]'
-        for p, q in zip(px.tolist(), qty.tolist(), strict=True)
-    )
+_FMT_CACHE_MAX = 100_000  # formatted prices/sizes kept per symbol
+
+
+def _levels(st: _SymbolState, px: np.ndarray, qty: np.ndarray, pd: int, qd: int) -> str:
+    """Depth levels as JSON array items; formatted strings are cached per symbol (a diff
+    repeats the same prices and sizes batch after batch)."""
+    pc, qc = st.px_fmt, st.qty_fmt
+    if len(pc) > _FMT_CACHE_MAX:
+        pc.clear()
+    if len(qc) > _FMT_CACHE_MAX:
+        qc.clear()
+    out = []
+    for p, q in zip(px.tolist(), qty.tolist(), strict=True):
+        a = pc.get(p)
+        if a is None:
+            a = pc[p] = f'["{format_units(p, pd)}","'
+        b = qc.get(q)
+        if b is None:
+            b = qc[q] = f'{format_units(q, qd)}"]'
+        out.append(a + b)
+    return ",".join(out)
 
 
 def _depth_payload(e: int, sym_json: str, first: int, last: int, bids: str, asks: str) -> str:

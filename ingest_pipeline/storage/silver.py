@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,12 +50,24 @@ def silver_key(prefix: str, table: str, symbol: str, hour_ms: int) -> str:
     return f"{prefix.strip('/')}/{path}" if prefix.strip("/") else path
 
 
-def feature_schema(spec: FeatureSpec = DEFAULT_SPEC, table: str = FEATURES_TABLE) -> pa.Schema:
+def feature_schema(
+    spec: FeatureSpec = DEFAULT_SPEC,
+    table: str = FEATURES_TABLE,
+    columns: Sequence[str] | None = None,
+) -> pa.Schema:
     """The file schema of a feature table: ``ts`` (int64 epoch ms UTC), float64 values,
-    ``complete`` (bool), with descriptions."""
+    ``complete`` (bool), with descriptions. ``columns``: the value columns of a table holding
+    only some of the training-set columns (default: all of them)."""
     docs = spec.descriptions()
+    if columns is None:
+        names = spec.columns()
+    else:
+        unknown = [c for c in columns if c not in docs or c in ("symbol", "ts", "complete")]
+        if unknown:
+            raise ValueError(f"not value columns of the feature spec: {unknown}")
+        names = ["ts", *columns, "complete"]
     fields = []
-    for name in spec.columns():
+    for name in names:
         if name in PARTITION_COLUMNS:
             continue
         if name == "ts":
@@ -121,14 +133,16 @@ class SilverStore:
         table: str = FEATURES_TABLE,
         spec: FeatureSpec = DEFAULT_SPEC,
         metadata: Mapping[str, str] | None = None,
+        columns: Sequence[str] | None = None,
     ) -> SilverWriteResult:
-        """One symbol-hour as one object, in one PUT (an empty frame writes nothing)."""
+        """One symbol-hour as one object, in one PUT (an empty frame writes nothing).
+        ``columns``: the table's value columns when it is not the full training set."""
         if "symbol" in frame and len(frame) and (frame["symbol"] != symbol).any():
             raise ValueError(f"frame holds rows of other symbols than {symbol!r}")
         key = self.key(table, symbol, hour_ms)
         if frame.empty:
             return SilverWriteResult(self.bucket, key, 0, 0)
-        body = encode_parquet(frame, feature_schema(spec, table))
+        body = encode_parquet(frame, feature_schema(spec, table, columns))
         self._s3.put_object(
             Bucket=self.bucket,
             Key=key,
@@ -137,3 +151,12 @@ class SilverStore:
             Metadata={"rows": str(len(frame)), **(metadata or {})},
         )
         return SilverWriteResult(self.bucket, key, len(frame), len(body))
+
+    def read_hour(self, table: str, symbol: str, hour_ms: int) -> pd.DataFrame | None:
+        """One symbol-hour of a table as written (nulls as NaN), or None when it does not
+        exist. The frame has no ``symbol`` column: that lives in the path."""
+        try:
+            obj = self._s3.get_object(Bucket=self.bucket, Key=self.key(table, symbol, hour_ms))
+        except self._s3.exceptions.NoSuchKey:
+            return None
+        return pq.read_table(io.BytesIO(obj["Body"].read())).to_pandas()

@@ -28,4 +28,6 @@ def test_jobs_split_history_from_live_book() -> None:
     symbols = defs.resolve_asset_graph().get_all_asset_keys()
     assert {k.path[-1] for k in history} == {"agg_trades", "trades", "klines_1m"}
     assert {k.path[-1] for k in snapshots} == {"depth_snapshot"}
-    assert history | snapshots == {k for k in symbols if k.path[0] == "bronze"}
+    archive = defs.resolve_job_def("bronze_archive_hourly").asset_layer.selected_asset_keys
+    assert {k.path[-1] for k in archive} == {"trade", "bba", "depth_delta"}
+    assert history | snapshots | archive == {k for k in symbols if k.path[0] == "bronze"}

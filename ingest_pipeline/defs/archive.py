@@ -1,0 +1,294 @@
+"""Stream archive: the hour's ``trade``, ``bba`` and ``depth_delta`` records read back from
+Kinesis into bronze (SPEC §3), one asset per symbol and type, keys ``bronze/S/type``.
+
+When an hour can be archived: its records arrive until the hour's end plus a grace period
+(late arrivals: REST backfills of missed trades, spill files replayed after a Kinesis outage),
+and Kinesis keeps them for the stream's retention (24 h by default). So:
+
+- an hour not yet closed plus grace is **skipped**, not failed: no materialization, no check
+  result, a log line saying when it can be archived. A schedule or a backfill that reaches the
+  newest hour a few minutes early is not an error; the next run archives it. Failing would page
+  someone for the normal passage of time.
+- an hour older than the retention **fails** with a message naming the retention: its records
+  are gone from Kinesis, and an empty archive would be a lie. (REST bronze still has the trades.)
+
+Records arriving after the cutoff are not in the archive; a re-run within retention picks them
+up and the bronze writer reports what changed.
+
+Each asset reads the whole stream of its type for the hour and keeps its symbol's records
+(partition key = symbol): with S symbols a stream is read S times an hour. Fine for a handful of
+symbols; beyond that, one multi_asset per type reading each stream once is the next step.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+from ingest_pipeline import quality
+from ingest_pipeline.aws import EMULATOR_CREDENTIALS, is_loopback
+from ingest_pipeline.defs.bronze import (
+    BACKFILL_POLICY,
+    BRONZE_GROUP,
+    _asset_metadata,
+    _hour_row,
+    _metadata,
+    bronze_key,
+)
+from ingest_pipeline.defs.checks import Check, check_results, check_specs
+from ingest_pipeline.defs.partitions import hourly_partitions, partition_hours
+from ingest_pipeline.defs.resources import BronzeResource
+from ingest_pipeline.records import BBA, DEPTH_DELTA, TRADE, Record
+from ingest_pipeline.settings import Settings
+from ingest_pipeline.storage.kinesis_reader import (
+    ArchivedHour,
+    KinesisReader,
+    WindowNotReadable,
+    archive_hour,
+)
+from ingest_pipeline.timeutil import HOUR_MS, from_ms, now_ms
+
+ARCHIVE_TYPES = (TRADE, BBA, DEPTH_DELTA)
+
+
+class KinesisResource(dg.ConfigurableResource):
+    """Kinesis streams (AWS, LocalStack or moto) for reading hours back; credentials from the
+    AWS chain, except on a loopback emulator."""
+
+    region_name: str
+    endpoint_url: str | None = None
+    # Records arriving this long after the hour's end still belong to its archive.
+    grace_seconds: float = 240.0
+    # The read starts this long before the hour: absorbs producer/Kinesis clock skew.
+    lead_seconds: float = 60.0
+
+    _client: Any = PrivateAttr(default=None)
+
+    def get_client(self) -> Any:
+        if self._client is None:
+            import boto3
+
+            from ingest_pipeline.aws import CLIENT_CONFIG
+
+            kwargs: dict[str, Any] = {"region_name": self.region_name, "config": CLIENT_CONFIG}
+            if self.endpoint_url:
+                kwargs["endpoint_url"] = self.endpoint_url
+                if is_loopback(self.endpoint_url):
+                    kwargs.update(EMULATOR_CREDENTIALS)
+            self._client = boto3.client("kinesis", **kwargs)
+        return self._client
+
+    def get_reader(self) -> KinesisReader:
+        return KinesisReader(self.get_client(), lead_ms=int(self.lead_seconds * 1000))
+
+
+def kinesis_resource(settings: Settings) -> KinesisResource:
+    return KinesisResource(
+        region_name=settings.region,
+        endpoint_url=settings.aws_endpoint_url,
+        grace_seconds=float(settings.archive_grace_seconds),
+    )
+
+
+@dataclass(frozen=True)
+class ArchiveType:
+    data_type: str
+    description: str
+    id_name: str
+    checks: tuple[Check, ...]
+
+
+# Checks see the ArchivedHour: records deduplicated by key, in the order Kinesis delivered them.
+ARCHIVE_KINDS = {
+    TRADE: ArchiveType(
+        TRADE,
+        "Real-time trades (`<symbol>@trade`, MarketTrade, source `sbe`) as they reached "
+        "Kinesis, deduplicated by trade id.",
+        "trade_id",
+        (
+            Check(
+                "ids_contiguous",
+                "Trade ids of the hour form one contiguous range (gaps listed with their ranges: "
+                "trades the streamer missed and could not backfill).",
+                lambda a: quality.check_contiguous_ids(a.records, "trade_id"),
+                blocking=True,
+            ),
+        ),
+    ),
+    BBA: ArchiveType(
+        BBA,
+        "Best bid/ask updates (`<symbol>@bookTicker`); spot bookTicker has no event time, so "
+        "`event_ts` is the receive time.",
+        "update_id",
+        (
+            Check(
+                "update_ids_increasing",
+                "Update ids strictly increase in the order Kinesis delivered them.",
+                lambda a: quality.check_increasing_ids(a.records, "update_id"),
+            ),
+        ),
+    ),
+    DEPTH_DELTA: ArchiveType(
+        DEPTH_DELTA,
+        "Order book diffs (`<symbol>@depth@100ms`) with first/final update ids; the first diff "
+        "after a gap carries `gap: true`.",
+        "final_update_id",
+        (
+            Check(
+                "depth_chain",
+                "Every diff continues the previous one (`U == previous u + 1`); every break is "
+                "listed and diffs marked `gap: true` are counted.",
+                lambda a: quality.check_depth_chain(a.records),
+            ),
+        ),
+    ),
+}
+
+
+def stream_of(settings: Settings, data_type: str) -> str:
+    return {
+        TRADE: settings.kinesis_trade_stream,
+        BBA: settings.kinesis_bba_stream,
+        DEPTH_DELTA: settings.kinesis_depth_stream,
+    }[data_type]
+
+
+def build_archive_asset(symbol: str, kind: ArchiveType, settings: Settings) -> dg.AssetsDefinition:
+    partitions = hourly_partitions(settings)
+    key = bronze_key(symbol, kind.data_type)
+    stream = stream_of(settings, kind.data_type)
+
+    # A multi_asset only for can_subset=True (as depth_snapshot): a run over an hour that is
+    # not closed yet ends without a materialization or a check result.
+    @dg.multi_asset(
+        specs=[
+            dg.AssetSpec(
+                key,
+                group_name=BRONZE_GROUP,
+                kinds={"s3", "kinesis"},
+                partitions_def=partitions,
+                skippable=True,
+                description=(
+                    f"{symbol}: {kind.description} Read back hourly from Kinesis stream "
+                    f"`{stream}` (AT_TIMESTAMP over every shard, grace for late arrivals, "
+                    "bounded by retention). Gzip JSONL, one object per hour."
+                ),
+                metadata={
+                    **_asset_metadata(symbol, kind.data_type, settings),
+                    "kinesis_stream": stream,
+                },
+            )
+        ],  # fmt: skip
+        name=key.to_python_identifier(),
+        partitions_def=partitions,
+        backfill_policy=BACKFILL_POLICY,
+        can_subset=True,
+        check_specs=check_specs(key, kind.checks, partitions),
+    )
+    def _asset(
+        context: dg.AssetExecutionContext, kinesis: KinesisResource, bronze: BronzeResource
+    ) -> Iterator[dg.MaterializeResult]:
+        hours = list(partition_hours(context))
+        now = now_ms()
+        grace_ms = int(kinesis.grace_seconds * 1000)
+        ready_at = hours[-1] + HOUR_MS + grace_ms
+        if now < ready_at:
+            context.log.info(
+                f"{symbol} {kind.data_type} {from_ms(hours[-1]):%Y-%m-%d %H}h skipped: records "
+                f"may still arrive until {from_ms(ready_at):%H:%M:%S} UTC (hour end + "
+                f"{kinesis.grace_seconds:.0f} s grace); a run after that archives it"
+            )
+            return
+        reader = kinesis.get_reader()
+        try:
+            retention = reader.check_retention(stream, hours[0], now)
+        except WindowNotReadable as exc:
+            raise dg.Failure(
+                description=f"{symbol} {kind.data_type}: cannot archive "
+                f"{from_ms(hours[0]):%Y-%m-%d %H}h: {exc}. The REST bronze types "
+                "(agg_trades, trades) still cover that hour's trades.",
+                metadata={"retention_hours": reader.retention_hours(stream)},
+            ) from None
+        store = bronze.get_store()
+        rows: list[dict[str, Any]] = []
+        changes: dict[str, int] = {}
+        reads: dict[str, Any] = {}
+        verdicts: dict[str, list[tuple[int, quality.Verdict]]] = {c.name: [] for c in kind.checks}
+        last: list[Record] = []
+        for hour in hours:
+            archived = archive_hour(
+                reader, store, stream, symbol, kind.data_type, hour, hour + HOUR_MS + grace_ms
+            )
+            _log_hour(context, bronze, symbol, kind.data_type, hour, archived)
+            rows.append(_hour_row(hour, archived.result, len(archived.read.malformed)))
+            changes = archived.result.changes or changes
+            reads[f"{from_ms(hour):%Y-%m-%d %H}h"] = {
+                **archived.read.summary(),
+                "kinesis_duplicates": archived.duplicates,
+            }
+            for check in kind.checks:
+                verdicts[check.name].append((hour, check.rule(archived)))
+            last = archived.records
+        meta = _metadata(rows, kind.id_name, changes, last)
+        meta["kinesis_read"] = dg.MetadataValue.json(reads)
+        meta["retention_hours"] = dg.MetadataValue.int(retention)
+        yield dg.MaterializeResult(
+            asset_key=key,
+            metadata=meta,
+            check_results=check_results(context, key, kind.checks, verdicts),
+        )
+
+    return _asset
+
+
+def _log_hour(
+    context: dg.AssetExecutionContext,
+    bronze: BronzeResource,
+    symbol: str,
+    data_type: str,
+    hour: int,
+    archived: ArchivedHour,
+) -> None:
+    read = archived.read
+    if read.malformed:
+        uri = bronze.write_rejects(symbol, data_type, hour, read.malformed)
+        context.log.warning(
+            f"{symbol} {data_type} {from_ms(hour):%Y-%m-%d %H}h: {len(read.malformed)} "
+            f"undecodable Kinesis records kept aside at {uri}; first: "
+            f"{read.malformed[0]['reason']}"
+        )
+    result = archived.result
+    if result.changes:
+        context.log.warning(f"{result.uri} replaced, records changed: {result.changes}")
+    context.log.info(
+        f"{result.uri}: {result.records} records ({archived.duplicates} Kinesis duplicates "
+        f"dropped), {result.bytes} B, {result.action}; shards: {read.summary()['shards']}"
+    )
+
+
+def build_archive_assets(settings: Settings) -> list[dg.AssetsDefinition]:
+    return [
+        build_archive_asset(symbol, ARCHIVE_KINDS[t], settings)
+        for symbol in settings.symbols
+        for t in ARCHIVE_TYPES
+    ]
+
+
+# The archive of the hour just closed, at the same minute as the REST history: the grace
+# (240 s by default) has passed by then. Backfills over past hours are bounded by retention.
+ARCHIVE_MINUTE_OF_HOUR = 5
+archive_selection = dg.AssetSelection.groups(BRONZE_GROUP) & dg.AssetSelection.kind("kinesis")
+
+bronze_archive_job = dg.define_asset_job(
+    "bronze_archive_hourly",
+    selection=archive_selection,
+    description="trade, bba and depth_delta of the hour just closed, read back from Kinesis.",
+)
+
+
+def build_archive_schedule() -> dg.ScheduleDefinition:
+    return dg.build_schedule_from_partitioned_job(
+        bronze_archive_job, minute_of_hour=ARCHIVE_MINUTE_OF_HOUR
+    )
