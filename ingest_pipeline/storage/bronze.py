@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from ingest_pipeline.records import Record, record_key, time_field
+from ingest_pipeline.storage.s3objects import get_bytes_or_none, head_or_none
 from ingest_pipeline.symbols import check_symbol
 from ingest_pipeline.timeutil import HOUR_MS, from_ms
 
@@ -169,22 +170,12 @@ class BronzeStore:
         return f"{self.prefix}/{hour_path(symbol, data_type, hour_ms)}"
 
     def head(self, symbol: str, data_type: str, hour_ms: int) -> dict[str, Any] | None:
-        try:
-            return self._s3.head_object(
-                Bucket=self.bucket, Key=self.key(symbol, data_type, hour_ms)
-            )
-        except self._s3.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise
+        return head_or_none(self._s3, self.bucket, self.key(symbol, data_type, hour_ms))
 
     def read_hour(self, symbol: str, data_type: str, hour_ms: int) -> list[Record] | None:
         """The records of one bronze object, or None when it does not exist."""
-        try:
-            obj = self._s3.get_object(Bucket=self.bucket, Key=self.key(symbol, data_type, hour_ms))
-        except self._s3.exceptions.NoSuchKey:
-            return None
-        return decode_jsonl_gz(obj["Body"].read())
+        body = get_bytes_or_none(self._s3, self.bucket, self.key(symbol, data_type, hour_ms))
+        return None if body is None else decode_jsonl_gz(body)
 
     def write_hour(
         self, symbol: str, data_type: str, hour_ms: int, records: Iterable[Record]

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ingest_pipeline.features.spec import DEFAULT_SPEC, FeatureSpec
+from ingest_pipeline.storage.s3objects import get_bytes_or_none
 from ingest_pipeline.symbols import check_symbol
 from ingest_pipeline.timeutil import HOUR_MS, from_ms
 
@@ -155,8 +156,5 @@ class SilverStore:
     def read_hour(self, table: str, symbol: str, hour_ms: int) -> pd.DataFrame | None:
         """One symbol-hour of a table as written (nulls as NaN), or None when it does not
         exist. The frame has no ``symbol`` column: that lives in the path."""
-        try:
-            obj = self._s3.get_object(Bucket=self.bucket, Key=self.key(table, symbol, hour_ms))
-        except self._s3.exceptions.NoSuchKey:
-            return None
-        return pq.read_table(io.BytesIO(obj["Body"].read())).to_pandas()
+        body = get_bytes_or_none(self._s3, self.bucket, self.key(table, symbol, hour_ms))
+        return None if body is None else pq.read_table(io.BytesIO(body)).to_pandas()
