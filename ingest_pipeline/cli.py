@@ -160,6 +160,60 @@ def cmd_load_capture(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_time(value: str) -> int:
+    """Epoch ms of an ISO time (no zone: UTC)."""
+    from datetime import UTC, datetime
+
+    dt = datetime.fromisoformat(value)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    """Kinesis streams -> online feature engines -> one JSON line per final row on stdout."""
+    from ingest_pipeline.aws import aws_client
+    from ingest_pipeline.storage.bronze import BronzeStore
+    from ingest_pipeline.streaming.online_features import OnlineFeatureConsumer, row_json
+
+    if not args.online:
+        print("only --online is implemented (offline features: the silver assets)", file=sys.stderr)
+        return 2
+    settings = load_settings()
+    symbols = tuple(s.strip().upper() for s in args.symbols.split(",")) if args.symbols else None
+    start = None if args.from_ in (None, "now") else _parse_time(args.from_)
+    end = _parse_time(args.until) if args.until else None
+    out = sys.stdout.buffer
+
+    def on_row(row: dict) -> None:
+        out.write(row_json(row) + b"\n")
+        out.flush()
+
+    consumer = OnlineFeatureConsumer(
+        aws_client("kinesis", settings),
+        settings,
+        on_row,
+        symbols=symbols or settings.symbols,
+        start_ms=start,
+        end_ms=end,
+        bronze=BronzeStore(aws_client("s3", settings), settings.bucket, settings.bronze_prefix),
+        allowed_lateness_ms=args.lateness_ms,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    if args.duration:
+        timer = threading.Timer(args.duration, stop.set)
+        timer.daemon = True
+        timer.start()
+    until = f" to {from_ms(end):%Y-%m-%d %H:%M:%S} UTC" if end else ""
+    print(f"online features from {from_ms(consumer.start_ms):%Y-%m-%d %H:%M:%S} UTC{until}",
+          file=sys.stderr)  # fmt: skip
+    stats = consumer.run(stop)
+    print(f"{stats.rows} rows; {consumer.summary()}", file=sys.stderr, flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ingest-pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -194,6 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     load.add_argument("--symbols", default=None, help="comma-separated, default: every file")
     load.set_defaults(func=cmd_load_capture)
+    feat = sub.add_parser("features", help="online features from the Kinesis streams")
+    feat.add_argument("--online", action="store_true", help="the online engine (required)")
+    feat.add_argument("--symbols", default=None, help="comma-separated, default from config")
+    feat.add_argument("--from", dest="from_", default=None, help="ISO time (UTC) or now")
+    feat.add_argument("--until", default=None, help="ISO time (UTC): stop there, on the grid")
+    feat.add_argument("--duration", type=float, default=None, help="seconds, default: forever")
+    feat.add_argument("--lateness-ms", type=int, default=3000, help="allowed lateness")
+    feat.set_defaults(func=cmd_features)
     return parser
 
 
