@@ -125,7 +125,12 @@ class _Draw:
 
 @dataclass
 class _EmitLog:
-    """What was emitted on one stream: a count and the last ``limit`` ids."""
+    """What was emitted on one stream: a count and the last ``limit`` ids.
+
+    A payload counts as emitted once its frame has been written to a subscriber's socket, not
+    when it is queued: frames still queued on a connection that then closes (a stalled one the
+    client gave up on, say) never left the server, exactly as on Binance.
+    """
 
     limit: int
     count: int = 0
@@ -136,6 +141,18 @@ class _EmitLog:
         self.ids.append(ident)
         if len(self.ids) > self.limit:
             self.ids.popleft()
+
+
+class _Emission:
+    """One published payload, shared by the frames queued to its subscribers: logged as
+    emitted by the first of them that is written to a socket."""
+
+    __slots__ = ("ident", "logged", "stream")
+
+    def __init__(self, stream: str, ident: Any) -> None:
+        self.stream = stream
+        self.ident = ident
+        self.logged = False
 
 
 class WsConnection:
@@ -150,7 +167,8 @@ class WsConnection:
         self.combined = combined
         self.ip = ip
         self.streams: dict[str, None] = {}  # insertion-ordered set
-        self.buf: list[str] = []
+        # Outgoing frames, each with the emission it carries (None: a reply, not market data).
+        self.buf: list[tuple[str, _Emission | None]] = []
         self.wake = asyncio.Event()
         self.closed = False
         self.stall_until = 0.0  # monotonic seconds
@@ -159,8 +177,8 @@ class WsConnection:
         self.ping_pending_since: float | None = None
         self.sent = 0
 
-    def push(self, frame: str) -> None:
-        self.buf.append(frame)
+    def push(self, frame: str, emission: _Emission | None = None) -> None:
+        self.buf.append((frame, emission))
         self.wake.set()
 
     def abort(self) -> None:
@@ -365,11 +383,14 @@ class BinanceWs:
                     await self._close(conn, 1009, "Slow consumer")
                     return
                 frames, conn.buf = conn.buf, []
-                for frame in frames:
+                for frame, emission in frames:
                     if conn.closed:
                         return
                     await ws.send_str(frame)
                     conn.sent += 1
+                    if emission is not None and not emission.logged:
+                        emission.logged = True
+                        self._log_emitted(emission)
         except (ConnectionError, RuntimeError, asyncio.CancelledError):
             return
         except Exception:  # a failed write ends this connection, never the server
@@ -508,14 +529,12 @@ class BinanceWs:
 
     # ---- fan-out --------------------------------------------------------------------------
     def publish(self, stream: str, payload: str, ident: Any) -> None:
-        """Send one payload to every subscriber of ``stream`` and log it as emitted."""
+        """Queue one payload to every subscriber of ``stream``; it is logged as emitted when the
+        first of these frames is written to its socket (``_writer``)."""
         subs = self.subs.get(stream)
         if not subs:
             return
-        log_ = self.emitted.get(stream)
-        if log_ is None:
-            log_ = self.emitted[stream] = _EmitLog(self.config.ws_emitted_log)
-        log_.add(ident)
+        emission = _Emission(stream, ident)
         f = self.faults
         if f.malformed_rate > 0 and self._draws["malformed"](f.malformed_rate):
             self.stats["malformed"] += 1
@@ -528,9 +547,15 @@ class BinanceWs:
             if conn.combined:
                 if wrapped is None:
                     wrapped = f'{{"stream":{orjson.dumps(stream).decode()},"data":{payload}}}'
-                conn.push(wrapped)
+                conn.push(wrapped, emission)
             else:
-                conn.push(payload)
+                conn.push(payload, emission)
+
+    def _log_emitted(self, emission: _Emission) -> None:
+        log_ = self.emitted.get(emission.stream)
+        if log_ is None:
+            log_ = self.emitted[emission.stream] = _EmitLog(self.config.ws_emitted_log)
+        log_.add(emission.ident)
 
     # ---- synthetic live market ------------------------------------------------------------
     def _parse(self, name: str) -> tuple[str, str] | None:

@@ -232,8 +232,10 @@ class Streamer:
         if data_type == DEPTH_DELTA:
             self._check_chain(record, symbol)
         elif data_type == TRADE:
-            self._check_trade_ids(record["trade_id"], symbol)
-            self._tid_link[symbol] = link.id if link is not None else -1
+            if self._check_trade_ids(record["trade_id"], symbol):
+                # Only the newest id moves the tail: a backfilled trade or a late one of an old
+                # link must not hide that the newest came on a link since replaced.
+                self._tid_link[symbol] = link.id if link is not None else -1
         try:
             self._producer.put(stream, symbol, orjson.dumps(record))  # type: ignore[union-attr]
         except RecordTooLargeError as exc:
@@ -244,12 +246,16 @@ class Streamer:
 
     # --- trade ids: Binance numbers a symbol's trades consecutively -------------------------
 
-    def _check_trade_ids(self, tid: int, symbol: str) -> None:
+    def _check_trade_ids(self, tid: int, symbol: str) -> bool:
+        """Track the newest id of ``symbol`` (a hole before it is backfilled); True when
+        ``tid`` is that newest id now."""
         prev = self._last_tid.get(symbol)
         if prev is None or tid > prev:
             self._last_tid[symbol] = tid
             if prev is not None and tid > prev + 1:
                 self._trade_gap(symbol, prev + 1, tid - 1)
+            return True
+        return False
 
     def _trade_gap(self, symbol: str, first: int, last: int) -> None:
         n = last - first + 1
