@@ -79,7 +79,7 @@ def main(n: int) -> None:
             s3.put_object(Bucket=settings.bucket, Key="bench-naive/x.jsonl.gz", Body=buf.getvalue())
 
         records, _ = normalize_page(agg_trade_from_rest, raw, symbol="BTCUSDT", ingest_ts=HOUR)
-        ordered, _ = prepare_records(records, AGG_TRADES, HOUR)
+        ordered, _ = prepare_records(records, AGG_TRADES, HOUR, "BTCUSDT")
         jsonl = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in ordered)
 
         def bare_gzip() -> None:

@@ -168,3 +168,25 @@ def time_field(data_type: str) -> str:
         return _TIME_FIELDS[data_type]
     except KeyError:
         raise ValueError(f"unknown data type {data_type!r}") from None
+
+
+# The field that orders and identifies a record within one object (one symbol, one type):
+# the last element of its record key.
+_ID_FIELDS: dict[str, str] = {
+    AGG_TRADES: "trade_id",
+    TRADES: "trade_id",
+    TRADE: "trade_id",
+    BBA: "update_id",
+    DEPTH_DELTA: "final_update_id",
+    DEPTH_SNAPSHOT: "last_update_id",
+}
+
+
+def id_field(data_type: str) -> str:
+    """The field that identifies a record among those of one symbol and data type."""
+    if data_type.startswith(KLINES_PREFIX):
+        return "open_time"
+    try:
+        return _ID_FIELDS[data_type]
+    except KeyError:
+        raise ValueError(f"unknown data type {data_type!r}") from None

@@ -47,7 +47,7 @@ def test_hour_path_layout() -> None:
 
 def test_prepare_sorts_by_key_and_drops_duplicates() -> None:
     records = [trade(3, 5), trade(1, 1), trade(2, 2), trade(1, 1, ingest=99)]
-    ordered, dropped = prepare_records(records, AGG_TRADES, HOUR)
+    ordered, dropped = prepare_records(records, AGG_TRADES, HOUR, "BTCUSDT")
     assert [r["trade_id"] for r in ordered] == [1, 2, 3]
     assert dropped == 1
     assert ordered[0]["ingest_ts"] == 1  # the first one seen wins
@@ -55,9 +55,9 @@ def test_prepare_sorts_by_key_and_drops_duplicates() -> None:
 
 def test_prepare_refuses_records_outside_the_hour() -> None:
     with pytest.raises(ValueError, match="outside the hour"):
-        prepare_records([trade(1, HOUR_MS)], AGG_TRADES, HOUR)
+        prepare_records([trade(1, HOUR_MS)], AGG_TRADES, HOUR, "BTCUSDT")
     with pytest.raises(ValueError, match="outside the hour"):
-        prepare_records([trade(1, -1)], AGG_TRADES, HOUR)
+        prepare_records([trade(1, -1)], AGG_TRADES, HOUR, "BTCUSDT")
 
 
 def test_encoding_is_deterministic_jsonl_with_zero_gzip_mtime() -> None:
@@ -121,5 +121,18 @@ def test_fingerprint_ignores_ingest_ts_only() -> None:
 
 def test_prepare_keeps_already_ordered_input_as_is() -> None:
     records = [trade(i, i) for i in range(5)]
-    ordered, dropped = prepare_records(records, AGG_TRADES, HOUR)
+    ordered, dropped = prepare_records(records, AGG_TRADES, HOUR, "BTCUSDT")
     assert ordered == records and dropped == 0
+
+
+def test_lines_are_exact_even_when_a_string_holds_a_record_joint() -> None:
+    rejects = [{"reason": "bad", "raw": '[{"a":1},{"b":2}]'}, {"reason": "x", "raw": "},{"}]
+    assert decode_jsonl_gz(encode_jsonl_gz(rejects)) == rejects
+    records = [trade(i, i) for i in range(3)]
+    body = gzip.decompress(encode_jsonl_gz(records))
+    assert body.count(b"\n") == 3 and decode_jsonl_gz(encode_jsonl_gz(records)) == records
+
+
+def test_prepare_refuses_records_of_another_symbol() -> None:
+    with pytest.raises(ValueError, match="ETHUSDT"):
+        prepare_records([trade(1), {**trade(2), "symbol": "ETHUSDT"}], AGG_TRADES, HOUR, "BTCUSDT")
