@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo test lint format dev bench clean test-ui test-deploy
+.PHONY: install demo test lint format dev bench clean audit test-ui test-deploy
 
 install: $(VENV)/.installed
 
@@ -43,3 +43,10 @@ dev: install
 
 clean:
 	rm -rf $(VENV) .dagster_home *.egg-info
+
+# Known vulnerabilities in the installed dependency set (PyPI's advisory data via pip-audit).
+# Not part of `make test`: it needs the advisory service, which this workplace cannot reach.
+audit: install
+	$(BIN)/pip install --quiet pip-audit
+	$(BIN)/pip freeze --exclude-editable > .venv/requirements.audit.txt
+	$(BIN)/pip-audit --strict -r .venv/requirements.audit.txt

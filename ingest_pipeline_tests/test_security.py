@@ -57,3 +57,27 @@ def test_unsafe_symbols_reach_neither_a_url_nor_a_key(symbol: str) -> None:
 
 def test_listed_non_ascii_symbol_is_kept_as_utf8_in_keys() -> None:
     assert hour_path("币安人生USDT", "agg_trades", 0).startswith("币安人生USDT/agg_trades/")
+
+
+def test_health_and_metrics_listen_on_loopback_only_by_default() -> None:
+    import asyncio
+    import socket
+
+    from ingest_pipeline.settings import load_settings
+    from ingest_pipeline.streaming import Streamer, StreamerConfig
+    from ingest_pipeline.streaming.health import HealthServer
+
+    assert StreamerConfig().health_host == "127.0.0.1"
+    streamer = Streamer(load_settings("local", environ={}), StreamerConfig(symbols=("BTCUSDT",)))
+
+    async def bound_addresses() -> list[tuple[str, int]]:
+        server = HealthServer(streamer)
+        await server.start()
+        try:
+            sockets = [s for site in server._runner.sites for s in site._server.sockets]
+            return [s.getsockname()[:2] for s in sockets if s.family == socket.AF_INET]
+        finally:
+            await server.stop()
+
+    addresses = asyncio.run(bound_addresses())
+    assert addresses and all(host == "127.0.0.1" for host, _ in addresses)
