@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo test test-ui test-deploy lint format dev clean audit test-ui test-deploy
+.PHONY: install demo test test-ui test-deploy lint format dev clean audit
 
 install: $(VENV)/.installed
 
