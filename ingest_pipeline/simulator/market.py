@@ -411,15 +411,19 @@ class SymbolModel:
         orders = max(1, round(g * _ORDERS_PER_AGG))
         order_aggs = _composition(rng, g, orders)
         order_first_agg = np.concatenate(([0], np.cumsum(order_aggs)[:-1]))
-        order_time = np.sort(rng.integers(0, HOUR_MS, orders))
-        trades_per_order = np.add.reduceat(agg_sizes, order_first_agg)
         if self.spec.trades_per_hour >= 20_000 and _unit(self._key ^ 0xB1, h) < _BURST_PROB:
             # A liquidation-like burst: many taker orders in one millisecond, >1000 trades, so
             # clients paging by time must step through one millisecond several pages long.
+            # The burst comes on top of the hour's flow: its orders share one time slot, so
+            # the minutes around it keep their usual activity (no silent stretch after it).
+            trades_per_order = np.add.reduceat(agg_sizes, order_first_agg)
             i0 = int(rng.integers(0, orders // 2))
             need = 1001 + int(rng.integers(0, 600))
-            j = int(np.searchsorted(np.cumsum(trades_per_order[i0:]), need)) + i0 + 1
-            order_time[i0 : min(j, orders)] = order_time[i0]
+            j = min(int(np.searchsorted(np.cumsum(trades_per_order[i0:]), need)) + i0 + 1, orders)
+            slots = np.sort(rng.integers(0, HOUR_MS, orders - (j - i0) + 1))
+            order_time = np.concatenate((slots[:i0], np.full(j - i0, slots[i0]), slots[i0 + 1 :]))
+        else:
+            order_time = np.sort(rng.integers(0, HOUR_MS, orders))
 
         is_buy = rng.random(orders) < 0.5
         agg_order = np.repeat(np.arange(orders), order_aggs)
