@@ -30,14 +30,14 @@ from pydantic import PrivateAttr
 from ingest_pipeline import quality
 from ingest_pipeline.aws import EMULATOR_CREDENTIALS, is_loopback
 from ingest_pipeline.defs.bronze import (
-    BACKFILL_POLICY,
     BRONZE_GROUP,
     _asset_metadata,
     _hour_row,
     _metadata,
     bronze_key,
+    skippable_asset,
 )
-from ingest_pipeline.defs.checks import Check, check_results, check_specs
+from ingest_pipeline.defs.checks import Check, check_results
 from ingest_pipeline.defs.partitions import hourly_partitions, partition_hours
 from ingest_pipeline.defs.resources import BronzeResource
 from ingest_pipeline.records import BBA, DEPTH_DELTA, TRADE, Record
@@ -160,32 +160,18 @@ def build_archive_asset(symbol: str, kind: ArchiveType, settings: Settings) -> d
     key = bronze_key(symbol, kind.data_type)
     stream = stream_of(settings, kind.data_type)
 
-    # A multi_asset only for can_subset=True (as depth_snapshot): a run over an hour that is
-    # not closed yet ends without a materialization or a check result.
-    @dg.multi_asset(
-        specs=[
-            dg.AssetSpec(
-                key,
-                group_name=BRONZE_GROUP,
-                kinds={"s3", "kinesis"},
-                partitions_def=partitions,
-                skippable=True,
-                description=(
-                    f"{symbol}: {kind.description} Read back hourly from Kinesis stream "
-                    f"`{stream}` (AT_TIMESTAMP over every shard, grace for late arrivals, "
-                    "bounded by retention). Gzip JSONL, one object per hour."
-                ),
-                metadata={
-                    **_asset_metadata(symbol, kind.data_type, settings),
-                    "kinesis_stream": stream,
-                },
-            )
-        ],  # fmt: skip
-        name=key.to_python_identifier(),
-        partitions_def=partitions,
-        backfill_policy=BACKFILL_POLICY,
-        can_subset=True,
-        check_specs=check_specs(key, kind.checks, partitions),
+    # Skippable: a run over an hour that is not closed yet ends without a materialization.
+    @skippable_asset(
+        key,
+        kinds={"s3", "kinesis"},
+        partitions=partitions,
+        description=(
+            f"{symbol}: {kind.description} Read back hourly from Kinesis stream `{stream}` "
+            "(AT_TIMESTAMP over every shard, grace for late arrivals, bounded by retention). "
+            "Gzip JSONL, one object per hour."
+        ),
+        metadata={**_asset_metadata(symbol, kind.data_type, settings), "kinesis_stream": stream},
+        checks=kind.checks,
     )
     def _asset(
         context: dg.AssetExecutionContext, kinesis: KinesisResource, bronze: BronzeResource

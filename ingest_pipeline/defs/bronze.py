@@ -347,35 +347,58 @@ BOOK_CHECK = Check(
 )
 
 
-def build_depth_snapshot_asset(symbol: str, settings: Settings) -> dg.AssetsDefinition:
-    partitions = hourly_partitions(settings, end_offset=1)
-    key = bronze_key(symbol, DEPTH_SNAPSHOT)
+def skippable_asset(
+    key: dg.AssetKey,
+    *,
+    kinds: set[str],
+    partitions: dg.PartitionsDefinition,
+    description: str,
+    metadata: dict[str, Any],
+    checks: Sequence[Check],
+    pool: str | None = None,
+) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
+    """A bronze asset whose run may end without a materialization or a check result.
 
-    # A multi_asset only for can_subset=True: it makes the check's output optional, so a run
-    # over past hours can end without a materialization or a check result.
-    @dg.multi_asset(
+    A multi_asset only for ``can_subset=True``, which makes its outputs (the checks' included)
+    optional: a run over hours that cannot be fetched (past books, open hours) skips them.
+    """
+    return dg.multi_asset(
         specs=[
             dg.AssetSpec(
                 key,
                 group_name=BRONZE_GROUP,
-                kinds={"s3", "binance"},
+                kinds=kinds,
                 partitions_def=partitions,
                 skippable=True,
-                description=(
-                    f"{symbol}: the live order book (`GET /api/v3/depth`, "
-                    f"{DEPTH_SNAPSHOT_LIMIT} levels) with Binance's server time. Binance serves "
-                    "no past books: only the hour in progress can be captured; runs over past "
-                    "hours skip it without failing."
-                ),
-                metadata=_asset_metadata(symbol, DEPTH_SNAPSHOT, settings),
+                description=description,
+                metadata=metadata,
             )
         ],
-        name=f"{key.to_python_identifier()}",
+        name=key.to_python_identifier(),
         partitions_def=partitions,
         backfill_policy=BACKFILL_POLICY,
-        pool=BINANCE_POOL,
+        pool=pool,
         can_subset=True,
-        check_specs=check_specs(key, [BOOK_CHECK], partitions),
+        check_specs=check_specs(key, checks, partitions),
+    )
+
+
+def build_depth_snapshot_asset(symbol: str, settings: Settings) -> dg.AssetsDefinition:
+    partitions = hourly_partitions(settings, end_offset=1)
+    key = bronze_key(symbol, DEPTH_SNAPSHOT)
+
+    @skippable_asset(
+        key,
+        kinds={"s3", "binance"},
+        partitions=partitions,
+        description=(
+            f"{symbol}: the live order book (`GET /api/v3/depth`, {DEPTH_SNAPSHOT_LIMIT} levels) "
+            "with Binance's server time. Binance serves no past books: only the hour in "
+            "progress can be captured; runs over past hours skip it without failing."
+        ),
+        metadata=_asset_metadata(symbol, DEPTH_SNAPSHOT, settings),
+        checks=[BOOK_CHECK],
+        pool=BINANCE_POOL,
     )
     def _asset(
         context: dg.AssetExecutionContext, binance: BinanceRestResource, bronze: BronzeResource
