@@ -427,9 +427,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _describe(exc: OSError) -> str:
-    code = errno.errorcode.get(exc.errno, str(exc.errno)) if exc.errno else type(exc).__name__
-    return f"{code}: {exc.strerror or exc}"
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.errno:
+        return f"{errno.errorcode.get(exc.errno, str(exc.errno))}: {exc.strerror or exc}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 class _SpillWriter:
@@ -836,20 +837,20 @@ class KinesisProducer:
         while True:
             self._wake.wait(self._cfg.spill_interval_s)
             self._wake.clear()
-            with self._cv:
-                final = self._final
-                fenced = self._fenced and self._sender_done
+            # A bug here must not end the thread: nothing would reach the disk any more.
             try:
+                with self._cv:
+                    final = self._final
+                    fenced = self._fenced and self._sender_done
                 self._spill_step(everything=final or fenced)
+                if final or fenced:
+                    if self._finish(final):
+                        return
+                elif self._adopt_from is not None and self._clock() >= next_adopt:
+                    next_adopt = self._clock() + self._cfg.adopt_interval_s
+                    self._adopt()
             except Exception:
-                log.exception("kinesis spill step failed")
-            if final or fenced:
-                if self._finish(final):
-                    return
-                continue
-            if self._adopt_from is not None and self._clock() >= next_adopt:
-                next_adopt = self._clock() + self._cfg.adopt_interval_s
-                self._adopt()
+                log.exception("kinesis spill thread round failed")
 
     def _finish(self, final: bool) -> bool:
         """After the sender stopped: True once every record is on disk or given up; then the
@@ -959,7 +960,7 @@ class KinesisProducer:
                 return
             self._spill_busy = True
             writer = self._writer
-        error: OSError | None = None
+        error: Exception | None = None
         written: list[_SpillRef] = []
         sealed: list[Path] = []
         n_spilled = 0
@@ -987,7 +988,10 @@ class KinesisProducer:
                     room -= len(rec)
                 writer.append(b"".join(parts))
                 n_spilled += len(parts)
-        except OSError as exc:
+        except Exception as exc:
+            # Whatever failed, the records not written are still in memory: keep them.
+            if not isinstance(exc, OSError):
+                log.exception("kinesis spill write failed")
             error = exc
         with self._cv:
             self._writer = writer
@@ -1035,7 +1039,7 @@ class KinesisProducer:
             w.close()
             path.unlink(missing_ok=True)
 
-    def _disk_failed_locked(self, exc: OSError, doing: str) -> None:
+    def _disk_failed_locked(self, exc: Exception, doing: str) -> None:
         what = _describe(exc)
         self._counts["disk_errors"] += 1
         self._disk_retry_at = self._clock() + self._cfg.disk_retry_s

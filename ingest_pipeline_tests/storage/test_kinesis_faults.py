@@ -24,10 +24,12 @@ from typing import IO, Any
 import boto3
 import orjson
 import pytest
+from prometheus_client import generate_latest
 
 import ingest_pipeline.storage.kinesis as kinesis_module
 from ingest_pipeline.faultproxy import FaultProxy
 from ingest_pipeline.localstack import EmbeddedAWS
+from ingest_pipeline.settings import load_settings
 from ingest_pipeline.storage.kinesis import (
     PRODUCER_CLIENT_CONFIG,
     KinesisProducer,
@@ -36,6 +38,7 @@ from ingest_pipeline.storage.kinesis import (
     encode_spill_record,
     read_spill_file,
 )
+from ingest_pipeline.streaming import Streamer, StreamerConfig
 from ingest_pipeline_tests.storage.test_kinesis import (
     FAST,
     KEYS,
@@ -203,6 +206,19 @@ def test_past_the_memory_cap_records_are_dropped_counted_and_flush_says_so(
     assert during.put == 1000 and during.dropped == 600
     assert during.dropped_reasons == {"disk_error": 600}
     assert "kinesis producer dropped 600 records (disk_error 600)" in during.problems
+    # What the streamer serves on /health and /metrics says so too.
+    streamer = Streamer(
+        load_settings("local", environ={}),
+        StreamerConfig(deadletter_dir=str(tmp_path / "dl"), spill_dir=str(tmp_path)),
+        producer=producer,
+    )
+    health = streamer.health()
+    assert health["kinesis"]["dropped_reasons"] == {"disk_error": 600}
+    assert health["kinesis"]["disk_error"] == during.disk_error
+    assert set(during.problems) <= set(health["reasons"])
+    scrape = generate_latest(streamer.metrics.registry).decode()
+    assert 'streamer_kinesis_records_dropped_total{reason="disk_error"} 600.0' in scrape
+    assert "streamer_kinesis_disk_error 1.0" in scrape
 
     disk.heal()
     proxy.unreachable = False
