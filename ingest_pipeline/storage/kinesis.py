@@ -1073,8 +1073,9 @@ class KinesisProducer:
         except OSError as exc:
             log.warning("cannot list %s for orphaned spill dirs: %s", self._adopt_from, exc)
             return
-        for d in siblings:
-            moved = None if d.resolve() == own else self._adopt_dir(d)
+        # ``adopt_from`` itself may be a spill dir of the layout before per-run directories.
+        for d in (self._adopt_from, *siblings):
+            moved = None if d.resolve() == own else self._adopt_dir(d, d in siblings)
             if moved is None:
                 continue
             with self._cv:
@@ -1087,9 +1088,9 @@ class KinesisProducer:
                 self._counts["adopted_files"] += len(moved)
                 self._cv.notify_all()
 
-    def _adopt_dir(self, d: Path) -> list[Path] | None:
-        """Move ``d``'s spill files into our directory if its lock is free, then remove it;
-        the moved files, or None if ``d`` is not an orphaned spill directory."""
+    def _adopt_dir(self, d: Path, remove: bool) -> list[Path] | None:
+        """Move ``d``'s spill files into our directory if its lock is free, then remove it (or
+        just its lock); the moved files, or None if ``d`` is not an orphaned spill directory."""
         try:
             fd = os.open(d / _LOCK_NAME, os.O_RDWR)
         except OSError:
@@ -1111,10 +1112,11 @@ class KinesisProducer:
                 _fsync_dir(d)
             (d / _PROBE_NAME).unlink(missing_ok=True)
             (d / _LOCK_NAME).unlink(missing_ok=True)
-            try:
-                d.rmdir()
-            except OSError:
-                pass  # something else lives there (or a new producer just started in it)
+            if remove:
+                try:
+                    d.rmdir()
+                except OSError:
+                    pass  # something else lives there (or a new producer just started in it)
             log.warning(
                 "adopted orphaned spill dir %s: %d spill files moved to %s",
                 d,

@@ -13,10 +13,12 @@ import errno
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -35,6 +37,7 @@ from ingest_pipeline.storage.kinesis import (
     KinesisProducer,
     NoopKinesisClient,
     ProducerFencedError,
+    SpillContents,
     encode_spill_record,
     read_spill_file,
 )
@@ -382,6 +385,17 @@ def test_reader_resynchronises_after_damage(tmp_path: Path) -> None:
     assert got.unreadable_bytes == len(blobs[1]) - 1 + len(junk) + 1
 
 
+def test_reads_spill_files_written_before_the_framing(tmp_path: Path) -> None:
+    recs = [("s", "BTCUSDT", b'{"i":1}'), ("t", "K", b"")]
+    legacy = b""
+    for stream, key, data in recs:
+        body = stream.encode() + key.encode() + data
+        legacy += struct.pack(">IHHI", zlib.crc32(body), len(stream), len(key), len(data)) + body
+    path = tmp_path / "f.bin"
+    path.write_bytes(legacy + b"\x01\x02")
+    assert read_spill_file(path) == SpillContents(recs, [(len(legacy), 2)])
+
+
 # --- crash, fencing, adoption ----------------------------------------------------------------
 
 
@@ -494,13 +508,15 @@ def test_a_gate_that_raises_delays_but_does_not_fence(
     assert got.order_violations == 0
 
 
+@pytest.mark.parametrize("layout", ["per run", "one dir before per-run dirs"])
 def test_adopted_records_go_before_those_put_after_the_adoption(
-    proxy: FaultProxy, new_stream: Callable[[], str], kinesis: Any, tmp_path: Path
+    layout: str, proxy: FaultProxy, new_stream: Callable[[], str], kinesis: Any, tmp_path: Path
 ) -> None:
     stream = new_stream()
     proxy.unreachable = True
     cfg = dataclasses.replace(FAST, max_buffer_records=100)
-    first = KinesisProducer(client_for(proxy.url), tmp_path / "run-a", cfg)
+    dead = tmp_path / "run-a" if layout == "per run" else tmp_path
+    first = KinesisProducer(client_for(proxy.url), dead, cfg)
     ids = put_many(first, stream, 600)
     assert not first.close(1)
     proxy.unreachable = False
@@ -514,5 +530,6 @@ def test_adopted_records_go_before_those_put_after_the_adoption(
     got.assert_exactly_once(ids)
     assert got.order_violations == 0
     assert stats.adopted_dirs == 1 and stats.adopted_files >= 2
-    assert not (tmp_path / "run-a").exists()
+    assert not list(dead.glob("spill-*.bin")) and not (dead / ".lock").exists()
+    assert dead.exists() == (layout != "per run")
     assert not list((tmp_path / "run-b").glob("spill-*.bin"))
