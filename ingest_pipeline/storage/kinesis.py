@@ -57,7 +57,9 @@ Guarantees
   start and every ``adopt_interval_s``, the spill files of sibling directories whose lock is
   free (their owner died or was fenced): moved in by rename and replayed before records put
   after the adoption (records already queued in memory then go first: two producers' records
-  have no common order). A directory whose owner holds its lock is left alone.
+  have no common order). A directory whose owner holds its lock is left alone. ``adopt_from``
+  itself is adopted the same way (without being removed) when it holds a ``.lock``: the single
+  spill directory of the layout before per-run directories.
 
 Threads: ``put`` runs on the caller's thread (the streamer's event loop) and only appends to a
 deque. A sender thread batches and calls PutRecords; a spill thread journals, spills, fsyncs,
@@ -1402,15 +1404,21 @@ class KinesisProducer:
 
     def _ack_locked(self, acked: list[_Entry]) -> None:
         self._counts["acknowledged"] += len(acked)
+        n = nbytes = 0
         for e in acked:
             ref = e[4]
-            if ref is None or ref.journal:
-                self._buffer_records -= 1
-                self._buffer_bytes -= e[2]
-            if ref is not None:
-                ref.outstanding -= 1
-                if ref.outstanding == 0 and not ref.writing:
-                    self._unlink_ref_locked(ref)
+            if ref is None:
+                n += 1
+                nbytes += e[2]
+                continue
+            if ref.journal:
+                n += 1
+                nbytes += e[2]
+            ref.outstanding -= 1
+            if ref.outstanding == 0 and not ref.writing:
+                self._unlink_ref_locked(ref)
+        self._buffer_records -= n
+        self._buffer_bytes -= nbytes
 
 
 def _name(p: Path) -> str:
