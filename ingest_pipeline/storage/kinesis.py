@@ -7,8 +7,9 @@ Where a record lives between ``put`` and its acknowledgement
   ms). No disk I/O at all on this path.
 - Journaled: every ``spill_interval_s`` (0.2 s) the spill thread writes and fsyncs a copy of
   the records held only in memory that are older than ``spill_after_s`` (1 s), or of all of
-  them while the circuit is not closed, the producer spills, is fenced or stops. The records
-  keep their place in the send queues; the journal file is deleted at its last acknowledgement.
+  them while the circuit is not closed, a call hangs, the producer spills, is fenced or stops.
+  The records keep their place in the send queues; the journal file is deleted at its last
+  acknowledgement.
 - Spilled: while the memory buffer is full (``max_buffer_records`` / ``max_buffer_bytes``) or
   older spill files wait for replay (leftovers, adopted directories), new records go to disk
   only: they wait in memory for at most one spill interval, are written and fsync'd by the
@@ -24,9 +25,10 @@ Guarantees
 - Crash window (kill -9, power loss): a record is on disk at most ``spill_after_s +
   spill_interval_s`` = 1.2 s after ``put`` plus the time of that write and fsync, unless Kinesis
   acknowledged it first. A crash loses at most the unacknowledged records put in the last 1.2 s
-  (6,000 records at 5,000 records/s); once an outage is detected (circuit not closed) or while
-  spilling, at most those of the last ``spill_interval_s`` = 0.2 s (1,000 at 5,000/s). A clean
-  ``close`` loses none. While the spill disk fails, this window does not hold (see below).
+  (6,000 records at 5,000 records/s); once an outage is detected (the circuit is not closed, or
+  a call has been unanswered for ``spill_after_s``) or while spilling, at most those of the last
+  ``spill_interval_s`` = 0.2 s (1,000 at 5,000/s). A clean ``close`` loses none. While the spill
+  disk fails, this window does not hold (see below).
 - Disk errors (ENOSPC, EDQUOT, EFBIG, EIO, ...) are a state, not an exception: the producer keeps
   the records in memory, reports ``stats().disk_error``, retries the disk every ``disk_retry_s``
   and keeps sending what Kinesis takes. A failed write is cut back to the end of the last whole
@@ -622,6 +624,7 @@ class KinesisProducer:
         self._flush_waiters = 0
         self._sending = False
         self._inflight: tuple[_Stream, list[_Entry]] | None = None
+        self._inflight_t = 0.0
         self._spill_busy = False
         self._counts = collections.Counter[str]()
         self._dropped_reasons = collections.Counter[str]()
@@ -952,6 +955,9 @@ class KinesisProducer:
                 or self._fenced
                 or self._sender_done
                 or self._breaker.state is not CircuitState.CLOSED
+                # A call unanswered this long: Kinesis hangs, and it may take minutes of
+                # timeouts before the circuit opens.
+                or (self._inflight is not None and now - self._inflight_t > self._cfg.spill_after_s)
             )
             chunks = self._journal_locked(now, everything)
             pending: list[_Unspilled] = []
@@ -1279,6 +1285,7 @@ class KinesisProducer:
                         if st is not None:
                             self._sending = True
                             self._inflight = (st, batch)
+                            self._inflight_t = self._clock()
                             break
                         if self._breaker.retry_after() == 0 and not any(
                             s.has_queued() for s in self._streams.values()

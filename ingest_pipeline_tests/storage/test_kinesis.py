@@ -107,14 +107,14 @@ def put_many(
     return ids
 
 
-def client_for(url: str) -> Any:
+def client_for(url: str, config: Config = TEST_CLIENT_CONFIG) -> Any:
     return boto3.client(
         "kinesis",
         endpoint_url=url,
         region_name="us-east-1",
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
-        config=TEST_CLIENT_CONFIG,
+        config=config,
     )
 
 
