@@ -276,7 +276,10 @@ class ProducerStats:
     # The current spill disk failure ("ENOSPC: No space left on device"), None when it works.
     disk_error: str | None = None
     disk_errors: int = 0
-    # Records given up, by reason: the only way a record put is not delivered.
+    # Records given up, by reason: besides a crash inside the documented window, the only way
+    # a record accepted by put is not delivered. "disk_error" / "spill_backlog": the memory
+    # hard cap was reached while the disk failed / was slower than the feed;
+    # "disk_error_at_close": still only in memory when close gave up on the disk.
     dropped: int = 0
     dropped_reasons: Mapping[str, int] = dataclasses.field(default_factory=dict)
     fenced: bool = False
