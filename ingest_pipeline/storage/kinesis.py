@@ -560,8 +560,12 @@ def _lock_dir(path: Path) -> int:
         except FileNotFoundError:
             linked = False
         if linked:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            except OSError as exc:
+                # Only names the holder in an error message: a full disk must not stop us here.
+                log.warning("could not write our pid into %s: %s", lock, exc)
             return fd
         # An adopter removed the directory between our open and our lock: start again.
         os.close(fd)
