@@ -47,8 +47,8 @@ def _short(symbol: str) -> str:
     return repr(symbol) if len(symbol) <= 40 else f"{symbol[:40]!r}... ({len(symbol)} characters)"
 
 
-def _refuse_char(symbol: str, ch: str) -> UnsafeSymbol:
-    where = f"symbol {_short(symbol)}"
+def _refuse_char(shown: str, ch: str) -> UnsafeSymbol:
+    where = f"symbol {_short(shown)}"
     name = unicodedata.name(ch, "unnamed")
     code = f"{ch!r} (U+{ord(ch):04X} {name})"
     if ch in "/\\":
@@ -60,6 +60,8 @@ def _refuse_char(symbol: str, ch: str) -> UnsafeSymbol:
         return UnsafeSymbol(
             f"{where} contains the compatibility character {code}; write {folded!r} instead"
         )
+    if ch in _INVISIBLE_LETTERS:
+        return UnsafeSymbol(f"{where} contains the invisible filler {code}")
     if "a" <= ch <= "z":
         return UnsafeSymbol(f"{where} has lowercase letters: Binance symbols are uppercase")
     if ch.isalpha():
@@ -70,15 +72,13 @@ def _refuse_char(symbol: str, ch: str) -> UnsafeSymbol:
     return UnsafeSymbol(f"{where} contains the character {code}")
 
 
-def check_symbol(symbol: object) -> str:
-    """Return ``symbol`` if it is a canonical, safe symbol (see the module docstring), else
-    raise ``UnsafeSymbol`` naming it and what is wrong."""
-    if not isinstance(symbol, str):
-        raise UnsafeSymbol(f"symbol must be a string, got {symbol!r}")
+def _check(symbol: object, shown: object) -> str:
+    if not isinstance(symbol, str) or not isinstance(shown, str):
+        raise UnsafeSymbol(f"symbol must be a string, got {shown!r}")
     if not symbol:
         raise UnsafeSymbol("empty symbol")
     if len(symbol) > MAX_SYMBOL_LENGTH:
-        raise UnsafeSymbol(f"symbol {_short(symbol)} is longer than {MAX_SYMBOL_LENGTH} characters")
+        raise UnsafeSymbol(f"symbol {_short(shown)} is longer than {MAX_SYMBOL_LENGTH} characters")
     for ch in symbol:
         if ch in _ASCII_ALLOWED:
             continue
@@ -90,21 +90,28 @@ def check_symbol(symbol: object) -> str:
             and not unicodedata.name(ch, "").startswith("LATIN ")
         ):
             continue
-        raise _refuse_char(symbol, ch)
+        raise _refuse_char(shown, ch)
     if symbol[0] in "-_.":
-        raise UnsafeSymbol(f"symbol {_short(symbol)} must start with a letter or digit")
+        raise UnsafeSymbol(f"symbol {_short(shown)} must start with a letter or digit")
     if ".." in symbol:
-        raise UnsafeSymbol(f"symbol {_short(symbol)} contains '..'")
+        raise UnsafeSymbol(f"symbol {_short(shown)} contains '..'")
     if unicodedata.normalize("NFKC", symbol) != symbol:
-        raise UnsafeSymbol(f"symbol {_short(symbol)} is not in Unicode NFKC form")
+        raise UnsafeSymbol(f"symbol {_short(shown)} is not in Unicode NFKC form")
     return symbol
 
 
+def check_symbol(symbol: object) -> str:
+    """Return ``symbol`` if it is a canonical, safe symbol (see the module docstring), else
+    raise ``UnsafeSymbol`` naming it and what is wrong."""
+    return _check(symbol, symbol)
+
+
 def normalize_symbol(symbol: object) -> str:
-    """User input -> canonical symbol: ASCII letters upper-cased, then ``check_symbol``."""
+    """User input -> canonical symbol: ASCII letters upper-cased, then checked like
+    ``check_symbol``; an error names the symbol as given."""
     if isinstance(symbol, str):
-        symbol = symbol.translate(_ASCII_UPPER)
-    return check_symbol(symbol)
+        return _check(symbol.translate(_ASCII_UPPER), symbol)
+    return _check(symbol, symbol)
 
 
 def parse_symbols(symbols: str | Iterable[object]) -> tuple[str, ...]:

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from ingest_pipeline.streaming.streamer import Streamer
 
 
+class HealthServerError(OSError):
+    """The server cannot listen on its address (in use, not permitted, not resolvable)."""
+
+
 def health_json(payload: Mapping[str, Any]) -> bytes:
     """UTF-8 JSON of a health payload: non-string keys become strings (an enum key its value),
     enum values their value, any other object that JSON has no type for its ``str()``."""
@@ -45,7 +49,13 @@ class HealthServer:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.stop()
+            raise HealthServerError(
+                f"cannot serve /health on {self.host}:{self.port}: {exc.strerror or exc}"
+            ) from exc
         self.port = self._runner.addresses[0][1]
         return self.url
 
