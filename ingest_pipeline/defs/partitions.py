@@ -9,7 +9,8 @@ the run's time window is then the *next* window from 10:30, 11:00-12:00, materia
 - at launch, ``WholeHourPartitions.has_partition_key`` / ``validate_partition_key`` refuse an
   off-hour key wherever this code location's definitions validate it: ``dg.materialize``,
   ``dagster asset materialize --partition``, run requests of sensors and schedules;
-- at execution, ``partition_hours`` fails the step with a ``dg.Failure`` before any I/O, for
+- at execution, ``partition_hours`` fails the step with a ``dg.Failure`` before any hour is
+  read or written, for
   launches validated elsewhere (the webserver and daemon check keys against a snapshot of the
   definition, which is Dagster's own class).
 """
