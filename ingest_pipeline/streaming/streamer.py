@@ -142,7 +142,7 @@ class Streamer:
     ) -> None:
         self.settings = settings
         self.cfg = cfg = config or StreamerConfig()
-        # The one symbol check (ingest_pipeline.symbols): refused by name, never rewritten.
+        # The one symbol check for every origin (ingest_pipeline.symbols): unsafe ones refused.
         self.symbols = parse_symbols(cfg.symbols or settings.symbols)
         self._symbol_set = frozenset(self.symbols)
         self._routes = {

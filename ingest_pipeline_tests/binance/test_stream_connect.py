@@ -25,6 +25,7 @@ import pytest
 
 from ingest_pipeline.binance.stream import AttemptLimiter, ShardConnection, StreamConfig
 from ingest_pipeline.localstack import EmbeddedAWS
+from ingest_pipeline.settings import InvalidEndpoint
 
 BIN = Path(sys.executable).parent
 # Generous: the point is "about the timeout", not 30 s (aiohttp's socket default) or 300 s.
@@ -193,3 +194,11 @@ def test_stream_command_exits_promptly_on_sigterm_during_a_hanging_connect(
     reader.join(5)
     assert code == 0, "".join(lines)[-3000:]
     assert not any("Traceback" in line for line in lines), "".join(lines)[-3000:]
+
+
+@pytest.mark.parametrize(
+    "url", ["ws://exa mple.com", "http://127.0.0.1:9", "ws://[::1", "ws://:9", "ws://h:70000"]
+)
+def test_a_malformed_url_is_a_configuration_error_never_retried(url: str) -> None:
+    with pytest.raises(InvalidEndpoint, match="URL"):
+        ShardConnection(0, url, ["btcusdt@trade"], lambda *_: False, None, AttemptLimiter())  # type: ignore[arg-type]
