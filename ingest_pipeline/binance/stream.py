@@ -334,11 +334,13 @@ class ShardConnection:
                 ws = task.result()
             except aiohttp.InvalidURL as exc:
                 raise InvalidEndpoint(f"WebSocket URL {exc}: not a valid URL") from exc
-            except TimeoutError:
-                reason = f"no answer within {self.cfg.connect_timeout_s:g} s"
-                self._connect_failed(reason)
+            except aiohttp.ClientError as exc:  # first: aiohttp's own timeouts are TimeoutErrors
+                self._connect_failed(describe(exc))
                 continue
-            except (aiohttp.ClientError, OSError) as exc:
+            except TimeoutError:  # ours, from _connect
+                self._connect_failed(f"no answer within {self.cfg.connect_timeout_s:g} s")
+                continue
+            except OSError as exc:
                 self._connect_failed(describe(exc))
                 continue
             link = Link(self.shard, ws)
