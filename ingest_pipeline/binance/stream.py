@@ -418,6 +418,7 @@ class ShardConnection:
                 return LinkEnd.CLOSED
             silence = link.silence()
             if silence >= cfg.silence_timeout_s:
+                link.error = f"no frame at all for {silence:.1f} s"
                 return LinkEnd.STALLED
             if (
                 self.expects_data
