@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -55,6 +56,15 @@ def assert_one_line(run: subprocess.CompletedProcess, code: int, *expected: str)
     for text in expected:
         assert text in lines[0]
     return lines[0]
+
+
+@pytest.fixture(autouse=True)
+def restore_signal_handlers() -> Iterator[None]:
+    """``main()`` in process installs the commands' SIGINT/SIGTERM handlers: put pytest's back."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
 
 
 @pytest.fixture
