@@ -117,12 +117,16 @@ def test_loopback_means_this_machine_only(url: str | None, loopback: bool) -> No
 def test_placeholder_credentials_reach_loopback_only(
     endpoint: str, placeholders: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import boto3
+
     from ingest_pipeline.aws import EMULATOR_CREDENTIALS, aws_client
     from ingest_pipeline.defs.resources import s3_resource
     from ingest_pipeline.settings import load_settings
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", FAKE_KEY_ID)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET)
+    # boto3's default session caches the credentials it resolved first (another test's).
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
     settings = load_settings("local", environ={"AWS_ENDPOINT_URL": endpoint})
     expected = EMULATOR_CREDENTIALS["aws_access_key_id"] if placeholders else FAKE_KEY_ID
     for client in (aws_client("s3", settings), s3_resource(settings).get_client()):
