@@ -23,9 +23,6 @@ from ingest_pipeline.settings import InvalidEndpoint, SettingsError, load_settin
 from ingest_pipeline.symbols import UnsafeSymbol, parse_symbols
 from ingest_pipeline.timeutil import HOUR_MS, floor_hour, from_ms, now_ms
 
-# The shared real captures beside the repository (see ../shared/data/binance-capture/README.md).
-DEFAULT_CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance-capture"
-
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -322,7 +319,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
 def cmd_load_capture(args: argparse.Namespace) -> int:
     """Real Binance captures -> bronze (trade, bba, depth_delta, depth_snapshot by hour)."""
     from ingest_pipeline.aws import aws_client
-    from ingest_pipeline.capture_loader import load_capture
+    from ingest_pipeline.capture_loader import CAPTURES_DIR, load_capture
     from ingest_pipeline.storage.bronze import BronzeStore, write_rejects
 
     settings = load_settings()
@@ -335,7 +332,7 @@ def cmd_load_capture(args: argparse.Namespace) -> int:
             s3, settings.bucket, settings.deadletter_prefix, symbol, data_type, hour, items
         )
 
-    summary = load_capture(Path(args.path), store, symbols, rejects)
+    summary = load_capture(Path(args.path or CAPTURES_DIR), store, symbols, rejects)
     for w in summary.written:
         print(f"  {w.uri}: {w.records} records, {w.action}")
     hours = ", ".join(f"{from_ms(h):%Y-%m-%d %H}h" for h in summary.hours())
@@ -435,8 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument(
         "path",
         nargs="?",
-        default=str(DEFAULT_CAPTURES),
-        help=f"a capture file or a directory of them (default {DEFAULT_CAPTURES})",
+        default=None,
+        help="a capture file or a directory of them (default: the repository's "
+        "data/binance-capture)",
     )
     load.add_argument(
         "--symbols", type=_symbols, default=None, help=f"{symbols_help}; default: every file"

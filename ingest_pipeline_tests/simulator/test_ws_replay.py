@@ -7,15 +7,12 @@ import json
 from typing import Any
 
 import aiohttp
-import pytest
 import requests
 
 from ingest_pipeline.simulator.replay import capture_files, load_captures
 from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
 from ingest_pipeline_tests.paths import CAPTURES
 from ingest_pipeline_tests.simulator.ws_helpers import run, ws_url
-
-pytestmark = pytest.mark.skipif(not CAPTURES.is_dir(), reason="shared captures not present")
 
 
 def _recorded(symbol: str, stream: str) -> list[str]:
