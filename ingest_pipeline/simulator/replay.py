@@ -19,13 +19,15 @@ exchange times: trade ``E`` and ``T`` and depth ``E`` are + offset. Ids (trade `
 ``U``/``u``, bookTicker ``u``), prices, quantities and the spacing of frames are unchanged.
 bookTicker carries no time of its own: its time is the moment it is sent, so a client that
 stamps receive time (as the streamer does) stamps the recorded receive time + offset, give or
-take its transport delay (each frame leaves at the start of its millisecond). Being whole
-seconds, the offset maps the replay's 1 s feature grid onto the capture's. The recorder's own
-clock skew is replayed too: in the hftbacktest captures ``E``/``T`` run ~1.27 s ahead of the
-receive time, so replayed event times are ~1.27 s ahead of the moment their frame is sent.
-``replay_speed`` other than 1 paces the frames faster (0: as fast as possible) with the same
-offset, so event times then drift from the wall clock; ``replay_shift=False`` sends the recorded
-bytes unchanged (history replays).
+take its transport and processing delay (each frame leaves at the start of its millisecond;
+a frame stamped past a grid step moves a BBA across it). Being whole seconds, the offset maps
+the replay's 1 s feature grid onto the capture's. The recorder's own clock skew is replayed
+too: in the hftbacktest captures ``E``/``T`` run ~1.27 s ahead of the receive time, so replayed
+event times are ~1.27 s ahead of the moment their frame is sent. Only ``replay_speed`` 1 looks
+live: another speed (0: as fast as possible) starts at once and paces the frames
+``1/speed`` times the recorded spacing with the same offset, so event times drift from the wall
+clock (scaling the times instead would change every windowed feature).
+``replay_shift=False`` sends the recorded bytes unchanged (history replays).
 
 REST of a replayed symbol is the replay's truth (times with the same offset), what Binance
 would answer at the replay's current position:
@@ -86,7 +88,6 @@ _FILE_RE = re.compile(r"^([A-Za-z0-9]+)_\d{8}\.gz$")
 _QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "BTC", "ETH", "BNB", "EUR", "TRY", "BRL")
 # Exchange times of trade and depthUpdate payloads (bookTicker has none).
 _TIME_KEYS = re.compile(r'"([ET])":(\d+)')
-_SCALE = 10**PRICE_DECIMALS
 
 TRADE, DEPTH, TICKER, OTHER = "trade", "depth", "bookTicker", "other"
 
@@ -195,7 +196,7 @@ def shift_times(data: str, offset_ms: int) -> str:
 def units(text: str) -> int:
     """A Binance decimal string as an exact integer of 1e-8 units."""
     whole, _, frac = text.partition(".")
-    return int(whole or "0") * _SCALE + int(frac[:PRICE_DECIMALS].ljust(PRICE_DECIMALS, "0"))
+    return int((whole or "0") + frac[:PRICE_DECIMALS].ljust(PRICE_DECIMALS, "0"))
 
 
 class _Book:
@@ -212,7 +213,7 @@ class _Book:
             return  # already in the snapshot
         for side, levels in ((self.bids, diff["b"]), (self.asks, diff["a"])):
             for p, q in levels:
-                if units(q) == 0:
+                if float(q) == 0.0:
                     side.pop(p, None)
                 else:
                     side[p] = q
@@ -494,8 +495,9 @@ class Replayer:
         mono0 = time.monotonic()
         offset, speed = self.offset_ms, self.speed
         first = self.plan[0][0]
-        # With the shift the first frame is due at first + offset (>= now); without, now.
-        anchor = first + offset if self.shift else wall0
+        # Live-looking (shift, real time): the first frame is due at first + offset, within the
+        # next second; otherwise now.
+        anchor = first + offset if self.shift and speed == 1 else wall0
         for n, (ms, symbol, kind, stream, data) in enumerate(self.plan):
             if speed > 0:
                 due = anchor + (ms - first) / speed  # wall ms; a frame leaves at its ms start
