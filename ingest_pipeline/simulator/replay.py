@@ -440,6 +440,8 @@ class Replayer:
         self.offset_ms: int | None = None  # chosen when playback starts
         self.position_ms: int | None = None  # receive time of the last frame played
         self.sent = 0
+        self.late_frames = 0
+        self.max_late_ms = 0.0
         self.finished = False
         for r in self.symbols.values():
             r.reset(from_ms)
@@ -476,6 +478,8 @@ class Replayer:
         """(Re)start playback from the slice start, with a new offset."""
         self.stop()
         self.sent = 0
+        self.late_frames = 0
+        self.max_late_ms = 0.0
         self.finished = False
         self.position_ms = None
         for r in self.symbols.values():
@@ -504,6 +508,11 @@ class Replayer:
                 delay = mono0 + (due - wall0) / 1000 - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
+                    delay = mono0 + (due - wall0) / 1000 - time.monotonic()
+                late = -delay * 1000
+                if late >= 1.0:  # published in a later millisecond than its own
+                    self.late_frames += 1
+                    self.max_late_ms = max(self.max_late_ms, late)
             elif n % 500 == 0:
                 await asyncio.sleep(0)
             self.symbols[symbol].on_played(kind, data)
@@ -526,6 +535,9 @@ class Replayer:
             "position_ms": self.position_ms,
             "total": self.total,
             "sent": self.sent,
+            # Paced frames published 1 ms or more after their due time (a busy machine).
+            "late_frames": self.late_frames,
+            "max_late_ms": round(self.max_late_ms, 3),
             "started": self.task is not None,
             "finished": self.finished,
         }

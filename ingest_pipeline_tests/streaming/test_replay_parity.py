@@ -1,9 +1,10 @@
 """A replay of the real capture looks live: simulator -> streamer -> Kinesis -> online engine
 gives the offline features of the same capture shifted by the replay's offset.
 
-Two minutes of the capture, across its 00:00 UTC boundary (and its file boundary), are played in
+96 seconds of the capture, across its 00:00 UTC boundary (and its file boundary), are played in
 real time: the only speed at which receive-time BBA stamps can match the capture's (scaling
-time would change every windowed feature), and short enough for the suite.
+time would change every windowed feature); a slice keeps it short enough for the suite (~2.5
+min, the slowest test here for that reason).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from ingest_pipeline_tests.streaming.conftest import (
     make_config,
     read_stream,
     sim_get,
+    sim_post,
     with_sim,
 )
 from ingest_pipeline_tests.streaming.test_online_features import assert_parity
@@ -64,7 +66,9 @@ def iso(ms: int) -> str:
 
 
 @dataclasses.dataclass
-class Sim:
+class SimProcess:
+    """The base URL of a simulator run by the CLI (what the helpers need of a simulator)."""
+
     url: str
 
 
@@ -122,7 +126,7 @@ def test_replay_through_streamer_and_online_engine_equals_offline(
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        sim = Sim(proc.stdout.readline().strip())  # type: ignore[union-attr]
+        sim = SimProcess(proc.stdout.readline().strip())  # type: ignore[union-attr]
         settings = with_sim(stream_settings, sim)  # type: ignore[arg-type]
         producer = dataclasses.replace(FAST_PRODUCER, linger_s=0.25)
         streamer = Streamer(settings, make_config(tmp_path, producer=producer))
@@ -151,6 +155,9 @@ def test_replay_through_streamer_and_online_engine_equals_offline(
             what="the end of the slice",
         )
         final = run.stop()
+        replay = sim_get(sim, "/_sim/replay/status")
+        print(f"simulator: {replay['late_frames']} of {replay['sent']} frames published 1 ms or "
+              f"more late (max {replay['max_late_ms']} ms)")  # fmt: skip
     finally:
         proc.terminate()
         proc.wait(timeout=15)
@@ -188,7 +195,7 @@ def test_replay_through_streamer_and_online_engine_equals_offline(
     for symbol in SYMBOLS:
         want = shifted_capture(symbol, offset)
         got = {t: [r for r in recs if r["symbol"] == symbol] for t, recs in streamed.items()}
-        _check_records(symbol, want, got, start, end)
+        _check_records(symbol, want, got, (start, end), (SLICE[0] + offset, SLICE[1] + offset))
 
         online = frame_of([r for r in rows if r["symbol"] == symbol])
         # The offline form on the records the streamer stamped: equal, bit for bit.
@@ -226,31 +233,91 @@ def _check_records(
     symbol: str,
     want: dict[str, list[dict[str, Any]]],
     got: dict[str, list[dict[str, Any]]],
-    start: int,
-    end: int,
+    grid: tuple[int, int],
+    played: tuple[int, int],
 ) -> None:
-    """Trades and diffs on Kinesis are the capture's with shifted times, field for field; each
-    BBA is the capture's, stamped no earlier than its shifted receive time."""
+    """Trades and diffs on Kinesis are the capture's with shifted times, field for field, over
+    the grid; the BBAs are every bookTicker of the slice played, with the capture's values,
+    stamped no earlier than their shifted receive time."""
 
-    def inside(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [r for r in recs if start <= r["event_ts"] < end]
-
-    def strip(r: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in r.items() if k not in ("ingest_ts", "event_ts")} | {
-            "event_ts": r["event_ts"]
-        }
+    def inside(recs: list[dict[str, Any]], lo: int, hi: int) -> list[dict[str, Any]]:
+        return [{k: v for k, v in r.items() if k != "ingest_ts"} for r in recs
+                if lo <= r["event_ts"] < hi]  # fmt: skip
 
     for data_type in (TRADE, DEPTH_DELTA):
-        assert [strip(r) for r in inside(got[data_type])] == [
-            strip(r) for r in inside(want[data_type])
-        ], f"{symbol} {data_type}"
-    by_id = {b["update_id"]: b for b in want[BBA]}
-    lags = []
+        assert inside(got[data_type], *grid) == inside(want[data_type], *grid), data_type
+    recorded = {b["update_id"]: b for b in inside(want[BBA], *played)}
+    assert sorted(b["update_id"] for b in got[BBA]) == sorted(recorded)
+    values = ("bid_px", "bid_sz", "ask_px", "ask_sz")
     for b in got[BBA]:
-        rec = by_id[b["update_id"]]
-        assert {k: b[k] for k in ("bid_px", "bid_sz", "ask_px", "ask_sz")} == {
-            k: rec[k] for k in ("bid_px", "bid_sz", "ask_px", "ask_sz")
-        }
-        lags.append(b["event_ts"] - rec["event_ts"])
-    assert min(lags) >= 0, "a bookTicker left before its shifted receive time"
-    print(symbol, "bba stamp - shifted receive time (ms): counts", np.bincount(lags)[:8])
+        assert [b[k] for k in values] == [recorded[b["update_id"]][k] for k in values]
+    lags = np.array([b["event_ts"] - recorded[b["update_id"]]["event_ts"] for b in got[BBA]])
+    assert lags.min() >= 0, "a bookTicker left before its shifted receive time"
+    p50, p99 = np.percentile(lags, [50, 99])
+    print(f"{symbol}: BBA stamp - shifted receive time: p50 {p50} ms, p99 {p99} ms")
+
+
+def test_gap_fill_and_tail_check_during_a_replay_fetch_the_replayed_trades(
+    sim_factory: Any, stream_settings: Settings, tmp_path: Path
+) -> None:
+    """Trades missed on a dropped connection, and those after the last one received when the
+    streamer stops on a replaced connection, come from REST: in a replay, the capture's."""
+    midnight = utc(2024, 8, 9)
+    sim = sim_factory(
+        replay_path=str(CAPTURES),
+        replay_from_ms=midnight - 5_000,
+        replay_until_ms=midnight + 40_000,
+    )
+    settings = with_sim(stream_settings, sim)
+    streamer = Streamer(settings, make_config(tmp_path))
+    run = Running(streamer)
+    run.wait_for(lambda: streamer.messages_in["trade"] > 50, what="trades")
+
+    def position() -> int:
+        return sim_get(sim, "/_sim/replay/status")["position_ms"]
+
+    # A connection that stops delivering, then drops: the trades held on it are lost; those
+    # on the next connection show the hole, and it is fetched.
+    ids = sim_get(sim, "/_sim/ws/stats")["connection_ids"]
+    sim_post(sim, "/_sim/ws/stall", {"ids": ids, "seconds": 120})
+    held_from = position()
+    run.wait_for(lambda: position() > held_from + 1_000, what="a replayed second")
+    sim_post(sim, "/_sim/ws/drop", {"ids": ids})
+    run.wait_for(
+        lambda: streamer.counts["trades_backfilled"] > 0 and not streamer._backfills,
+        timeout=20,
+        what="the gap filled",
+    )
+    # Nothing reaches the streamer any more, its connection is replaced, and it stops before
+    # the new one delivers a trade: its tail check asks REST for the trades after its last.
+    sim_post(sim, "/_sim/ws/stall", {"seconds": 120})
+    sim_post(sim, "/_sim/ws/drop")
+    stalled_at = position()
+    run.wait_for(lambda: position() > stalled_at + 3_000, what="three replayed seconds")
+    gap_filled = streamer.counts["trades_backfilled"]
+    final = run.stop()
+    offset = sim_get(sim, "/_sim/replay/status")["offset_ms"]
+    assert final["trade_ids_unfilled"] == 0
+
+    trades = read_stream(settings, settings.kinesis_trade_stream)
+    gap_fills = 0
+    for symbol in SYMBOLS:
+        want = {r["trade_id"]: r for r in shifted_capture(symbol, offset)[TRADE]}
+        mine = {r["trade_id"]: r for r in trades if r["symbol"] == symbol}
+        fields = ("symbol", "trade_id", "event_ts", "price", "qty", "is_buyer_maker")
+        for tid, rec in mine.items():
+            assert {k: rec[k] for k in fields} == {k: want[tid][k] for k in fields}, tid
+        ids = sorted(mine)
+        assert ids == list(range(ids[0], ids[-1] + 1)), f"{symbol}: a hole in the trade ids"
+        streamed = max(t for t, r in mine.items() if r["source"] != "rest")
+        fetched = [t for t, r in mine.items() if r["source"] == "rest"]
+        gap_fills += sum(1 for t in fetched if t < streamed)
+        tail = [t for t in fetched if t > streamed]
+        assert tail, f"{symbol}: nothing recovered by the tail check"
+        # The REST answer itself: the capture's trades, same ids, shifted times.
+        page = sim_get(sim, "/api/v3/historicalTrades", symbol=symbol, fromId=tail[0], limit=5)
+        assert [(r["id"], r["time"], float(r["price"]), float(r["qty"])) for r in page] == [
+            (t, want[t]["event_ts"], want[t]["price"], want[t]["qty"])
+            for t in range(tail[0], tail[0] + 5)
+        ]
+    assert gap_fills > 0 and final["trades_backfilled"] > gap_filled
