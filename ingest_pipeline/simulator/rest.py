@@ -348,8 +348,11 @@ class BinanceRest:
             raise BAD_SYMBOL
         return symbol
 
-    def _replayed(self, symbol: str) -> ReplaySymbol | None:
-        return self.replay.symbol(symbol) if self.replay is not None else None
+    def _replayed(self, symbol: str) -> tuple[ReplaySymbol, Replayer] | None:
+        """A replayed symbol and its replay (None: the synthetic market answers)."""
+        replay = self.replay
+        replayed = replay.symbol(symbol) if replay is not None else None
+        return None if replayed is None or replay is None else (replayed, replay)
 
     def _ping(self, request: web.Request, now_ms: int) -> dict[str, Any]:
         return {}
@@ -403,8 +406,8 @@ class BinanceRest:
         limit = _limit(q, 500, 1000)
         replayed = self._replayed(symbol)
         if replayed is not None:
-            offset = self.replay.offset()  # type: ignore[union-attr]
-            return _trade_rows(replayed.recent_trades(limit, offset), _REPLAY_DECIMALS)
+            sym, replay = replayed
+            return _trade_rows(sym.recent_trades(limit, replay.offset()), _REPLAY_DECIMALS)
         model = self.market[symbol]
         return _trade_rows(model.recent_trades(limit, now_ms), _decimals(model.spec))
 
@@ -415,10 +418,11 @@ class BinanceRest:
         from_id = _int_param(q, "fromId")
         replayed = self._replayed(symbol)
         if replayed is not None:
-            offset = self.replay.offset()  # type: ignore[union-attr]
+            sym, replay = replayed
+            offset = replay.offset()
             if from_id is None:
-                return _trade_rows(replayed.recent_trades(limit, offset), _REPLAY_DECIMALS)
-            return _trade_rows(replayed.trades_from_id(from_id, limit, offset), _REPLAY_DECIMALS)
+                return _trade_rows(sym.recent_trades(limit, offset), _REPLAY_DECIMALS)
+            return _trade_rows(sym.trades_from_id(from_id, limit, offset), _REPLAY_DECIMALS)
         model = self.market[symbol]
         if from_id is None:
             trades = model.recent_trades(limit, now_ms)
@@ -446,13 +450,14 @@ class BinanceRest:
                 return []
         replayed = self._replayed(symbol)
         if replayed is not None:
-            offset = self.replay.offset()  # type: ignore[union-attr]
+            sym, replay = replayed
+            offset = replay.offset()
             if from_id is not None:
-                aggs = replayed.aggs_from_id(from_id, limit, offset)
+                aggs = sym.aggs_from_id(from_id, limit, offset)
             elif start is None:
-                aggs = replayed.recent_aggs(limit, offset)
+                aggs = sym.recent_aggs(limit, offset)
             else:
-                aggs = replayed.aggs_by_time(start, end, limit, offset)  # type: ignore[arg-type]
+                aggs = sym.aggs_by_time(start, end, limit, offset)  # type: ignore[arg-type]
             return _agg_rows(aggs, _REPLAY_DECIMALS)
         model = self.market[symbol]
         if from_id is not None:
@@ -477,9 +482,8 @@ class BinanceRest:
             return []
         replayed = self._replayed(symbol)
         if replayed is not None:
-            r = self.replay
-            assert r is not None
-            klines = replayed.klines(interval, start, end, limit, r.offset(), r.now_ms())
+            sym, replay = replayed
+            klines = sym.klines(interval, start, end, limit, replay.offset(), replay.now_ms())
             return _kline_rows(klines, _REPLAY_DECIMALS)
         model = self.market[symbol]
         klines = model.klines(interval, start, end, limit, now_ms)
@@ -491,7 +495,7 @@ class BinanceRest:
         limit = _limit(q, 100, MAX_BOOK_LEVELS)
         replayed = self._replayed(symbol)
         if replayed is not None:
-            return replayed.depth(limit)
+            return replayed[0].depth(limit)
         model = self.market[symbol]
         if model.hour_of(now_ms) < 0:
             return {"lastUpdateId": 0, "bids": [], "asks": []}

@@ -43,8 +43,9 @@ Synthetic streams are computed once per symbol and batch and fanned out to all s
 Replay mode (``replay.py``): the first subscription starts playback of the capture; each
 recorded frame is published at its recorded receive time + the replay's offset (one whole
 number of seconds chosen at start), with the recorded bytes except trade ``E``/``T`` and depth
-``E``, which carry the same offset; ids, prices and quantities are the recorded ones. The
-synthetic market is silent then.
+``E``, which carry the same offset; ids, prices and quantities are the recorded ones. Streams
+the capture does not hold (``@depth``, other symbols) stay silent, and so does the synthetic
+market.
 """
 
 from __future__ import annotations
