@@ -86,8 +86,6 @@ if TYPE_CHECKING:
 
 _FILE_RE = re.compile(r"^([A-Za-z0-9]+)_\d{8}\.gz$")
 _QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "BTC", "ETH", "BNB", "EUR", "TRY", "BRL")
-# Exchange times of trade and depthUpdate payloads (bookTicker has none).
-_TIME_KEYS = re.compile(r'"([ET])":(\d+)')
 
 TRADE, DEPTH, TICKER, OTHER = "trade", "depth", "bookTicker", "other"
 
@@ -185,12 +183,29 @@ def stream_kind(stream: str) -> str:
     return OTHER
 
 
+def _int_at(data: str, key: str) -> tuple[int, int, int] | None:
+    """``(value, start, end)`` of the integer after ``key`` (e.g. ``'"E":'``), or None. Binance
+    payloads are flat objects with unique keys and string prices, so the first match is it."""
+    i = data.find(key)
+    if i < 0:
+        return None
+    start = end = i + len(key)
+    while end < len(data) and data[end].isdigit():
+        end += 1
+    return (int(data[start:end]), start, end) if end > start else None
+
+
 def shift_times(data: str, offset_ms: int) -> str:
     """A trade or depthUpdate payload with its ``E``/``T`` moved by ``offset_ms``, every other
     byte as recorded."""
     if not offset_ms:
         return data
-    return _TIME_KEYS.sub(lambda m: f'"{m.group(1)}":{int(m.group(2)) + offset_ms}', data)
+    for key in ('"T":', '"E":'):  # T comes after E: replace from the end
+        found = _int_at(data, key)
+        if found is not None:
+            value, start, end = found
+            data = f"{data[:start]}{value + offset_ms}{data[end:]}"
+    return data
 
 
 def units(text: str) -> int:
@@ -200,8 +215,9 @@ def units(text: str) -> int:
 
 
 class _Book:
-    """A replayed symbol's book: the recorded snapshot plus the played diffs it lacks. Levels
-    keyed by the recorded price strings (one format per symbol, so keys are exact)."""
+    """A replayed symbol's book: the recorded snapshot plus the played diffs it lacks, applied
+    in play order (a chain break in a capture would be carried over as recorded). Levels keyed
+    by the recorded price strings (one format per symbol, so keys are exact)."""
 
     def __init__(self, snapshot: dict[str, Any]) -> None:
         self.last_update_id = int(snapshot["lastUpdateId"])
@@ -238,14 +254,13 @@ class ReplaySymbol:
         self.snapshot = cap.snapshot
         # (recv ms, kind, stream, data) in recorded order.
         self.frames = [(ns // 1_000_000, stream_kind(s), s, d) for ns, s, d in cap.messages]
-        rows = [(ms, orjson.loads(d)) for ms, kind, _, d in self.frames if kind == TRADE]
+        rows = [orjson.loads(d) for _, kind, _, d in self.frames if kind == TRADE]
         n = len(rows)
-        self.trade_recv = np.fromiter((ms for ms, _ in rows), np.int64, n)
-        self.trade_ids = np.fromiter((t["t"] for _, t in rows), np.int64, n)
-        self.trade_time = np.fromiter((t["T"] for _, t in rows), np.int64, n)
-        self.trade_price = np.fromiter((units(t["p"]) for _, t in rows), np.int64, n)
-        self.trade_qty = np.fromiter((units(t["q"]) for _, t in rows), np.int64, n)
-        self.trade_maker = np.fromiter((t["m"] for _, t in rows), np.bool_, n)
+        self.trade_ids = np.fromiter((t["t"] for t in rows), np.int64, n)
+        self.trade_time = np.fromiter((t["T"] for t in rows), np.int64, n)
+        self.trade_price = np.fromiter((units(t["p"]) for t in rows), np.int64, n)
+        self.trade_qty = np.fromiter((units(t["q"]) for t in rows), np.int64, n)
+        self.trade_maker = np.fromiter((t["m"] for t in rows), np.bool_, n)
         if n and (np.diff(self.trade_ids) <= 0).any():
             raise ValueError(f"{self.symbol}: recorded trade ids are not increasing")
         # aggTrades: a new one wherever taker side, price or time changes (ids are consecutive
@@ -262,26 +277,30 @@ class ReplaySymbol:
         self.agg_last = np.append(self.agg_first[1:], n) - 1
         self.agg_qty = np.add.reduceat(self.trade_qty, self.agg_first) if n else self.agg_first
         self.agg_base = int(self.trade_ids[0]) if n else 0
+        self.diffs = [d for _, kind, _, d in self.frames if kind == DEPTH]
         self.played = 0  # trades visible on REST
+        self.diffs_played = 0
+        # The book is brought up to the played diffs when REST asks for it (off the hot path).
         self.book: _Book | None = None
+        self._diffs_in_book = 0
 
     def reset(self, from_ms: int | None) -> None:
         """Position before the first frame at or after ``from_ms``: earlier trades are visible
         and earlier diffs are in the book."""
-        self.played = 0
+        self.played = self.diffs_played = self._diffs_in_book = 0
         self.book = _Book(self.snapshot) if self.snapshot is not None else None
         if from_ms is None:
             return
-        for ms, kind, _, data in self.frames:
+        for ms, kind, _, _ in self.frames:
             if ms >= from_ms:
                 break
-            self.on_played(kind, data)
+            self.on_played(kind)
 
-    def on_played(self, kind: str, data: str) -> None:
+    def on_played(self, kind: str) -> None:
         if kind == TRADE:
             self.played += 1
-        elif kind == DEPTH and self.book is not None:
-            self.book.apply(orjson.loads(data))
+        elif kind == DEPTH:
+            self.diffs_played += 1
 
     # ---- REST answers (times shifted by ``offset``) -----------------------------------------
     def _trades(self, lo: int, hi: int, offset: int) -> Trades:
@@ -395,6 +414,9 @@ class ReplaySymbol:
     def depth(self, limit: int) -> dict[str, Any]:
         if self.book is None:
             return {"lastUpdateId": 0, "bids": [], "asks": []}
+        for data in self.diffs[self._diffs_in_book : self.diffs_played]:
+            self.book.apply(orjson.loads(data))
+        self._diffs_in_book = self.diffs_played
         return self.book.answer(limit)
 
 
@@ -505,17 +527,22 @@ class Replayer:
         for n, (ms, symbol, kind, stream, data) in enumerate(self.plan):
             if speed > 0:
                 due = anchor + (ms - first) / speed  # wall ms; a frame leaves at its ms start
-                delay = mono0 + (due - wall0) / 1000 - time.monotonic()
+                at = mono0 + (due - wall0) / 1000  # monotonic seconds
+                delay = at - time.monotonic()
+                if delay > 0.001:
+                    # The event loop wakes on whole milliseconds, rounded up: wake 1 ms early
+                    # and sleep the rest (blocking, under 1 ms) to leave on time.
+                    await asyncio.sleep(delay - 0.001)
+                    delay = at - time.monotonic()
                 if delay > 0:
-                    await asyncio.sleep(delay)
-                    delay = mono0 + (due - wall0) / 1000 - time.monotonic()
-                late = -delay * 1000
+                    time.sleep(delay)
+                late = (time.monotonic() - at) * 1000
                 if late >= 1.0:  # published in a later millisecond than its own
                     self.late_frames += 1
                     self.max_late_ms = max(self.max_late_ms, late)
             elif n % 500 == 0:
                 await asyncio.sleep(0)
-            self.symbols[symbol].on_played(kind, data)
+            self.symbols[symbol].on_played(kind)
             self.position_ms = ms
             if kind in (TRADE, DEPTH):
                 data = shift_times(data, offset)
@@ -545,11 +572,15 @@ class Replayer:
 
 def _ident(kind: str, data: str) -> Any:
     """The id logged for a replayed message: trade ``t``, depth ``[U, u]``, bookTicker ``u``."""
+
+    def value(key: str) -> int | None:
+        found = _int_at(data, key)
+        return found[0] if found is not None else None
+
     if kind == TRADE:
-        return orjson.loads(data)["t"]
+        return value('"t":')
     if kind == DEPTH:
-        obj = orjson.loads(data)
-        return [obj.get("U"), obj.get("u")]
+        return [value('"U":'), value('"u":')]
     if kind == TICKER:
-        return orjson.loads(data).get("u")
+        return value('"u":')
     return None

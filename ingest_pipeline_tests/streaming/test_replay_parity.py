@@ -163,6 +163,9 @@ def test_replay_through_streamer_and_online_engine_equals_offline(
         proc.wait(timeout=15)
     assert final["gaps"] == 0 and final["malformed"] == 0 and final["trades_backfilled"] == 0
 
+    # The online engine reads the streams once the replay is over: its result does not depend
+    # on when it reads (steps close on event time), and a quiet machine while the streamer
+    # stamps keeps the BBA transit times short.
     rows: list[dict[str, Any]] = []
     consumer = OnlineFeatureConsumer(
         aws_client("kinesis", settings),
