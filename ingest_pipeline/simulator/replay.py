@@ -80,6 +80,7 @@ from ingest_pipeline.simulator.market import (
     _kline_open_at_or_after,
     _kline_prev,
 )
+from ingest_pipeline.simulator.rest import wall_clock_ms
 
 if TYPE_CHECKING:
     from ingest_pipeline.simulator.ws import BinanceWs
@@ -432,7 +433,7 @@ class Replayer:
         shift: bool = True,
         from_ms: int | None = None,
         until_ms: int | None = None,
-        clock: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        clock: Callable[[], int] = wall_clock_ms,
     ) -> None:
         if speed < 0:
             raise ValueError("replay_speed must be >= 0")
