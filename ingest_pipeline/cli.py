@@ -201,7 +201,13 @@ def _wait_for_signal() -> None:
 def cmd_simulator(args: argparse.Namespace) -> int:
     from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
 
-    config = SimulatorConfig(replay_path=args.replay)
+    config = SimulatorConfig(
+        replay_path=args.replay,
+        replay_speed=args.replay_speed,
+        replay_shift=not args.replay_recorded_times,
+        replay_from_ms=_parse_time(args.replay_from) if args.replay_from else None,
+        replay_until_ms=_parse_time(args.replay_until) if args.replay_until else None,
+    )
     server = SimulatorServer(config, host=args.host, port=args.port)
     server.start()
     print(server.url, flush=True)
@@ -399,7 +405,18 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulator", help="run the local Binance simulator until stopped")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=_port, default=0, help="0 picks a free port")
-    sim.add_argument("--replay", default=None, help="replay a recorded capture file")
+    sim.add_argument(
+        "--replay",
+        default=None,
+        help="replay a recorded capture (file, glob or folder) instead of the synthetic market; "
+        "times move to now by one offset chosen at start (ids, prices, spacing kept)",
+    )
+    sim.add_argument("--replay-speed", type=float, default=1.0, help="1 looks live; 0 = max")
+    sim.add_argument("--replay-from", default=None, help="ISO time (UTC), recorded receive time")
+    sim.add_argument("--replay-until", default=None, help="ISO time (UTC), recorded receive time")
+    sim.add_argument(
+        "--replay-recorded-times", action="store_true", help="send the recorded bytes unshifted"
+    )
     sim.set_defaults(func=cmd_simulator)
     aws = sub.add_parser("local-aws", help="run the embedded moto server (S3 + Kinesis)")
     aws.add_argument("--host", default="127.0.0.1")
