@@ -673,7 +673,7 @@ class ArchiveClient:
                 directory = None
             digest = hashlib.sha256()
             size = 0
-            tmp = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed below, kept on success)
+            tmp = tempfile.NamedTemporaryFile(
                 dir=directory, prefix=".part-", suffix=".zip", delete=False
             )
             try:

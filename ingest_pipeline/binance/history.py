@@ -28,7 +28,6 @@ from ingest_pipeline.binance.archive import (
     monthly_file,
     parse_hours,
 )
-
 from ingest_pipeline.binance.normalize import (
     agg_trade_from_rest,
     depth_snapshot_from_rest,
@@ -38,6 +37,7 @@ from ingest_pipeline.binance.normalize import (
 )
 from ingest_pipeline.binance.rest import BinanceRestClient, Page, read_ahead
 from ingest_pipeline.records import AGG_TRADES, TRADES, MalformedPayload, Record, klines_type
+from ingest_pipeline.settings import HISTORY_SOURCES
 from ingest_pipeline.timeutil import HOUR_MS, now_ms
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,6 @@ def fetch_depth_snapshot(client: BinanceRestClient, symbol: str, limit: int) -> 
 # ----------------------------------------------------------------------------------------------
 # Source choice: Binance's public archive where it holds the hours, REST for the rest.
 
-HISTORY_SOURCES = ("auto", "rest", "archive")
 # Per-hour marker of where an hour's records came from (asset metadata, not the records: both
 # sources give the same records, so the marker stays out of bronze and its fingerprint).
 FROM_ARCHIVE = "archive"
