@@ -213,6 +213,20 @@ def read_batches(
     header = _has_header(first_line)
     if header:
         log.info("archive %s CSV has a header row %r: skipped", kind, first_line[:120])
+    try:
+        yield from _batches(source, kind, columns, header, block_bytes)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise ArchiveFormatError(f"{kind} CSV: {exc}") from exc
+
+
+def _batches(
+    source: IO[bytes],
+    kind: str,
+    columns: tuple[tuple[str, pa.DataType], ...],
+    header: bool,
+    block_bytes: int,
+) -> Iterator[pa.RecordBatch]:
+    # Arrow parses the first block on open: conversion errors can surface here too.
     reader = pacsv.open_csv(
         source,
         read_options=pacsv.ReadOptions(
@@ -230,12 +244,9 @@ def read_batches(
             quoted_strings_can_be_null=False,
         ),
     )
-    try:
-        for batch in reader:
-            if batch.num_rows:
-                yield batch
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise ArchiveFormatError(f"{kind} CSV: {exc}") from exc
+    for batch in reader:
+        if batch.num_rows:
+            yield batch
 
 
 def to_ms(values: np.ndarray) -> np.ndarray:
@@ -258,6 +269,18 @@ def _raw_rows(batch: pa.RecordBatch, rows: np.ndarray) -> list[dict[str, Any]]:
     return batch.take(pa.array(rows)).to_pylist() if rows.size else []
 
 
+def _hour_of_rows(ts: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Hour (epoch ms) of each row; a rejected row, whose time may be garbage, goes with the
+    valid row before it (or after it, at the start), so it is dead-lettered with its hour."""
+    if valid.all() or not valid.any():
+        return ts - ts % HOUR_MS
+    idx = np.where(valid, np.arange(ts.size), -1)
+    before = np.maximum.accumulate(idx)
+    before[before < 0] = int(np.flatnonzero(valid)[0])
+    t = ts[before]
+    return t - t % HOUR_MS
+
+
 def _split_by_hour(hours: np.ndarray, make: Callable[[int, int], HourPart]) -> Iterator[HourPart]:
     """Cut rows ordered by hour into one part per hour; ``make(i, j)`` builds rows i..j-1."""
     if hours.size and np.any(hours[1:] < hours[:-1]):
@@ -265,7 +288,7 @@ def _split_by_hour(hours: np.ndarray, make: Callable[[int, int], HourPart]) -> I
     cuts = np.flatnonzero(hours[1:] != hours[:-1]) + 1
     bounds = [0, *cuts.tolist(), hours.size]
     for i, j in zip(bounds, bounds[1:], strict=False):
-        yield make(i, j)
+        yield make(int(hours[i]), i, j)
 
 
 def agg_trade_parts(batch: pa.RecordBatch, symbol: str, ingest_ts: int) -> Iterator[HourPart]:
@@ -283,11 +306,11 @@ def agg_trade_parts(batch: pa.RecordBatch, symbol: str, ingest_ts: int) -> Itera
         & (p > 0) & np.isfinite(p) & (q > 0) & np.isfinite(q)
     )  # fmt: skip
 
-    def make(i: int, j: int) -> HourPart:
+    def make(hour: int, i: int, j: int) -> HourPart:
         ok = valid[i:j]
         rows = np.arange(i, j)
         keep = rows[ok]
-        part = HourPart(int(ts[i] - ts[i] % HOUR_MS), [])
+        part = HourPart(hour, [])
         if not ok.all():
             bad = rows[~ok]
             part.invalid_marked = int(marked[bad].sum())
@@ -326,7 +349,7 @@ def agg_trade_parts(batch: pa.RecordBatch, symbol: str, ingest_ts: int) -> Itera
         ]
         return part
 
-    return _split_by_hour(ts // HOUR_MS, make)
+    return _split_by_hour(_hour_of_rows(ts, valid), make)
 
 
 def trade_parts(batch: pa.RecordBatch, symbol: str, ingest_ts: int) -> Iterator[HourPart]:
@@ -338,11 +361,11 @@ def trade_parts(batch: pa.RecordBatch, symbol: str, ingest_ts: int) -> Iterator[
     m = batch.column("isBuyerMaker").to_numpy(zero_copy_only=False)
     valid = (ids >= 0) & (ts >= 0) & (p > 0) & np.isfinite(p) & (q > 0) & np.isfinite(q)
 
-    def make(i: int, j: int) -> HourPart:
+    def make(hour: int, i: int, j: int) -> HourPart:
         rows = np.arange(i, j)
         ok = valid[i:j]
         keep = rows[ok]
-        part = HourPart(int(ts[i] - ts[i] % HOUR_MS), [])
+        part = HourPart(hour, [])
         if not ok.all():
             bad = rows[~ok]
             part.rejects = [
@@ -371,7 +394,7 @@ def trade_parts(batch: pa.RecordBatch, symbol: str, ingest_ts: int) -> Iterator[
         ]
         return part
 
-    return _split_by_hour(ts // HOUR_MS, make)
+    return _split_by_hour(_hour_of_rows(ts, valid), make)
 
 
 def kline_parts(
@@ -392,11 +415,11 @@ def kline_parts(
     for x in volumes:
         valid &= (x >= 0) & np.isfinite(x)
 
-    def make(i: int, j: int) -> HourPart:
+    def make(hour: int, i: int, j: int) -> HourPart:
         rows = np.arange(i, j)
         ok = valid[i:j]
         keep = rows[ok]
-        part = HourPart(int(open_t[i] - open_t[i] % HOUR_MS), [])
+        part = HourPart(hour, [])
         if not ok.all():
             bad = rows[~ok]
             part.rejects = [
@@ -439,7 +462,7 @@ def kline_parts(
         ]
         return part
 
-    return _split_by_hour(open_t // HOUR_MS, make)
+    return _split_by_hour(_hour_of_rows(open_t, valid), make)
 
 
 @dataclass
