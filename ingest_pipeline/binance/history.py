@@ -21,6 +21,7 @@ from ingest_pipeline.binance.archive import (
     ArchiveError,
     ArchiveFile,
     ArchiveFormatError,
+    Download,
     HourRecords,
     daily_file,
     day_start,
@@ -253,6 +254,16 @@ class HistorySource:
         self.now = now
         self.monthly = monthly
         self._counts: dict[ArchiveFile, dict[int, int]] = {}
+        # Reference files downloaded for their counts, until a klines_1m landing uses them.
+        self._kept: dict[ArchiveFile, Download] = {}
+
+    def close(self) -> None:
+        """Delete the reference files no landing has used (a run's other steps may want them
+        from the archive client's work dir: Dagster assets leave them for the klines asset)."""
+        assert self.archive is not None or not self._kept
+        for download in self._kept.values():
+            self.archive.release(download)  # type: ignore[union-attr]
+        self._kept.clear()
 
     # --- per data type ------------------------------------------------------------------
 
@@ -347,7 +358,7 @@ class HistorySource:
     ) -> Iterator[HourFetch]:
         assert self.archive is not None
         try:
-            download = self.archive.fetch(f)
+            download = self._kept.pop(f, None) or self.archive.fetch(f)
         except ArchiveError as exc:
             yield from self._fallback(hours, rest, f"archive {f.name}: {exc}")
             return
@@ -397,8 +408,7 @@ class HistorySource:
         except ArchiveFormatError as exc:
             yield from self._fallback(list(pending), rest, f"{f.name}: {exc}")
         finally:
-            if f.data_type != REFERENCE_KLINES or f not in self._counts:
-                self.archive.release(download)
+            self.archive.release(download)
 
     def _trade_count(self, symbol: str, f: ArchiveFile, hour: int) -> int | None:
         """Trades in ``hour`` by Binance's 1m klines: the archive's (same period as ``f``) when
@@ -422,6 +432,7 @@ class HistorySource:
             return {}
         if download is None:
             return {}
+        self._kept[ref] = download
         counts: dict[int, int] = {}
         try:
             # Kept on disk: the run's klines asset lands the same file without downloading it.
