@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import requests
 
+from ingest_pipeline.binance.rest import read_ahead
 from ingest_pipeline.records import AGG_TRADES, KLINES_PREFIX, SOURCE_REST, TRADES, Record
 from ingest_pipeline.symbols import check_symbol
 from ingest_pipeline.timeutil import HOUR_MS
@@ -501,7 +502,9 @@ def parse_hours(
         current: HourRecords | None = None
         try:
             with archive.open(members[0]) as source:
-                for batch in read_batches(source, kind, block_bytes):
+                # Inflating and parsing the next block (C++, without the GIL) overlaps with
+                # building and writing the records of this one, as REST pages do.
+                for batch in read_ahead(read_batches(source, kind, block_bytes)):
                     if kind == "aggTrades":
                         parts = agg_trade_parts(batch, symbol, ingest_ts)
                     elif kind == "trades":
