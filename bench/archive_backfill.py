@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest_pipeline.binance.archive import ArchiveClient, daily_file
-from ingest_pipeline.binance.history import FROM_ARCHIVE, HistorySource
+from ingest_pipeline.binance.history import HistorySource
 from ingest_pipeline.binance.rest import (
     MAX_PAGE,
     WEIGHT_AGG_TRADES,
@@ -71,7 +70,7 @@ class SizeOnlyS3:
 
         raise ClientError({"Error": {"Code": "404"}, "ResponseMetadata": {}}, "HeadObject")
 
-    def put_object(self, Body: bytes, **_: Any) -> dict[str, Any]:  # noqa: N803 (boto3's name)
+    def put_object(self, Body: bytes, **_: Any) -> dict[str, Any]:
         self.bytes += len(Body)
         self.objects += 1
         return {}
@@ -158,9 +157,8 @@ def end_to_end(archive_url: str, sim_url: str, days: int) -> dict[str, Any]:
         print(f"  bronze day {day + 1}/{days}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     source.close()
     seconds = time.perf_counter() - t0
-    hwm_kib = int(
-        next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM")).split()[1]
-    )
+    status = Path("/proc/self/status").read_text().splitlines()
+    hwm_kib = int(next(line for line in status if line.startswith("VmHWM")).split()[1])
     return {
         "seconds": seconds,
         "counts": counts,
@@ -201,12 +199,22 @@ def main(days: int, trades_per_hour: int) -> None:
         wait_up(f"{sim_url}/api/v3/ping")
         t = time.perf_counter()
         paths = mirror(sim_url, root, days)
-        print(f"setup: simulator generated {days} days in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+        setup_s = time.perf_counter() - t
+        print(f"setup: simulator generated {days} days in {setup_s:.0f} s", file=sys.stderr)
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "http.server", str(mirror_port), "--bind", "127.0.0.1",
-                 "--directory", str(root)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                [
+                    sys.executable,
+                    "-m",
+                    "http.server",
+                    str(mirror_port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--directory",
+                    str(root),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )  # fmt: skip
         )
         wait_up(mirror_url)
@@ -218,7 +226,8 @@ def main(days: int, trades_per_hour: int) -> None:
             check=True, capture_output=True, text=True,
         )  # fmt: skip
         result = json.loads(child.stdout.strip().splitlines()[-1])
-        weight_spent = requests.get(f"{sim_url}/_sim/stats", timeout=5).json()["weight"] - weight_before
+        weight_after = requests.get(f"{sim_url}/_sim/stats", timeout=5).json()["weight"]
+        weight_spent = weight_after - weight_before
         bare_s, _ = bare_unzip_gzip(paths)
     finally:
         for p in procs:
@@ -231,14 +240,18 @@ def main(days: int, trades_per_hour: int) -> None:
     rest_s = weight / WEIGHT_LIMIT * 60
     records = {t: sum(c) for t, c in counts.items()}
     ours = result["seconds"]
-    print(f"{days} days of {SYMBOL} ({trades_per_hour:,} trades/h):")
-    print(f"  records: {records}; hours by source: {result['sources']}")
-    print(f"  archive bytes {result['archive_bytes'] / 1e6:,.0f} MB -> bronze {result['bronze_bytes'] / 1e6:,.0f} MB in {result['objects']} objects")
-    print(f"  ours, archive -> bronze:      {ours:8.1f} s  peak RSS {result['peak_rss_mib']:.0f} MiB")
-    print(f"  (a) REST at 6000 weight/min:  {rest_s:8.1f} s  ({n_req:,} requests, {weight:,} weight)")
-    print(f"  (b) bare unzip + gzip:        {bare_s:8.1f} s")
-    print(f"  speed-up vs (a): {rest_s / ours:.0f}x   ours / (b): {ours / bare_s:.2f}   REST weight spent: {weight_spent}")
-    print(f"  ru_maxrss of children: {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MiB")
+    mb_in, mb_out = result["archive_bytes"] / 1e6, result["bronze_bytes"] / 1e6
+    lines = [
+        f"{days} days of {SYMBOL} ({trades_per_hour:,} trades/h):",
+        f"  records: {records}; hours by source: {result['sources']}",
+        f"  archive {mb_in:,.0f} MB -> bronze {mb_out:,.0f} MB in {result['objects']} objects",
+        f"  ours, archive -> bronze:      {ours:8.1f} s  peak RSS {result['peak_rss_mib']:.0f} MiB",
+        f"  (a) REST at 6000 weight/min:  {rest_s:8.1f} s  ({n_req:,} requests, {weight:,} weight)",
+        f"  (b) bare unzip + gzip:        {bare_s:8.1f} s",
+        f"  (a)/ours: {rest_s / ours:.0f}x   ours/(b): {ours / bare_s:.2f}   "
+        f"REST weight spent: {weight_spent}",
+    ]
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
