@@ -282,6 +282,11 @@ def _hour_of_rows(ts: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return t - t % HOUR_MS
 
 
+def _selection(rows: np.ndarray, ok: np.ndarray, i: int, j: int) -> slice | np.ndarray:
+    # A slice when every row is valid (the usual case): no index array to gather through.
+    return slice(i, j) if ok.all() else rows[ok]
+
+
 def _split_by_hour(hours: np.ndarray, make: Callable[[int, int], HourPart]) -> Iterator[HourPart]:
     """Cut rows ordered by hour into one part per hour; ``make(i, j)`` builds rows i..j-1."""
     if hours.size and np.any(hours[1:] < hours[:-1]):
@@ -310,7 +315,7 @@ def agg_trade_parts(batch: pa.RecordBatch, symbol: str, ingest_ts: int) -> Itera
     def make(hour: int, i: int, j: int) -> HourPart:
         ok = valid[i:j]
         rows = np.arange(i, j)
-        keep = rows[ok]
+        keep = _selection(rows, ok, i, j)
         part = HourPart(hour, [])
         if not ok.all():
             bad = rows[~ok]
@@ -365,7 +370,7 @@ def trade_parts(batch: pa.RecordBatch, symbol: str, ingest_ts: int) -> Iterator[
     def make(hour: int, i: int, j: int) -> HourPart:
         rows = np.arange(i, j)
         ok = valid[i:j]
-        keep = rows[ok]
+        keep = _selection(rows, ok, i, j)
         part = HourPart(hour, [])
         if not ok.all():
             bad = rows[~ok]
@@ -419,7 +424,7 @@ def kline_parts(
     def make(hour: int, i: int, j: int) -> HourPart:
         rows = np.arange(i, j)
         ok = valid[i:j]
-        keep = rows[ok]
+        keep = _selection(rows, ok, i, j)
         part = HourPart(hour, [])
         if not ok.all():
             bad = rows[~ok]
