@@ -205,3 +205,18 @@ def test_days_around_the_microsecond_switch_equal_rest_record_for_record(
     for got in src.klines(symbol, "1m", hours):
         truth = fetch_klines(rest, symbol, "1m", got.hour).records
         assert got.source == FROM_ARCHIVE and strip(got.fetched.records) == strip(truth)
+
+
+def test_a_whole_month_comes_from_the_monthly_files(sim: SimulatorServer, faults: Any) -> None:
+    faults()
+    month = [parse_hour("2024-11-01-00:00") + i * HOUR_MS for i in range(30 * 24)]
+    src, archive = source(sim)
+    got = list(src.agg_trades(SYMBOL, month))
+    src.close()
+    assert [g.hour for g in got] == month and set(sources(got)) == {FROM_ARCHIVE}
+    assert {g.reason for g in got} == {f"{SYMBOL}-aggTrades-2024-11.zip"}
+    # The monthly aggTrades file and its reference, the monthly 1m klines: nothing per day.
+    assert archive.stats.downloads == 2
+    rest = BinanceRestClient(sim.url)
+    for g in got[::97]:
+        assert strip(g.fetched.records) == strip(fetch_agg_trades(rest, SYMBOL, g.hour).records)
