@@ -123,8 +123,9 @@ def assert_every_check_passed_per_hour(
         assert {r.partition for r in history} == {*partitions, None}, key
 
 
-# Seven daily runs of three steps each: ~2 min on an idle 2-core machine.
-@pytest.mark.timeout(900)
+# Seven daily runs of three steps each, two at a time (the binance pool): minutes, mostly
+# Dagster's process starts and event log; 12 min measured on a 2-core machine at load 12.
+@pytest.mark.timeout(1800)
 def test_ui_backfill_over_a_week_uses_the_archive_and_every_check_passes(
     aws: EmbeddedAWS, sim: SimulatorServer, tmp_path: Path
 ) -> None:
@@ -142,7 +143,7 @@ def test_ui_backfill_over_a_week_uses_the_archive_and_every_check_passes(
     with DagsterDev(tmp_path / "home", env, (ROOT / "dagster.yaml").read_text()) as dagster:
         paths = [["bronze", symbol, t] for t in HISTORY]
         backfill_id = dagster.launch_backfill(paths, partitions)
-        status = dagster.wait_backfill(backfill_id, timeout_s=780)
+        status = dagster.wait_backfill(backfill_id, timeout_s=1500)
         assert status == "COMPLETED_SUCCESS", dagster.log_tail()
         instance = dg.DagsterInstance.from_config(str(tmp_path / "home"))
         for path in paths:
