@@ -390,7 +390,12 @@ class HistorySource:
             if self.mode == "archive":
                 raise ArchiveError(f"{reason}; history_source is archive, so REST may not fill in")
             log.warning("%s %dh from REST: %s", f.symbol, h, reason)
-            return HourFetch(h, rest(h), FROM_REST, reason, f.path, part.invalid_marked)
+            fetched = rest(h)
+            # The archive's unusable rows are dead-lettered with the hour, as REST's would be.
+            fetched.rejects.extend(
+                {"reason": f"{f.name}: {r['reason']}", "raw": r["raw"]} for r in part.rejects
+            )
+            return HourFetch(h, fetched, FROM_REST, reason, f.path, part.invalid_marked)
 
         try:
             for part in parse_hours(download.path, f.data_type, f.symbol, download.received_ms):

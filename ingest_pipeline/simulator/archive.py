@@ -9,8 +9,9 @@ after its publication lag (daily: a day after the day ends; monthly: days into t
 Faults, switched through ``/_sim/archive/faults``, mimic the archive's known defects:
 ``missing`` (404 for a symbol-day), ``truncated`` (rows cut from a time of day on),
 ``bad_checksum`` (the CHECKSUM never matches), ``replaced`` (the first downloads get an older,
-cut version; the CHECKSUM always describes the current one), ``header`` (a header row), and
-``microseconds: false`` turns off the 2025 switch to µs.
+cut version; the CHECKSUM always describes the current one), ``header`` (a header row),
+``invalid_row`` (the first aggTrade at ``cut_at`` written as Binance marks a row it lost:
+``p=0, q=0, f=-1, l=-1``), and ``microseconds: false`` turns off the 2025 switch to µs.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ DAY_MS = 24 * HOUR_MS
 # Binance's spot archive writes microseconds from this day on.
 MICROS_FROM_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z
 KINDS = ("aggTrades", "trades", "klines")
-FAULTS = ("missing", "truncated", "bad_checksum", "replaced", "header")
+FAULTS = ("missing", "truncated", "bad_checksum", "replaced", "header", "invalid_row")
 # Header rows as some newer archive files carry them.
 HEADERS = {
     "aggTrades": "agg_trade_id,price,quantity,first_trade_id,last_trade_id,transact_time,"
@@ -64,7 +65,8 @@ class ArchiveFault:
     symbol: str
     date: str  # YYYY-MM-DD (daily file) or YYYY-MM (monthly file)
     kind: str | None = None
-    # truncated / replaced: rows from this time of day on are cut ("HH:MM").
+    # truncated / replaced: rows from this time of day on are cut ("HH:MM"); invalid_row: the
+    # row marked invalid is the first at this time.
     cut_at: str = "20:30"
     # replaced: how many downloads get the older, cut version before the current one.
     old_downloads: int = 1
@@ -336,6 +338,16 @@ class BinanceArchive:
                 "time": hd.time[first],
                 "m": hd.buyer_maker[first],
             }
+        invalid = self._fault(f, "invalid_row")
+        h0 = model.hour_start(hd.hour)
+        if f.kind == "aggTrades" and invalid is not None:
+            at = h0 - h0 % DAY_MS + invalid.cut_ms()
+            late = np.flatnonzero(cols["time"] >= at)
+            if h0 <= at < h0 + HOUR_MS and late.size:
+                i = late[0]
+                cols = {k: v.copy() for k, v in cols.items()}
+                cols["price"][i] = cols["qty"][i] = 0
+                cols["f"][i] = cols["l"][i] = -1
         keep = self._keep(cols["time"], cut_ms)
         if keep is not None:
             cols = {k: v[keep] for k, v in cols.items()}

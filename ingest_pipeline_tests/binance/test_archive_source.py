@@ -220,3 +220,16 @@ def test_a_whole_month_comes_from_the_monthly_files(sim: SimulatorServer, faults
     rest = BinanceRestClient(sim.url)
     for g in got[::97]:
         assert strip(g.fetched.records) == strip(fetch_agg_trades(rest, SYMBOL, g.hour).records)
+
+
+def test_rows_marked_invalid_send_their_hour_to_rest_and_are_dead_lettered(
+    sim: SimulatorServer, faults: Any
+) -> None:
+    faults({"fault": "invalid_row", "symbol": SYMBOL, "date": "2024-12-30", "cut_at": "07:10"})
+    got = run_all(source(sim)[0], Truth(sim.url))
+    agg = got["agg_trades"]
+    assert sources(agg) == [FROM_ARCHIVE] * 7 + [FROM_REST] + [FROM_ARCHIVE] * 16
+    assert agg[7].invalid_marked == 1
+    (reject,) = agg[7].fetched.rejects
+    assert "marked invalid by Binance" in reject["reason"] and reject["raw"]["f"] == -1
+    assert sources(got["trades"]) == ALL_ARCHIVE
