@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -156,10 +157,14 @@ def end_to_end(archive_url: str, sim_url: str, day_numbers: list[int]) -> dict[s
         print(f"  bronze day {n + 1}/{len(day_numbers)}: {time.perf_counter() - t0:.1f} s")
     source.close()
     seconds = time.perf_counter() - t0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     status = Path("/proc/self/status").read_text().splitlines()
     hwm_kib = int(next(line for line in status if line.startswith("VmHWM")).split()[1])
     return {
         "seconds": seconds,
+        # CPU of this process (all its threads): what the work costs, whatever else the
+        # machine runs at the same time.
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
         "counts": counts,
         "sources": sources,
         "bronze_bytes": s3.bytes,
@@ -199,7 +204,7 @@ def pipeline(archive_url: str, sim_url: str, days: int, workers: int) -> dict[st
         "sources": {},
         "peak_rss_mib": max(r["peak_rss_mib"] for r in results),
     }
-    for key in ("bronze_bytes", "objects", "archive_bytes"):
+    for key in ("bronze_bytes", "objects", "archive_bytes", "cpu_seconds"):
         merged[key] = sum(r[key] for r in results)
     for r in results:
         for k, v in r["sources"].items():
@@ -207,8 +212,9 @@ def pipeline(archive_url: str, sim_url: str, days: int, workers: int) -> dict[st
     return merged
 
 
-def bare_unzip_gzip(paths: list[Path]) -> tuple[float, int]:
-    t0 = time.perf_counter()
+def bare_unzip_gzip(paths: list[Path]) -> tuple[float, float]:
+    """(wall, CPU) seconds to inflate every zip member and gzip it at bronze's level."""
+    t0, c0 = time.perf_counter(), time.process_time()
     total = 0
     for path in paths:
         with zipfile.ZipFile(path) as z, z.open(z.infolist()[0]) as member:
@@ -216,7 +222,7 @@ def bare_unzip_gzip(paths: list[Path]) -> tuple[float, int]:
             while chunk := member.read(8 << 20):
                 total += len(comp.compress(chunk))
             total += len(comp.flush())
-    return time.perf_counter() - t0, total
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def main(days: int, trades_per_hour: int) -> None:
@@ -263,7 +269,7 @@ def main(days: int, trades_per_hour: int) -> None:
         parallel = pipeline(mirror_url, sim_url, days, 2) if days > 1 else result
         weight_after = requests.get(f"{sim_url}/_sim/stats", timeout=5).json()["weight"]
         weight_spent = weight_after - weight_before
-        bare_s, _ = bare_unzip_gzip(paths)
+        bare_s, bare_cpu = bare_unzip_gzip(paths)
     finally:
         for p in procs:
             p.terminate()
@@ -275,6 +281,7 @@ def main(days: int, trades_per_hour: int) -> None:
     rest_s = weight / WEIGHT_LIMIT * 60
     records = {t: sum(c) for t, c in counts.items()}
     ours = result["seconds"]
+    cpu = result["cpu_seconds"]
     mb_in, mb_out = result["archive_bytes"] / 1e6, result["bronze_bytes"] / 1e6
     lines = [
         f"{days} days of {SYMBOL} ({trades_per_hour:,} trades/h):",
@@ -285,6 +292,8 @@ def main(days: int, trades_per_hour: int) -> None:
         f"  (b) bare unzip + gzip:        {bare_s:8.1f} s",
         f"  (a)/ours: {rest_s / ours:.0f}x   ours/(b): {ours / bare_s:.2f}   "
         f"REST weight spent: {weight_spent}",
+        f"  CPU seconds (load-independent): ours {cpu:.1f}, (b) {bare_cpu:.1f}; "
+        f"(a)/ours {rest_s / cpu:.0f}x, ours/(b) {cpu / bare_cpu:.2f}",
         f"  two daily runs at once (the binance pool's 2 slots): {parallel['seconds']:.1f} s, "
         f"(a)/that: {rest_s / parallel['seconds']:.0f}x, peak RSS per run "
         f"{parallel['peak_rss_mib']:.0f} MiB",
