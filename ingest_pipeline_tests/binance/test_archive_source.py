@@ -171,7 +171,7 @@ def test_file_replaced_while_read_is_read_again(sim: SimulatorServer, faults: An
     assert archive.stats.checksum_mismatches == 1
 
 
-def test_header_rows_and_either_time_unit_parse_the_same(sim: SimulatorServer, faults: Any) -> None:
+def test_header_rows_are_detected_and_skipped(sim: SimulatorServer, faults: Any) -> None:
     faults({"fault": "header", "symbol": SYMBOL, "date": "2024-12-30"})
     got = run_all(source(sim)[0], Truth(sim.url))
     assert all(sources(h) == ALL_ARCHIVE for h in got.values())
@@ -233,3 +233,15 @@ def test_rows_marked_invalid_send_their_hour_to_rest_and_are_dead_lettered(
     (reject,) = agg[7].fetched.rejects
     assert "marked invalid by Binance" in reject["reason"] and reject["raw"]["f"] == -1
     assert sources(got["trades"]) == ALL_ARCHIVE
+
+
+def test_2025_files_in_milliseconds_read_the_same(sim: SimulatorServer, faults: Any) -> None:
+    # Binance's spot files switched to µs on 2025-01-01; a file still in ms must read the same.
+    faults(microseconds=False)
+    hours = [parse_hour("2025-01-01-00:00") + i * HOUR_MS for i in range(24)]
+    src, _ = source(sim)
+    rest = BinanceRestClient(sim.url)
+    got = list(src.agg_trades(SYMBOL, hours))
+    assert sources(got) == ALL_ARCHIVE
+    for g in got:
+        assert strip(g.fetched.records) == strip(fetch_agg_trades(rest, SYMBOL, g.hour).records)
