@@ -683,7 +683,7 @@ class ArchiveClient:
                 return None
             try:
                 return resp.content.decode("utf-8", errors="replace")
-            except (requests.ConnectionError, requests.Timeout) as exc:
+            except requests.RequestException as exc:
                 log.warning("archive %s: %s", url, exc)
                 self._backoff(attempt)
             finally:
@@ -716,7 +716,8 @@ class ArchiveClient:
                 expected = resp.headers.get("Content-Length")
                 if expected is not None and expected.isdigit() and int(expected) != size:
                     raise requests.ConnectionError(f"got {size} of {expected} bytes")
-            except (requests.ConnectionError, requests.Timeout, OSError) as exc:
+            except (requests.RequestException, OSError) as exc:
+                # A body cut short (ChunkedEncodingError, a short Content-Length) is retried.
                 Path(tmp.name).unlink(missing_ok=True)
                 log.warning("archive %s: %s (attempt %d)", url, exc, attempt + 1)
                 self.stats.retries += 1
