@@ -69,6 +69,8 @@ def assert_every_check_passed(
         assert {r.partition for r in history} == {*partitions, None}, key
 
 
+# The backfill itself may take up to 420 s (wait_backfill below): more than the default 300 s.
+@pytest.mark.timeout(600)
 def test_ui_backfill_over_two_days_and_two_symbols(
     aws: EmbeddedAWS, quiet_simulator: SimulatorServer, tmp_path: Path
 ) -> None:
