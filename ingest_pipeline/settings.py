@@ -93,6 +93,16 @@ class Settings:
     streamer_stale_after_seconds: int = 180
     # Spill and dead-letter files of the streamer run (None: under the Dagster instance's home).
     streamer_state_dir: str | None = None
+    # Where bronze history comes from: "auto" (Binance's public archive where it holds the
+    # hours, REST for the rest), "rest" or "archive" (never REST).
+    history_source: str = "auto"
+    # Base URL of the archive (https://data.binance.vision); None: the one binance_rest_url
+    # serves, as the local simulator does.
+    archive_base_url: str | None = None
+
+    @property
+    def archive_url(self) -> str:
+        return self.archive_base_url or self.binance_rest_url
 
     @property
     def kinesis_streams(self) -> tuple[str, str, str]:
@@ -112,6 +122,8 @@ ENV_OVERRIDES = {
     "INGEST_STREAMER_HEARTBEAT_SECONDS": "streamer_heartbeat_seconds",
     "INGEST_STREAMER_STALE_AFTER_SECONDS": "streamer_stale_after_seconds",
     "INGEST_STREAMER_STATE_DIR": "streamer_state_dir",
+    "INGEST_HISTORY_SOURCE": "history_source",
+    "BINANCE_ARCHIVE_URL": "archive_base_url",
 }
 
 _FIELDS = {f.name for f in dataclasses.fields(Settings)} - {"env"}
@@ -122,9 +134,15 @@ _INT_FIELDS = {
     "streamer_stale_after_seconds",
 }
 # Keys with a default (the dataclass's) when a config file leaves them out.
-_DEFAULTED = _INT_FIELDS | {"streamer_supervisor_status", "streamer_state_dir"}
+_DEFAULTED = _INT_FIELDS | {
+    "streamer_supervisor_status",
+    "streamer_state_dir",
+    "history_source",
+    "archive_base_url",
+}
 _OPTIONAL = {"aws_endpoint_url"} | _DEFAULTED
 SUPERVISOR_STATUSES = ("RUNNING", "STOPPED")
+HISTORY_SOURCES = ("auto", "rest", "archive")
 
 
 def load_settings(
@@ -203,7 +221,7 @@ def _validate(
             f"{where('partitions_start')} must be a date YYYY-MM-DD, "
             f"got {values['partitions_start']!r}"
         ) from None
-    for key in ("aws_endpoint_url", "binance_rest_url", "binance_ws_url"):
+    for key in ("aws_endpoint_url", "binance_rest_url", "binance_ws_url", "archive_base_url"):
         url = values.get(key)
         if url is not None:
             try:
@@ -219,6 +237,12 @@ def _validate(
             f"{where('streamer_supervisor_status')} must be one of "
             f"{', '.join(SUPERVISOR_STATUSES)}, got {status!r}"
         )
+    source = values.get("history_source")
+    if source is not None and source not in HISTORY_SOURCES:
+        raise SettingsError(
+            f"{origin}: key 'history_source' must be one of {', '.join(HISTORY_SOURCES)}, "
+            f"got {source!r}"
+        )
     for key in ("streamer_supervisor_interval_seconds", "streamer_heartbeat_seconds"):
         if values.get(key) == 0:
             raise SettingsError(f"{where(key)} must be > 0")
@@ -232,7 +256,7 @@ def _validate(
         )
     values = {k: v for k, v in values.items() if not (k in _DEFAULTED and v is None)}
     values["kline_intervals"] = tuple(values["kline_intervals"])
-    for key in ("binance_rest_url", "binance_ws_url", "aws_endpoint_url"):
+    for key in ("binance_rest_url", "binance_ws_url", "aws_endpoint_url", "archive_base_url"):
         if values.get(key):
             values[key] = values[key].rstrip("/")
     values.setdefault("aws_endpoint_url", None)

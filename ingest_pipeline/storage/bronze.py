@@ -79,7 +79,7 @@ def prepare_records(
         strays |= {r["interval"] for r in records} - {data_type[len(KLINES_PREFIX) :]}
     if strays:
         raise ValueError(f"{data_type} object of {symbol} given records of {sorted(strays)}")
-    ids = [r[id_field(data_type)] for r in records]
+    ids = list(map(operator.itemgetter(id_field(data_type)), records))
     # REST pages arrive in key order: checking is far cheaper than sorting a million records.
     if all(map(operator.lt, ids, islice(ids, 1, None))):
         return records, 0
