@@ -52,8 +52,8 @@ INT_PRIMS = ("buy_w", "buy_f", "sell_w", "sell_f")
 
 QTY_DECIMALS = 8
 QTY_UNIT = 10**QTY_DECIMALS
-# Below this many whole units, whole * 1e8 + fraction is below 2**53: exact as a float.
-_SAFE_WHOLE = 2**53 // QTY_UNIT
+# Up to this many whole units, whole * 1e8 + fraction stays within 2**53: exact as a float.
+_SAFE_WHOLE = 2**53 // QTY_UNIT - 1
 
 
 def depth_prims(spec: FeatureSpec) -> tuple[str, ...]:
@@ -72,44 +72,39 @@ def prim_names(spec: FeatureSpec) -> tuple[str, ...]:
 
 
 def qty_limbs(qty: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Float sizes -> (whole units, 1e-8 units) as int64, exactly the decimal Binance sent.
+    """Float sizes -> (whole units, 1e-8 units), exactly the decimal Binance sent, as
+    integer-valued floats (sums of them stay exact below 2**53; :func:`limbs_to_float` takes
+    a fraction of 1e8 or more as a carry).
 
     ``qty - floor(qty)`` is exact in floating point; scaled by 1e8 it lands within a fraction
     of a unit of an integer, which rounding recovers."""
     whole = np.floor(qty)
-    frac = np.rint((qty - whole) * QTY_UNIT)
-    carry = frac >= QTY_UNIT
-    return (whole + carry).astype(np.int64), np.where(carry, 0.0, frac).astype(np.int64)
+    return whole, np.rint((qty - whole) * QTY_UNIT)
 
 
 def qty_limbs_one(qty: float) -> tuple[int, int]:
-    """:func:`qty_limbs` for one value (the same IEEE operations, Python floats)."""
+    """:func:`qty_limbs` for one value (the same IEEE operations, Python floats and ints)."""
     whole = math.floor(qty)
-    frac = round((qty - whole) * QTY_UNIT)
-    if frac >= QTY_UNIT:
-        return whole + 1, 0
-    return whole, frac
+    return whole, round((qty - whole) * QTY_UNIT)
 
 
 def limbs_to_float(whole: np.ndarray, frac: np.ndarray) -> np.ndarray:
-    """The float nearest to ``whole + frac * 1e-8`` (exact integers in, one rounding out,
-    for magnitudes below ~9e7 units; above, two roundings, still within one ulp)."""
+    """The float nearest to ``whole + frac * 1e-8`` (int64 limbs, any sign, any carry).
+
+    Below ~9e7 whole units the value is an exact integer count of 1e-8 units below 2**53,
+    and one IEEE division rounds it to nearest. Above (sums of huge meme-coin sizes), whole
+    and fraction are rounded separately and added: within one ulp."""
     whole = np.asarray(whole, dtype=np.int64)
     frac = np.asarray(frac, dtype=np.int64)
-    carry = np.floor_divide(frac, QTY_UNIT)
-    whole = whole + carry
-    frac = frac - carry * QTY_UNIT  # now 0 <= frac < 1e8
-    neg = whole < 0
-    borrow = neg & (frac > 0)
-    mag_w = np.where(neg, -whole - borrow, whole)
-    mag_f = np.where(borrow, QTY_UNIT - frac, frac)
-    small = mag_w < _SAFE_WHOLE
-    units = np.where(small, mag_w, 0) * QTY_UNIT + mag_f
-    with np.errstate(invalid="ignore"):
-        mag = np.where(
-            small, units.astype(np.float64) / QTY_UNIT, mag_w.astype(np.float64) + mag_f / QTY_UNIT
-        )
-    return np.where(neg, -mag, mag)
+    whole = whole + np.floor_divide(frac, QTY_UNIT)
+    frac = np.remainder(frac, QTY_UNIT)  # 0 <= frac < 1e8
+    small = np.abs(whole) <= _SAFE_WHOLE
+    units = np.where(small, whole, 0) * QTY_UNIT + frac
+    out = units.astype(np.float64) / QTY_UNIT
+    if not small.all():
+        big = ~small
+        out[big] = whole[big].astype(np.float64) + frac[big] / QTY_UNIT
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,11 +143,16 @@ def window_sums(values: np.ndarray, steps: int, lo: int, hi: int) -> np.ndarray:
     return acc
 
 
-def _window_ints(values: np.ndarray, steps: int, lo: int, hi: int) -> np.ndarray:
-    """Integer window sums over ``(i - steps, i]`` for i in ``[lo, hi)``: exact, so a
-    difference of running sums from the block's start is as good as any other order."""
-    cs = np.concatenate(([0], np.cumsum(values, dtype=np.int64)))
-    return cs[lo + 1 : hi + 1] - cs[lo + 1 - steps : hi + 1 - steps]
+def _running(values: np.ndarray) -> np.ndarray:
+    """``out[i]`` = sum of ``values[:i]`` (int64)."""
+    return np.concatenate(([0], np.cumsum(values, dtype=np.int64)))
+
+
+def _window_ints(running: np.ndarray, steps: int, lo: int, hi: int) -> np.ndarray:
+    """Integer window sums over ``(i - steps, i]`` for i in ``[lo, hi)`` from
+    :func:`_running`: exact, so differences of running sums from the block's start are as
+    good as any other order of addition."""
+    return running[lo + 1 : hi + 1] - running[lo + 1 - steps : hi + 1 - steps]
 
 
 def block_reach(spec: FeatureSpec) -> tuple[int, int]:
@@ -196,15 +196,16 @@ def derive_block(
 
         r2 = np.zeros(len(p_all))
         r2[1:] = r_squared(p_all[1:], p_all[:-1])
-        uncovered = uncovered_step.astype(np.int64)
+        uncovered = _running(uncovered_step)
+        running = {k: _running(v) for k, v in ints.items()}
         for w in spec.windows_ms:
             s = duration_suffix(w)
             k = spec.steps(w)
             window_ok = seen & (_window_ints(uncovered, k, lo, hi) == 0)
-            buy_w = _window_ints(ints["buy_w"], k, lo, hi)
-            buy_f = _window_ints(ints["buy_f"], k, lo, hi)
-            sell_w = _window_ints(ints["sell_w"], k, lo, hi)
-            sell_f = _window_ints(ints["sell_f"], k, lo, hi)
+            buy_w = _window_ints(running["buy_w"], k, lo, hi)
+            buy_f = _window_ints(running["buy_f"], k, lo, hi)
+            sell_w = _window_ints(running["sell_w"], k, lo, hi)
+            sell_f = _window_ints(running["sell_f"], k, lo, hi)
             signed = limbs_to_float(buy_w - sell_w, buy_f - sell_f)
             total = limbs_to_float(buy_w + sell_w, buy_f + sell_f)
             out[f"signed_volume_{s}"] = np.where(window_ok, signed, NAN)

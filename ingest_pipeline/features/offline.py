@@ -139,17 +139,18 @@ def trade_primitives(
     # Trade at event_ts belongs to the row ts_j with ts_j - step <= event_ts < ts_j.
     j = (ets - rng.known_from) // spec.step_ms + 1
     whole, frac = qty_limbs(qty)
-    buy = ~ibm
-
-    def int_sum(idx: np.ndarray, values: np.ndarray) -> np.ndarray:
-        # bincount adds in float64: exact, every partial sum being an integer below 2**53.
-        return np.bincount(idx, weights=values, minlength=n).astype(np.int64)
-
+    # Buy and sell buckets side by side (bin 2j: buy, 2j+1: sell): one pass per limb.
+    side = 2 * j + ibm
+    # bincount adds in float64: exact, every partial sum being an integer below 2**53.
+    limbs = [
+        np.bincount(side, weights=v, minlength=2 * n).astype(np.int64).reshape(n, 2)
+        for v in (whole, frac)
+    ]
     ints = {
-        "buy_w": int_sum(j[buy], whole[buy]),
-        "buy_f": int_sum(j[buy], frac[buy]),
-        "sell_w": int_sum(j[ibm], whole[ibm]),
-        "sell_f": int_sum(j[ibm], frac[ibm]),
+        "buy_w": limbs[0][:, 0],
+        "buy_f": limbs[1][:, 0],
+        "sell_w": limbs[0][:, 1],
+        "sell_f": limbs[1][:, 1],
     }
     gap_end = cover.gap_end(grid)
     last = _last_before(ets, grid)
