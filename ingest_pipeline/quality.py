@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ingest_pipeline import spans
 from ingest_pipeline.records import Record
 from ingest_pipeline.timeutil import HOUR_MS
 
@@ -26,6 +27,8 @@ class Verdict:
     passed: bool
     summary: str
     details: dict[str, Any] = field(default_factory=dict)
+    # Numbers worth a plot over partitions (recorded as numeric metadata).
+    numbers: dict[str, float] = field(default_factory=dict)
 
 
 def _ranges(missing: Sequence[tuple[int, int]]) -> list[str]:
@@ -224,3 +227,18 @@ def check_depth_chain(records: Sequence[Record]) -> Verdict:
             details,
         )
     return Verdict(True, f"{len(records)} diffs chained, {marked} marked gap", details)
+
+
+def check_coverage(covered: Sequence[tuple[int, int]], hour_ms: int) -> Verdict:
+    """The source covered the whole hour; otherwise which spans it left out (``spans``)."""
+    missing = spans.gaps(covered, hour_ms, hour_ms + HOUR_MS)
+    share = spans.length(spans.clip(covered, hour_ms, hour_ms + HOUR_MS)) / HOUR_MS
+    numbers = {"covered_share": share}
+    if not missing:
+        return Verdict(True, "the source covered the whole hour", numbers=numbers)
+    return Verdict(
+        False,
+        f"the source covered {share:.1%} of the hour; {len(missing)} span(s) not covered",
+        {"not_covered_ms": [[a - hour_ms, b - hour_ms] for a, b in missing[:MAX_LISTED]]},
+        numbers,
+    )

@@ -26,8 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-Span = tuple[int, int]
-Spans = tuple[Span, ...]
+from ingest_pipeline.spans import Span, normalize
 
 # Sources of the feature columns, each with its own coverage.
 TRADE_SOURCE = "trade"
@@ -38,42 +37,6 @@ SOURCES = (TRADE_SOURCE, BBA_SOURCE, DEPTH_SOURCE, KLINE_SOURCE)
 
 # Later than any time: the start of "coverage" after the last covered span.
 NEVER = 2**62
-
-
-def normalize(spans: Iterable[Sequence[int]]) -> Spans:
-    """Sorted, disjoint, non-empty spans; overlapping or touching spans are merged."""
-    out: list[list[int]] = []
-    for start, end in sorted((int(s), int(e)) for s, e in spans):
-        if end <= start:
-            continue
-        if out and start <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], end)
-        else:
-            out.append([start, end])
-    return tuple((s, e) for s, e in out)
-
-
-def clip(spans: Iterable[Sequence[int]], lo: int, hi: int) -> Spans:
-    """The parts of ``spans`` inside ``[lo, hi)``."""
-    return normalize((max(s, lo), min(e, hi)) for s, e in spans)
-
-
-def subtract(spans: Iterable[Sequence[int]], lo: int, hi: int) -> Spans:
-    """``spans`` without ``[lo, hi)``."""
-    out: list[Span] = []
-    for s, e in normalize(spans):
-        if e <= lo or s >= hi:
-            out.append((s, e))
-            continue
-        if s < lo:
-            out.append((s, lo))
-        if e > hi:
-            out.append((hi, e))
-    return tuple(out)
-
-
-def covered_ms(spans: Iterable[Sequence[int]]) -> int:
-    return sum(e - s for s, e in normalize(spans))
 
 
 class CoverageIndex:

@@ -26,8 +26,6 @@ from ingest_pipeline.features.coverage import (
     SOURCES,
     TRADE_SOURCE,
     CoverageIndex,
-    Span,
-    clip,
     index_all,
 )
 from ingest_pipeline.features.formulas import (
@@ -47,6 +45,7 @@ from ingest_pipeline.features.spec import (
     GridRange,
     hour_range,
 )
+from ingest_pipeline.spans import Span, clip
 from ingest_pipeline.timeutil import HOUR_MS
 
 Records = Sequence[Mapping[str, Any]]

@@ -39,7 +39,6 @@ from ingest_pipeline.features.coverage import (
     SOURCES,
     TRADE_SOURCE,
     CoverageIndex,
-    subtract,
 )
 from ingest_pipeline.features.formulas import (
     INT_PRIMS,
@@ -51,6 +50,7 @@ from ingest_pipeline.features.formulas import (
 )
 from ingest_pipeline.features.spec import DEFAULT_SPEC, FeatureSpec
 from ingest_pipeline.records import AGG_TRADES, BBA, DEPTH_DELTA, DEPTH_SNAPSHOT, TRADE, TRADES
+from ingest_pipeline.spans import subtract
 
 DEFAULT_LATENESS_MS = 3000
 _NAN4 = (NAN, NAN, NAN, NAN)
@@ -365,14 +365,9 @@ class OnlineFeatureEngine:
             for c in spec.label_columns():
                 values[c] = np.full(len(js), NAN)
             values["complete"] = np.zeros(len(js), np.bool_)
-        names = spec.columns()[2:]
-        lists = {c: values[c].tolist() for c in names}
-        ts_list = ts.tolist()
-        for i in range(len(js)):
-            row: dict[str, Any] = {"symbol": self.symbol, "ts": ts_list[i]}
-            for c in names:
-                row[c] = lists[c][i]
-            out.append(row)
+        names = spec.columns()
+        columns = [[self.symbol] * len(js), ts.tolist(), *(values[c].tolist() for c in names[2:])]
+        out.extend(dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True))
 
 
 def rows_to_frame(rows: list[dict[str, Any]], spec: FeatureSpec = DEFAULT_SPEC) -> pd.DataFrame:
