@@ -94,8 +94,11 @@ def check_results(
 
 
 def overall_result(
-    check: Check, verdicts: list[tuple[int, quality.Verdict]]
+    check: Check,
+    verdicts: list[tuple[int, quality.Verdict]],
+    asset_key: dg.AssetKey | None = None,
 ) -> dg.AssetCheckResult:
+    """One result for the run (``asset_key``: needed when the step has several assets)."""
     failed = [(h, v) for h, v in verdicts if not v.passed]
     if len(verdicts) == 1:
         summary = verdicts[0][1].summary
@@ -111,6 +114,7 @@ def overall_result(
             {f"{from_ms(h):%Y-%m-%d %H}h": {"summary": v.summary, **v.details} for h, v in failed}
         )
     return dg.AssetCheckResult(
+        asset_key=asset_key,
         check_name=check.name,
         passed=not failed,
         severity=check.severity,

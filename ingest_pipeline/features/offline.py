@@ -161,7 +161,8 @@ def trade_primitives(
         p = _nan(n)
     floats = {
         "count": np.bincount(j, minlength=n).astype(np.float64),
-        "notional": np.bincount(j, weights=price * qty, minlength=n),
+        # (bincount of no weights at all answers in int64)
+        "notional": np.bincount(j, weights=price * qty, minlength=n).astype(np.float64),
         "p": p,
         "seen": has.astype(np.float64),
         "cov": (gap_end <= grid - spec.step_ms).astype(np.float64),
