@@ -422,37 +422,27 @@ class InputsReady(dg.AutomationCondition):
 
     def evaluate(self, context: Any) -> dg.AutomationResult:
         candidates = context.candidate_subset
-        keys = candidates.expensively_compute_partition_keys() if not candidates.is_empty else []
-        if not keys:
-            return dg.AutomationResult(context=context, true_subset=context.get_empty_subset())
+        keys = [] if candidates.is_empty else candidates.expensively_compute_partition_keys()
         instance = context.asset_graph_view.instance
-        graph = context.asset_graph
-        wanted: dict[dg.AssetKey, set[str]] = {}
-        for key, offs in self.required + self.optional:
-            wanted.setdefault(key, set()).update(
-                _shift_partition(pk, o) for pk in keys for o in offs
+        inputs = self.required + self.optional
+        # Cheap first: one query per input for every hour it has landed; the per-hour check
+        # lookups below are then only for hours whose inputs are all there.
+        landed = {key: instance.get_materialized_partitions(key) for key, _ in inputs}
+        keys = [
+            pk
+            for pk in keys
+            if all(_shift_partition(pk, o) in landed[k] for k, offs in self.required for o in offs)
+        ]
+        wanted: dict[dg.AssetKey, set[str]] = {key: set() for key, _ in inputs}
+        for key, offs in inputs:
+            wanted[key].update(
+                p for pk in keys for o in offs if (p := _shift_partition(pk, o)) in landed[key]
             )
-        good = {key: _good_partitions(instance, graph, key, parts) for key, parts in wanted.items()}
-        landed = {
-            key: set(
-                instance.event_log_storage.get_latest_storage_id_by_partition(
-                    key, DagsterEventType.ASSET_MATERIALIZATION, parts
-                )
-            )
+        good = {
+            key: _good_partitions(instance, context.asset_graph, key, parts)
             for key, parts in wanted.items()
         }
-
-        def ready(pk: str) -> bool:
-            for key, offs in self.required + self.optional:
-                for o in offs:
-                    p = _shift_partition(pk, o)
-                    if p in landed[key] and p not in good[key]:
-                        return False  # landed with a failed (or unfinished) blocking check
-            return all(
-                _shift_partition(pk, o) in good[key] for key, offs in self.required for o in offs
-            )
-
-        ok = {pk for pk in keys if ready(pk)}
+        ok = {pk for pk in keys if all(p in good[k] for k, p in self._hours(pk, wanted))}
         true_subset = (
             candidates.compute_intersection_with_partition_keys(ok)
             if ok
@@ -460,35 +450,58 @@ class InputsReady(dg.AutomationCondition):
         )
         return dg.AutomationResult(context=context, true_subset=true_subset)
 
+    def _hours(
+        self, pk: str, landed: Mapping[dg.AssetKey, set[str]]
+    ) -> Iterator[tuple[dg.AssetKey, str]]:
+        """The input hours of ``pk`` to vouch for: the required ones, and the optional ones
+        that landed."""
+        for key, offs in self.required:
+            for o in offs:
+                yield key, _shift_partition(pk, o)
+        for key, offs in self.optional:
+            for o in offs:
+                if (p := _shift_partition(pk, o)) in landed[key]:
+                    yield key, p
+
 
 def _good_partitions(
     instance: dg.DagsterInstance, graph: Any, key: dg.AssetKey, partitions: set[str]
 ) -> set[str]:
-    """Partitions of ``key`` materialized, whose blocking checks passed in the materializing
-    run or later."""
-    latest = instance.event_log_storage.get_latest_storage_id_by_partition(
-        key, DagsterEventType.ASSET_MATERIALIZATION, partitions
-    )
-    if not latest:
-        return set()
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=key, storage_ids=list(latest.values())), limit=len(latest)
-    ).records
-    made = {r.partition_key: r for r in records}
+    """Partitions of ``key`` whose blocking checks passed in the run that materialized them
+    last, or in a later run."""
     blocking = [ck for ck in graph.get(key).check_keys if graph.get(ck).blocking]
+    if not blocking or not partitions:
+        return set(partitions)
+    latest: dict[str, int] = {}
+    ordered = sorted(partitions)
+    for i in range(0, len(ordered), 500):  # SQL parameter limits
+        latest.update(
+            instance.event_log_storage.get_latest_storage_id_by_partition(
+                key, DagsterEventType.ASSET_MATERIALIZATION, set(ordered[i : i + 500])
+            )
+        )
     good = set()
-    for partition, record in made.items():
+    for partition, storage_id in latest.items():
+        [record] = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, storage_ids=[storage_id]), limit=1
+        ).records
         executions = instance.event_log_storage.get_latest_asset_check_execution_by_key(
             blocking, partition_filter=PartitionKeyFilter(key=partition)
         )
-        if all(
-            (e := executions.get(ck)) is not None
-            and e.status == AssetCheckExecutionRecordStatus.SUCCEEDED
-            and (e.run_id == record.run_id or e.create_timestamp >= record.timestamp)
-            for ck in blocking
-        ):
+        if all(_vouches(executions.get(ck), record) for ck in blocking):
             good.add(partition)
     return good
+
+
+def _vouches(execution: Any, materialization: Any) -> bool:
+    """A passed check evaluation from the materializing run, or from a later one."""
+    if execution is None or execution.status != AssetCheckExecutionRecordStatus.SUCCEEDED:
+        return False
+    if execution.run_id and execution.run_id == materialization.run_id:
+        return True
+    # (the record's create_timestamp is truncated to the second; the event's is not)
+    at = execution.event.timestamp if execution.event else execution.create_timestamp
+    return at >= materialization.timestamp
 
 
 def silver_condition(required: Offsets, optional: Offsets = ()) -> dg.AutomationCondition:
