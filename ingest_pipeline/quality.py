@@ -16,7 +16,11 @@ from ingest_pipeline.timeutil import HOUR_MS
 
 MAX_LISTED = 10
 VOLUME_TOLERANCE = 1e-8
-INTERVAL_MS = {
+# The kline intervals bronze can hold: those that tile an hour, so that each hourly object is
+# exactly the hour's klines and can be checked against the hour's trades. Binance's longer
+# intervals (2h .. 1M) open in some hours only and cover trades of several: the settings refuse
+# them (``settings.KLINE_INTERVALS`` is this table's keys).
+KLINE_INTERVAL_MS = {
     "1s": 1_000, "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000,
     "30m": 1_800_000, "1h": 3_600_000,
 }  # fmt: skip
@@ -119,7 +123,7 @@ def check_klines(
 
     ``trades`` may be aggTrades (counts come from ``l - f + 1``) or individual trades.
     """
-    step = INTERVAL_MS[interval]
+    step = KLINE_INTERVAL_MS[interval]
     problems: dict[str, Any] = {}
     opens = [k["open_time"] for k in klines]
     expected = list(range(hour_ms, hour_ms + HOUR_MS, step))
