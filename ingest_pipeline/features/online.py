@@ -19,6 +19,13 @@ still applied to the book (the update-id chain needs them) and counted. With no 
 the rows are identical to the offline form's for ``GridRange(start, end, known_from=start,
 known_until=end)``; a depth snapshot that arrives after the step it would have synced is the
 one documented source of difference (online rows stay null until it arrives).
+
+The engine never resets and needs not: its window sums are exact integers or direct sums (see
+``formulas``), so a row's values do not depend on how long the engine has run, and equal the
+offline form's computed from any earlier start. Time the engine did not listen to (a
+disconnect not filled) is declared with :meth:`mark_uncovered`, as bronze objects declare
+theirs, so both forms treat it as missing. Rows are derived in batches when read (``drain``):
+closing a step only records its primitives.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ the GraphQL API. The conditions are evaluated where Dagster evaluates them.
 One session, two hours of bronze for a quiet symbol: hour H and H+1 land with their checks
 passing, then the klines of H+1 land with a blocking check failing (their aggTrades were cut
 short in S3, so volumes disagree). Expected: trade, kline features and the training set of H
-follow within a few sensor ticks; the kline features of H+1 never run.
+follow within a few sensor ticks; the kline features of H+1 never run. And a backfill that
+selects bronze and silver for H+2 carries silver along.
 """
 
 from __future__ import annotations
@@ -169,8 +170,16 @@ def test_silver_runs_itself_once_bronze_landed_and_not_past_a_failed_blocking_ch
         waited = [t for t in history if landed_at <= t["timestamp"] < requesting["timestamp"]]
         assert len(waited) <= 2, waited
 
+        # a UI backfill that selects bronze and silver carries silver along
+        h2 = h1 + HOUR_MS
+        backfill = dagster.launch_backfill([agg.path, trade_f.path], [pk(h2)])
+        assert dagster.wait_backfill(backfill, 400) == "COMPLETED_SUCCESS"
+        assert pk(h2) in instance.get_materialized_partitions(trade_f)
+        in_backfill = instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill}))
+        assert any(trade_f in (r.asset_selection or ()) for r in in_backfill)
+
         # ... and nothing past the failed blocking check, tick after tick
-        first = len(history)
+        first = len(ticks(dagster))
         wait(lambda: len(ticks(dagster)) >= first + 5, 120, "the sensor stopped", dagster)
         assert pk(h1) not in instance.get_materialized_partitions(kline_f)
         assert silver_runs(instance, kline_f, pk(h1)) == []
