@@ -4,6 +4,7 @@ case). That the real daemon evaluates them at all is ``test_silver_automation_da
 from __future__ import annotations
 
 import dataclasses
+from datetime import timedelta
 
 import dagster as dg
 import pytest
@@ -19,9 +20,13 @@ from ingest_pipeline.defs.silver import (
 )
 from ingest_pipeline.records import AGG_TRADES, TRADES, klines_type
 from ingest_pipeline.settings import Settings
+from ingest_pipeline.timeutil import HOUR_MS, floor_hour, from_ms, now_ms
 
 SYMBOL = "BTCUSDT"
-H0, H1, H2, H3, H4 = (f"2024-08-09-0{h}:00" for h in range(5))
+# Recent hours and partitions from two days before: every tick evaluates every partition.
+_FIRST = floor_hour(now_ms()) - 8 * HOUR_MS
+H0, H1, H2, H3, H4 = (f"{from_ms(_FIRST + i * HOUR_MS):%Y-%m-%d-%H:%M}" for i in range(5))
+PARTITIONS_START = f"{from_ms(_FIRST) - timedelta(days=2):%Y-%m-%d}"
 TRADE_F = silver_asset_key(SYMBOL, "trade_features")
 KLINE_F = silver_asset_key(SYMBOL, "kline_features")
 BOOK_F = silver_asset_key(SYMBOL, "book_features")
@@ -30,8 +35,7 @@ TRAINING = silver_asset_key(SYMBOL, "training_set")
 
 @pytest.fixture
 def defs(local_settings: Settings) -> dg.Definitions:
-    # Partitions from a day before the hours used: every tick evaluates every partition.
-    settings = dataclasses.replace(local_settings, partitions_start="2024-08-08")
+    settings = dataclasses.replace(local_settings, partitions_start=PARTITIONS_START)
     bronze = [
         build_history_asset(SYMBOL, k, settings)
         for k in history_types(settings)
@@ -104,7 +108,7 @@ def test_an_hour_is_requested_once_it_and_the_next_hour_landed_with_checks_passe
 
         land(instance, defs, agg, H2)
         step()
-        assert requested(tick, TRADE_F) == {H1}  # H0 not landed; H2 waits for 03:00
+        assert requested(tick, TRADE_F) == {H1}  # H0 not landed; H2 waits for H3
         assert requested(tick, KLINE_F) == set()  # already requested, nothing new
         assert step().total_requested == 0  # requested once, not again
 
@@ -125,7 +129,7 @@ def test_an_hour_is_requested_once_it_and_the_next_hour_landed_with_checks_passe
         land(instance, defs, agg, H3)
         assert requested(step(), TRADE_F) == {H2}
         land(instance, defs, agg, H4)
-        assert requested(step(), TRADE_F) == {H3}  # H4 waits for 05:00
+        assert requested(step(), TRADE_F) == {H3}  # H4 waits for the hour after it
 
 
 def test_a_sensor_started_after_bronze_landed_catches_up(defs: dg.Definitions) -> None:
