@@ -682,8 +682,11 @@ class SourceTable:
     description: str
     # (bronze data type, mapping); the asset reads these through BronzeStore.
     inputs: tuple[tuple[str, dg.TimeWindowPartitionMapping], ...]
-    # Bronze types that must have landed at H + offset before automation requests H.
+    # Bronze types that must have landed at H + offset before automation requests H ...
     required: tuple[tuple[str, tuple[int, ...]], ...]
+    # ... and those that, if they landed, must have passed their blocking checks (the warm-up
+    # hour; not the archived trades, only a fallback when aggTrades are empty).
+    optional: tuple[tuple[str, tuple[int, ...]], ...]
     load: Callable[[BronzeHours, int], SymbolInputs | None]
     checks: tuple[Check, ...]
     labels: bool
@@ -698,6 +701,7 @@ def source_tables(settings: Settings, spec: FeatureSpec = DEFAULT_SPEC) -> list[
             "agg_trades, or the archived trade stream for hours without aggTrades.",
             ((AGG_TRADES, WARMUP_AND_LABELS), (TRADE, WARMUP_AND_LABELS)),
             ((AGG_TRADES, (0, 1)),),
+            ((AGG_TRADES, (-1,)),),
             _load_trades,
             GRID_CHECKS,
             True,
@@ -709,6 +713,7 @@ def source_tables(settings: Settings, spec: FeatureSpec = DEFAULT_SPEC) -> list[
             "labels.",
             ((BBA, WARMUP_AND_LABELS), (DEPTH_DELTA, WARMUP_AND_LABELS), (DEPTH_SNAPSHOT, WARMUP)),
             ((BBA, (0, 1)), (DEPTH_DELTA, (0, 1))),
+            ((BBA, (-1,)), (DEPTH_DELTA, (-1,)), (DEPTH_SNAPSHOT, (-1, 0))),
             _load_book,
             GRID_CHECKS + BOOK_CHECKS,
             True,
@@ -721,6 +726,7 @@ def source_tables(settings: Settings, spec: FeatureSpec = DEFAULT_SPEC) -> list[
                 f"Kline features from the last {spec.kline_interval} kline closed before ts.",
                 ((klines, WARMUP),),
                 ((klines, (0,)),),
+                ((klines, (-1,)),),
                 _load_klines(spec.kline_interval),
                 GRID_CHECKS,
                 False,
@@ -731,17 +737,6 @@ def source_tables(settings: Settings, spec: FeatureSpec = DEFAULT_SPEC) -> list[
 
 def silver_tables(settings: Settings, spec: FeatureSpec = DEFAULT_SPEC) -> list[str]:
     return [s.table for s in source_tables(settings, spec)] + [TRAINING_TABLE]
-
-
-def _optional(
-    required: Offsets, inputs: Sequence[tuple[dg.AssetKey, dg.TimeWindowPartitionMapping]]
-) -> list[tuple[dg.AssetKey, tuple[int, ...]]]:
-    """Every mapped hour of every input that is not required (the warm-up hour, ...)."""
-    need = {k: set(o) for k, o in required}
-    return [
-        (k, tuple(o for o in range(m.start_offset, m.end_offset + 1) if o not in need.get(k, ())))
-        for k, m in inputs
-    ]
 
 
 def _asset_metadata(
@@ -906,6 +901,7 @@ def build_symbol_silver(
         key = silver_asset_key(symbol, source.table)
         inputs = [(bronze_key(symbol, t), m) for t, m in source.inputs]
         required = [(bronze_key(symbol, t), offs) for t, offs in source.required]
+        optional = [(bronze_key(symbol, t), offs) for t, offs in source.optional]
         cols = table_columns(source.table, spec)
         specs.append(
             dg.AssetSpec(
@@ -915,7 +911,7 @@ def build_symbol_silver(
                 kinds={"s3", "parquet", "pandas"},
                 partitions_def=partitions_def,
                 skippable=True,
-                automation_condition=silver_condition(required, _optional(required, inputs)),
+                automation_condition=silver_condition(required, optional),
                 description=f"{symbol}: {source.description} Parquet (zstd), one object per "
                 "hour; an hour without input writes nothing and is not materialized.",
                 metadata=_asset_metadata(symbol, source.table, cols, settings, spec),
