@@ -36,6 +36,7 @@ re-run). The conditions are evaluated in the code server (``use_user_code_server
 place a custom condition can run.
 """
 
+import functools
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,7 +49,6 @@ import pandas as pd
 from dagster._core.definitions.asset_checks.asset_check_evaluation import (
     AssetCheckEvaluationTargetMaterializationData,
 )
-from dagster._core.event_api import PartitionKeyFilter
 from dagster._core.events import DagsterEventType
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from dagster_aws.s3 import S3Resource
@@ -96,9 +96,13 @@ SILVER_GROUP = "silver"
 PARTITION_FORMAT = "%Y-%m-%d-%H:%M"
 PREVIEW_ROWS = 6
 # An automation sensor evaluated in the code server may target at most 500 assets and checks
-# with a condition (Dagster's MAX_ENTITIES, enforced when the sensor ticks): symbols are split
-# into groups, one sensor per group, each well under it.
+# with a condition (Dagster's MAX_ENTITIES, enforced when the sensor ticks), and its tick must
+# answer within the sensor call's timeout (60 s unless DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS says
+# otherwise). A tick costs ~0.1 s per symbol with two years of hourly partitions (measured on
+# the 2-core machine): symbols are split into groups of at most 50, one sensor per group,
+# 200 assets each, a few seconds a tick.
 MAX_SENSOR_ENTITIES = 500
+SYMBOLS_PER_SENSOR = 50
 warnings.filterwarnings("ignore", message=".*AutomationCondition.*", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", message=".*use_user_code_server.*", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", message=".*allow_nonexistent_upstream_partitions.*")
@@ -375,7 +379,9 @@ TRAINING_CHECKS = GRID_CHECKS + (BOOK_CHECKS[2],)
 # Automation
 
 
+@functools.lru_cache(maxsize=2**18)
 def _shift_partition(key: str, hours: int) -> str:
+    # Cached: every tick shifts the same hours again (a code server lives long).
     dt = datetime.strptime(key, PARTITION_FORMAT).replace(tzinfo=UTC)
     return (dt + timedelta(hours=hours)).strftime(PARTITION_FORMAT)
 
@@ -422,17 +428,21 @@ class InputsReady(dg.AutomationCondition):
 
     def evaluate(self, context: Any) -> dg.AutomationResult:
         candidates = context.candidate_subset
-        keys = [] if candidates.is_empty else candidates.expensively_compute_partition_keys()
+        if candidates.is_empty:
+            return dg.AutomationResult(context=context, true_subset=candidates)
         instance = context.asset_graph_view.instance
         inputs = self.required + self.optional
-        # Cheap first: one query per input for every hour it has landed; the per-hour check
-        # lookups below are then only for hours whose inputs are all there.
+        # Cheap first, from the data rather than the candidates (after the first tick every
+        # missing hour is one): the hours whose required inputs have all landed, one query per
+        # input; the check lookups below are then only for those.
         landed = {key: instance.get_materialized_partitions(key) for key, _ in inputs}
-        keys = [
-            pk
-            for pk in keys
-            if all(_shift_partition(pk, o) in landed[k] for k, offs in self.required for o in offs)
-        ]
+        possible: set[str] | None = None
+        for key, offs in self.required:
+            for o in offs:
+                hours = {_shift_partition(p, -o) for p in landed[key]}
+                possible = hours if possible is None else possible & hours
+        narrowed = candidates.compute_intersection_with_partition_keys(possible or set())
+        keys = [] if narrowed.is_empty else narrowed.expensively_compute_partition_keys()
         wanted: dict[dg.AssetKey, set[str]] = {key: set() for key, _ in inputs}
         for key, offs in inputs:
             wanted[key].update(
@@ -468,40 +478,46 @@ def _good_partitions(
     instance: dg.DagsterInstance, graph: Any, key: dg.AssetKey, partitions: set[str]
 ) -> set[str]:
     """Partitions of ``key`` whose blocking checks passed in the run that materialized them
-    last, or in a later run."""
+    last, or in a later run. A few queries per input whatever the number of hours."""
     blocking = [ck for ck in graph.get(key).check_keys if graph.get(ck).blocking]
     if not blocking or not partitions:
         return set(partitions)
-    latest: dict[str, int] = {}
+    storage = instance.event_log_storage
     ordered = sorted(partitions)
-    for i in range(0, len(ordered), 500):  # SQL parameter limits
-        latest.update(
-            instance.event_log_storage.get_latest_storage_id_by_partition(
-                key, DagsterEventType.ASSET_MATERIALIZATION, set(ordered[i : i + 500])
-            )
+    good = set(ordered)
+    for i in range(0, len(ordered), _CHUNK):
+        chunk = ordered[i : i + _CHUNK]
+        latest = storage.get_latest_storage_id_by_partition(
+            key, DagsterEventType.ASSET_MATERIALIZATION, set(chunk)
         )
-    good = set()
-    for partition, storage_id in latest.items():
-        [record] = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=key, storage_ids=[storage_id]), limit=1
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, storage_ids=list(latest.values())),
+            limit=len(latest),
         ).records
-        executions = instance.event_log_storage.get_latest_asset_check_execution_by_key(
-            blocking, partition_filter=PartitionKeyFilter(key=partition)
-        )
-        if all(_vouches(executions.get(ck), record) for ck in blocking):
-            good.add(partition)
+        made_by = {r.storage_id: r.run_id for r in records}
+        good -= set(chunk) - set(latest)
+        for ck in blocking:
+            infos = {
+                info.partition_key: info
+                for info in storage.get_asset_check_partition_info([ck], partition_keys=chunk)
+            }
+            for partition, storage_id in latest.items():
+                if not _vouches(infos.get(partition), storage_id, made_by.get(storage_id)):
+                    good.discard(partition)
     return good
 
 
-def _vouches(execution: Any, materialization: Any) -> bool:
-    """A passed check evaluation from the materializing run, or from a later one."""
-    if execution is None or execution.status != AssetCheckExecutionRecordStatus.SUCCEEDED:
+# Partition keys per query (SQL parameter limits).
+_CHUNK = 500
+
+
+def _vouches(info: Any, materialization_id: int, materialization_run: str | None) -> bool:
+    """A passed check evaluation from the materializing run (a ranged run logs its hours'
+    results before Dagster files the materializations), or one after the materialization."""
+    if info is None or info.latest_execution_status != AssetCheckExecutionRecordStatus.SUCCEEDED:
         return False
-    if execution.run_id and execution.run_id == materialization.run_id:
-        return True
-    # (the record's create_timestamp is truncated to the second; the event's is not)
-    at = execution.event.timestamp if execution.event else execution.create_timestamp
-    return at >= materialization.timestamp
+    same_run = bool(materialization_run) and info.latest_planned_run_id == materialization_run
+    return same_run or info.latest_check_event_storage_id > materialization_id
 
 
 def silver_condition(required: Offsets, optional: Offsets = ()) -> dg.AutomationCondition:
@@ -530,7 +546,7 @@ def silver_condition(required: Offsets, optional: Offsets = ()) -> dg.Automation
 
 
 def _symbol_groups(symbols: Sequence[str], per_symbol: int) -> list[list[str]]:
-    size = max(1, MAX_SENSOR_ENTITIES // per_symbol)
+    size = max(1, min(SYMBOLS_PER_SENSOR, MAX_SENSOR_ENTITIES // per_symbol))
     return [list(symbols[i : i + size]) for i in range(0, len(symbols), size)]
 
 
@@ -543,8 +559,9 @@ def build_silver_sensors(
     condition class is shipped as a display snapshot only, so the daemon finds no condition on
     any silver asset, never ticks, and logs nothing. ``use_user_code_server=True`` evaluates
     them where the class lives, at the price of Dagster's limit of 500 targeted assets and
-    checks with a condition per sensor: one sensor per group of symbols keeps under it. The
-    first group's sensor keeps the name ``silver_automation`` whatever the number of symbols.
+    checks with a condition per sensor, and of a 60 s limit per tick: one sensor per group of
+    ``SYMBOLS_PER_SENSOR`` symbols keeps well under both. The first group's sensor keeps the
+    name ``silver_automation`` whatever the number of symbols.
     """
     per_symbol = len(source_tables(settings, spec)) + 1
     sensors = []

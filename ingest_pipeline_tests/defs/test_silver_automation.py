@@ -163,4 +163,4 @@ def test_symbols_are_split_over_sensors_under_dagsters_limit(local_settings: Set
         targeted |= keys
     assert len(targeted) == 4 * len(symbols)
     assert [s.name for s in sensors][:2] == ["silver_automation", "silver_automation_2"]
-    assert len(sensors) == 3  # 125 symbols (500 assets) per sensor
+    assert len(sensors) == 6  # 50 symbols (200 assets) per sensor: ticks stay short
