@@ -24,5 +24,5 @@ def test_environment_overrides_and_validation() -> None:
     assert (s.history_source, s.archive_url) == ("rest", "http://m:9")
     with pytest.raises(SettingsError, match="history_source"):
         load_settings("local", environ={"INGEST_HISTORY_SOURCE": "s3"})
-    with pytest.raises(SettingsError, match="archive_base_url"):
+    with pytest.raises(SettingsError, match="environment variable BINANCE_ARCHIVE_URL"):
         load_settings("local", environ={"BINANCE_ARCHIVE_URL": "ftp://x"})
