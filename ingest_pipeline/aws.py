@@ -27,9 +27,9 @@ def is_loopback(url: str | None) -> bool:
     )
 
 
-def aws_client(service: str, settings: Settings) -> Any:
+def aws_client(service: str, settings: Settings, config: Config = CLIENT_CONFIG) -> Any:
     """A boto3 client for ``service`` at the configured endpoint and region."""
-    kwargs: dict[str, Any] = {"region_name": settings.region, "config": CLIENT_CONFIG}
+    kwargs: dict[str, Any] = {"region_name": settings.region, "config": config}
     if settings.aws_endpoint_url:
         kwargs["endpoint_url"] = settings.aws_endpoint_url
         if is_loopback(settings.aws_endpoint_url):

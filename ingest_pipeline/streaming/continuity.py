@@ -1,0 +1,301 @@
+"""Where a streamer stopped, kept outside the process (DESIGN.md: "A new generation must learn
+where the old one stopped ... from durable state, never from its own memory").
+
+Two sources, used together, so that neither a lost checkpoint write nor a lagging one loses ids:
+
+1. The **checkpoint**, written with every lease renewal (``lease.py``: the lease object's
+   ``payload``, so a fenced process cannot overwrite its successor's): per symbol the trade
+   id *acknowledged by Kinesis* up to which every id is on the stream (``trade_id``; see
+   :class:`AckTracker`), the last depth ``u`` put, and when it was written. A process killed
+   with ``kill -9`` leaves the one of its last renewal: a few seconds old.
+2. The **tail** of the trade stream: every record from the checkpoint's time (minus a lead for
+   clock skew) to the tip, over every shard. It holds what the dead process got onto Kinesis
+   after its last checkpoint. :func:`resume_points` joins the two into a *frontier* per symbol
+   (every id up to it is on Kinesis) plus the ids above it that are there already.
+
+The streamer then fills the hole above the frontier over REST (``historicalTrades`` by
+``fromId``) before it lets that symbol's live trades through, so a symbol's ids reach Kinesis
+in order. A hole longer than ``backfill_max_trades`` is filled for its newest part and the rest
+is written down as a **gap record** (:class:`GapStore`): an S3 object per uncovered span,
+``{prefix}/gaps/{symbol}/trade/{first_id:020d}-{last_id:020d}.json``, that bronze and silver
+can list; never hidden.
+
+How far back it reaches: the checkpoint itself does not expire, so a downtime of any length is
+filled up to ``backfill_max_trades`` ids per symbol (REST serves old trades by id). The tail
+read only corrects the last few seconds before the stop and is bounded by the stream's
+retention (24 h by default): a checkpoint older than that is used as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+
+log = logging.getLogger(__name__)
+
+Range = tuple[int, int]  # inclusive
+
+
+# --- id ranges ---------------------------------------------------------------------------
+
+
+def to_ranges(ids: Iterable[int]) -> list[Range]:
+    """Sorted, merged inclusive ranges of ``ids`` (duplicates allowed)."""
+    out: list[list[int]] = []
+    for i in sorted(set(ids)):
+        if out and i == out[-1][1] + 1:
+            out[-1][1] = i
+        else:
+            out.append([i, i])
+    return [(a, b) for a, b in out]
+
+
+def missing_ranges(first: int, last: int, present: list[Range]) -> list[Range]:
+    """The sub-ranges of ``[first, last]`` not covered by the sorted ``present`` ranges."""
+    out: list[Range] = []
+    cur = first
+    for a, b in present:
+        if b < cur:
+            continue
+        if a > last:
+            break
+        if a > cur:
+            out.append((cur, a - 1))
+        cur = max(cur, b + 1)
+        if cur > last:
+            return out
+    if cur <= last:
+        out.append((cur, last))
+    return out
+
+
+def covered(i: int, present: list[Range]) -> bool:
+    k = bisect.bisect_right(present, (i, float("inf"))) - 1
+    return k >= 0 and present[k][0] <= i <= present[k][1]
+
+
+@dataclasses.dataclass
+class Resume:
+    """Where one symbol resumes: every id up to ``frontier`` is on Kinesis; ``present`` holds
+    the ids above it that are there too (they are not sent again)."""
+
+    frontier: int | None
+    present: list[Range] = dataclasses.field(default_factory=list)
+    depth_u: int | None = None
+    source: str = "none"  # "checkpoint", "tail", "checkpoint+tail" or "none"
+
+
+def resume_points(
+    checkpoint: dict[str, Any] | None, tail: dict[str, list[int]], symbols: Iterable[str]
+) -> dict[str, Resume]:
+    """Join the checkpoint's frontiers with the trade ids found on the stream's tail."""
+    entries = (checkpoint or {}).get("symbols", {})
+    out: dict[str, Resume] = {}
+    for sym in symbols:
+        entry = entries.get(sym) or {}
+        frontier = entry.get("trade_id")
+        ranges = to_ranges(tail.get(sym, ()))
+        source = "checkpoint" if frontier is not None else "none"
+        if ranges:
+            source = "checkpoint+tail" if frontier is not None else "tail"
+            if frontier is None:
+                # Nothing older is known: the tail's first id is where the record starts.
+                frontier = ranges[0][0] - 1
+            above = []
+            for a, b in ranges:
+                if a <= frontier + 1:
+                    frontier = max(frontier, b)
+                else:
+                    above.append((a, b))
+            ranges = above
+        out[sym] = Resume(frontier, ranges, entry.get("depth_u"), source)
+    return out
+
+
+def tail_trade_ids(
+    records: Iterable[dict[str, Any]], symbols: Iterable[str]
+) -> dict[str, list[int]]:
+    wanted = set(symbols)
+    out: dict[str, list[int]] = {s: [] for s in wanted}
+    for r in records:
+        sym, tid = r.get("symbol"), r.get("trade_id")
+        if sym in wanted and isinstance(tid, int):
+            out[sym].append(tid)
+    return out
+
+
+# --- acknowledged frontier ---------------------------------------------------------------
+
+
+class AckTracker:
+    """Wraps the producer's Kinesis client: learns, per symbol, the trade id up to which every
+    id the streamer put is acknowledged, and refuses to send once ``gate()`` is False.
+
+    Why the frontier is safe: the streamer puts a symbol's trades in id order, and the producer
+    keeps the order per partition key, except that an entry refused inside a PutRecords call is
+    retried after the entries of its own call (before any later call). So a call's acked ids
+    advance the frontier only up to just below the smallest refused id of the same symbol.
+
+    The gate is also checked by botocore's ``before-send`` event, right before the request
+    bytes leave, which narrows the window in which a process frozen between the check and the
+    send could wake up and send with a lapsed lease.
+    """
+
+    def __init__(
+        self, client: Any, trade_stream: str, gate: Callable[[], bool] | None = None
+    ) -> None:
+        self._client = client
+        self._trade_stream = trade_stream
+        self._gate = gate
+        self._lock = threading.Lock()
+        self.frontier: dict[str, int] = {}
+        self.refused_calls = 0
+        events = getattr(getattr(client, "meta", None), "events", None)
+        if gate is not None and events is not None:
+            events.register("before-send.kinesis.PutRecords", self._before_send)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def _before_send(self, **_: Any) -> None:
+        if self._gate is not None and not self._gate():
+            self.refused_calls += 1
+            raise FencedError("lease not held: PutRecords refused")
+
+    def put_records(self, StreamName: str, Records: list[dict[str, Any]], **kw: Any) -> Any:
+        if self._gate is not None and not self._gate():
+            self.refused_calls += 1
+            raise FencedError("lease not held: PutRecords refused")
+        resp = self._client.put_records(StreamName=StreamName, Records=Records, **kw)
+        if StreamName == self._trade_stream:
+            self._note(Records, resp.get("Records", []))
+        return resp
+
+    def _note(self, sent: list[dict[str, Any]], results: list[dict[str, Any]]) -> None:
+        acked: dict[str, int] = {}
+        refused: dict[str, int] = {}
+        for entry, res in zip(sent, results, strict=False):
+            try:
+                rec = orjson.loads(entry["Data"])
+                sym, tid = rec["symbol"], rec["trade_id"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                continue
+            if res.get("ErrorCode"):
+                refused[sym] = min(tid, refused.get(sym, tid))
+            else:
+                acked[sym] = max(tid, acked.get(sym, tid))
+        with self._lock:
+            for sym, tid in acked.items():
+                if sym in refused:
+                    tid = min(tid, refused[sym] - 1)
+                if tid > self.frontier.get(sym, -1):
+                    self.frontier[sym] = tid
+
+    def seed(self, frontiers: dict[str, int]) -> None:
+        """Frontiers known at start (from the checkpoint and the tail)."""
+        with self._lock:
+            for sym, tid in frontiers.items():
+                if tid > self.frontier.get(sym, -1):
+                    self.frontier[sym] = tid
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.frontier)
+
+
+class FencedError(RuntimeError):
+    """A PutRecords call refused because this process does not hold the lease."""
+
+
+# --- gap records -------------------------------------------------------------------------
+
+
+class GapStore:
+    """Durable records of trade ids the streamer could not put on Kinesis (one S3 object per
+    span, deterministic name: writing the same span twice is one object)."""
+
+    def __init__(self, s3: Any, bucket: str, prefix: str) -> None:
+        self.s3 = s3
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+
+    def key(self, symbol: str, first_id: int, last_id: int) -> str:
+        return f"{self.prefix}/gaps/{symbol}/trade/{first_id:020d}-{last_id:020d}.json"
+
+    def write(self, symbol: str, first_id: int, last_id: int, **detail: Any) -> str:
+        body = {"symbol": symbol, "data_type": "trade", "first_id": first_id, "last_id": last_id,
+                "ids": last_id - first_id + 1, "recorded_at_ms": int(time.time() * 1000),
+                **detail}  # fmt: skip
+        key = self.key(symbol, first_id, last_id)
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=orjson.dumps(body),
+                           ContentType="application/json")  # fmt: skip
+        return f"s3://{self.bucket}/{key}"
+
+    def list(self, symbol: str) -> list[dict[str, Any]]:
+        out = []
+        paginator = self.s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{self.prefix}/gaps/{symbol}/"):
+            for obj in page.get("Contents", []):
+                body = self.s3.get_object(Bucket=self.bucket, Key=obj["Key"])["Body"].read()
+                out.append(orjson.loads(body))
+        return sorted(out, key=lambda g: g["first_id"])
+
+
+# --- REST pacing -------------------------------------------------------------------------
+
+
+class WeightPacer:
+    """Token bucket over Binance request weight for the streamer's own REST calls (fills and
+    depth resyncs): at most ``per_minute`` on average, at most ``burst`` at once. It spreads a
+    restart of many symbols over time so that the IP's shared budget (6000/min) always keeps
+    room for the bronze assets; the REST client's own accounting stays the hard limit."""
+
+    def __init__(
+        self, per_minute: float, burst: float, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
+        if per_minute <= 0 or burst <= 0:
+            raise ValueError("per_minute and burst must be > 0")
+        self.rate = per_minute / 60.0
+        self.burst = burst
+        self._mono = monotonic
+        self._tokens = burst
+        self._t = monotonic()
+        self._lock = asyncio.Lock()
+        self.spent = 0
+        self.waited_s = 0.0
+
+    def _refill(self) -> None:
+        now = self._mono()
+        self._tokens = min(self.burst, self._tokens + (now - self._t) * self.rate)
+        self._t = now
+
+    async def acquire(self, weight: int) -> None:
+        # One waiter at a time: requests are served in the order they asked.
+        async with self._lock:
+            self._refill()
+            need = min(weight, self.burst)
+            if self._tokens < need:
+                wait = (need - self._tokens) / self.rate
+                self.waited_s += wait
+                await asyncio.sleep(wait)
+                self._refill()
+            self._tokens -= weight
+            self.spent += weight
+
+
+def restart_weight(
+    n_symbols: int, depth_weight: int, fill_pages: int = 1, exchange_info: int = 20,
+    historical_trades: int = 25, server_time: int = 1,
+) -> int:  # fmt: skip
+    """REST weight a restart of ``n_symbols`` spends: one exchangeInfo, then per symbol its
+    trade fill (``fill_pages`` historicalTrades pages) and one depth resync (server time +
+    depth snapshot)."""
+    return exchange_info + n_symbols * (fill_pages * historical_trades + server_time + depth_weight)
