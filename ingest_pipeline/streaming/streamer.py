@@ -659,6 +659,9 @@ class Streamer:
                     self._routes[DEPTH_DELTA], symbol, orjson.dumps(snap)
                 )
                 self.counts["depth_snapshots"] += 1
+                # Counted with the depth stream's records: ``records_out`` is per stream.
+                self.records_out[DEPTH_DELTA] += 1
+                self._m_out[DEPTH_DELTA].inc()
                 seconds = round(time.monotonic() - ds.since, 3)
                 self.resyncs.append({"symbol": symbol, "last_update_id": snap["last_update_id"],
                                      "after_u": need - 1, "seconds": seconds,
@@ -774,6 +777,8 @@ class Streamer:
         health: HealthServer | None = None
         session: aiohttp.ClientSession | None = None
         tasks: list[asyncio.Task[None]] = []
+        keeper_stop = threading.Event()
+        keeper: threading.Thread | None = None
         try:
             if self.cfg.health_port is not None:
                 health = HealthServer(self, self.cfg.health_host, self.cfg.health_port)
@@ -807,7 +812,10 @@ class Streamer:
             ]
             tasks = [asyncio.create_task(sh.run(), name=f"shard-{sh.shard}") for sh in self.shards]
             if self.lease is not None:
-                tasks.append(asyncio.create_task(self._keep_lease(), name="lease"))
+                keeper = threading.Thread(
+                    target=self._keep_lease, args=(keeper_stop,), name="lease", daemon=True
+                )
+                keeper.start()
             if self.cfg.progress_interval_s > 0:
                 tasks.append(asyncio.create_task(self._progress(), name="progress"))
             # Symbols with a known frontier fill the hole since it at once: quiet ones too.
@@ -825,7 +833,7 @@ class Streamer:
                     raise t.exception()  # type: ignore[misc]
         finally:
             self.state = "stopping"
-            await self._shutdown(tasks, session)
+            await self._shutdown(tasks, session, keeper_stop, keeper)
             if health is not None:
                 await health.stop()
             for sig in signals:
@@ -900,29 +908,31 @@ class Streamer:
         acked = self._acks.snapshot() if self._acks is not None else {}
         previous = (self.lease.payload or {}) if self.lease is not None else {}
         entries = dict(previous.get("symbols", {}))  # symbols no longer streamed keep theirs
+        # Called from the lease thread: dict() copies in one step under the GIL.
+        last_u = dict(self._last_u)
         for sym in self.symbols:
             entry = dict(entries.get(sym, {}))
             if sym in acked:
                 entry["trade_id"] = acked[sym]
-            if sym in self._last_u:
-                entry["depth_u"] = self._last_u[sym]
+            if sym in last_u:
+                entry["depth_u"] = last_u[sym]
             if entry:
                 entries[sym] = entry
         return {"written_at_ms": now_ms(), "epoch": self.epoch, "symbols": entries}
 
-    async def _keep_lease(self) -> None:
+    def _keep_lease(self, stop: threading.Event) -> None:
+        """Renew the lease (with the checkpoint) every ``lease_renew_s``, on a thread of its
+        own: a busy event loop must not let the lease lapse."""
         lease = self.lease
         assert lease is not None
-        while True:
-            await asyncio.sleep(self.cfg.lease_renew_s)
+        while not stop.wait(self.cfg.lease_renew_s):
             try:
-                await asyncio.to_thread(lease.renew, self._checkpoint())
+                lease.renew(self._checkpoint())
                 self._checkpoint_at = time.monotonic()
             except LeaseLost as exc:
                 self.fenced = str(exc)
                 log.error("lease lost: %s; stopping (nothing more is sent)", exc)
-                assert self._stop is not None
-                self._stop.set()
+                self.stop()
                 return
             except Exception as exc:  # S3 trouble: retried; the lease lapses if it lasts
                 self.counts["lease_renew_errors"] += 1
@@ -930,12 +940,16 @@ class Streamer:
                             lease.remaining_s(), exc)  # fmt: skip
 
     async def _shutdown(
-        self, tasks: list[asyncio.Task[None]], session: aiohttp.ClientSession | None
+        self,
+        tasks: list[asyncio.Task[None]],
+        session: aiohttp.ClientSession | None,
+        keeper_stop: threading.Event,
+        keeper: threading.Thread | None,
     ) -> None:
         for sh in self.shards:
             sh.stop()
         for t in tasks:
-            if t.get_name() in ("progress", "lease"):
+            if t.get_name() == "progress":
                 t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if session is not None:
@@ -949,13 +963,20 @@ class Streamer:
             t.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         producer = self._producer
-        if producer is not None:
+        if producer is None:
+            self.flushed_clean = True  # stopped before streaming: nothing was put
+        else:
             # Fenced: nothing may be sent any more; what is pending goes to the spill dir.
             timeout = 1.0 if self.fenced else self.cfg.shutdown_flush_timeout_s
             if self._owns_producer:
                 self.flushed_clean = await asyncio.to_thread(producer.close, timeout)
             else:
                 self.flushed_clean = await asyncio.to_thread(producer.flush, timeout)
+        # The lease is kept through the flush (it may take the whole flush timeout), then the
+        # renewals stop. A renewal in flight ends within the state client's timeouts.
+        keeper_stop.set()
+        if keeper is not None:
+            await asyncio.to_thread(keeper.join, 30)
         if self.lease is not None and self.fenced is None and self.epoch is not None:
             # The final checkpoint: everything acknowledged is in it; the lease is released
             # so the next process starts at once.
