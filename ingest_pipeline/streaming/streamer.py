@@ -161,6 +161,8 @@ class StreamerConfig:
     # A hole found mid-stream waits this long before REST: the missing ids are often still on
     # their way on the other link of a rollover overlap.
     fill_delay_s: float = 0.25
+    # At start, a symbol's fill waits this long for its first live trade (see ``_fill``).
+    resume_wait_s: float = 3.0
     # Check the symbols against exchangeInfo at start.
     check_symbols: bool = True
     # Durable continuity (lease, checkpoint, tail read, gap records) under
@@ -463,6 +465,12 @@ class Streamer:
         try:
             if not open_ended and self.cfg.fill_delay_s > 0:
                 await asyncio.sleep(self.cfg.fill_delay_s)
+            if open_ended:
+                # The first live trade bounds the hole, so that a hole longer than the maximum
+                # is filled for its newest part; a quiet symbol goes on without one.
+                deadline = time.monotonic() + self.cfg.resume_wait_s
+                while not st.held and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
             budget = self.cfg.backfill_max_trades
             while True:
                 self._release_held(symbol, st)
