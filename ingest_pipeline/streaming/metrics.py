@@ -38,10 +38,21 @@ class _ProducerCollector(Collector):
             "replayed": ("records replayed from spill files", s.replayed),
             "batches": ("PutRecords calls made", s.batches_sent),
             "circuit_opens": ("times the circuit breaker opened", s.circuit_opens),
+            "journaled": ("records also journaled to disk while queued", s.journaled),
+            "disk_errors": ("failed spill disk operations", s.disk_errors),
+            "spill_unreadable_bytes": ("spill file bytes unreadable", s.spill_unreadable_bytes),
+            "spill_adopted_files": ("spill files adopted from dead producers", s.adopted_files),
         }
         for name, (doc, value) in counters.items():
             c = CounterMetricFamily(f"streamer_kinesis_records_{name}", doc)
-            if name in ("batches", "circuit_opens", "call_failures"):
+            if name in (
+                "batches",
+                "circuit_opens",
+                "call_failures",
+                "disk_errors",
+                "spill_unreadable_bytes",
+                "spill_adopted_files",
+            ):
                 c = CounterMetricFamily(f"streamer_kinesis_{name}", doc)
             c.add_metric([], value)
             yield c
@@ -54,6 +65,15 @@ class _ProducerCollector(Collector):
                 s.last_batch_records,
             ),
             "streamer_kinesis_max_batch_records": ("largest batch sent", s.max_batch_records_seen),
+            "streamer_kinesis_unspilled_records": (
+                "records waiting in memory for the spill disk",
+                s.unspilled_records,
+            ),
+            "streamer_kinesis_disk_error": (
+                "1 while the spill disk fails",
+                s.disk_error is not None,
+            ),
+            "streamer_kinesis_fenced": ("1 once the gate fenced the producer", s.fenced),
         }
         for name, (doc, value) in gauges.items():
             g = GaugeMetricFamily(name, doc)
@@ -65,6 +85,12 @@ class _ProducerCollector(Collector):
         for state in ("closed", "open", "half_open"):
             g.add_metric([state], 1.0 if s.circuit_state == state else 0.0)
         yield g
+        c = CounterMetricFamily(
+            "streamer_kinesis_records_dropped", "records given up, by reason", labels=["reason"]
+        )
+        for reason, n in sorted(s.dropped_reasons.items()):
+            c.add_metric([reason], n)
+        yield c
 
 
 class _ReconnectCollector(Collector):

@@ -1108,7 +1108,18 @@ class Streamer:
                 "spilled": s.spilled,
                 "replayed": s.replayed,
                 "spill_files": s.spill_files,
+                "journaled": s.journaled,
+                "unspilled_records": s.unspilled_records,
+                "disk_error": s.disk_error,
+                "disk_errors": s.disk_errors,
+                "dropped": s.dropped,
+                "dropped_reasons": dict(s.dropped_reasons),
+                "fenced": s.fenced,
+                "spill_damaged_regions": s.spill_damaged_regions,
+                "adopted_files": s.adopted_files,
+                "problems": s.problems,
             }
+            degraded += s.problems
             if s.circuit_state != CircuitState.CLOSED:
                 degraded.append(f"kinesis circuit {s.circuit_state}")
             if s.spill_files:

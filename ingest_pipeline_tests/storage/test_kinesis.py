@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,7 @@ import orjson
 import pytest
 from botocore.config import Config
 
-from ingest_pipeline.aws import aws_client
 from ingest_pipeline.faultproxy import FaultProxy
-from ingest_pipeline.localstack import EmbeddedAWS
 from ingest_pipeline.storage.kinesis import (
     MAX_BATCH_BYTES,
     MAX_RECORD_BYTES,
@@ -31,6 +29,8 @@ from ingest_pipeline.storage.kinesis import (
     NoopKinesisClient,
     ProducerConfig,
     RecordTooLargeError,
+    SpillContents,
+    SpillDirLockedError,
     encode_spill_record,
     read_spill_file,
 )
@@ -105,35 +105,6 @@ def put_many(
         producer.put(stream, key, orjson.dumps({"k": key, "i": seq, "p": "x" * pad}))
         ids.add((key, seq))
     return ids
-
-
-@pytest.fixture
-def kinesis(aws: EmbeddedAWS) -> Any:
-    return aws_client("kinesis", aws.settings)
-
-
-@pytest.fixture
-def new_stream(kinesis: Any) -> Iterator[Callable[[], str]]:
-    created: list[str] = []
-
-    def make(shards: int = 2) -> str:
-        name = f"test-{uuid.uuid4().hex[:12]}"
-        kinesis.create_stream(StreamName=name, ShardCount=shards)
-        kinesis.get_waiter("stream_exists").wait(
-            StreamName=name, WaiterConfig={"Delay": 0.1, "MaxAttempts": 100}
-        )
-        created.append(name)
-        return name
-
-    yield make
-    for name in created:
-        kinesis.delete_stream(StreamName=name, EnforceConsumerDeletion=True)
-
-
-@pytest.fixture
-def proxy(aws: EmbeddedAWS) -> Iterator[FaultProxy]:
-    with FaultProxy(aws.endpoint_url, seed=7) as p:
-        yield p
 
 
 def client_for(url: str) -> Any:
@@ -269,8 +240,12 @@ def test_outage_spills_to_disk_and_replays_in_order(
     got = read_stream(kinesis, stream)
     got.assert_exactly_once(ids)
     assert got.order_violations == 0
-    assert during.spilled == 2000 - 300 and during.buffer_records == 300
-    assert after.replayed == after.spilled == during.spilled
+    # 300 records fill the memory buffer (journaled there once the circuit opened), the rest
+    # go to disk only: written by now or waiting for the next spill round.
+    assert during.buffer_records == 300 and during.journaled == 300
+    assert during.spilled + during.unspilled_records == 2000 - 300
+    assert after.replayed == after.spilled == 2000 - 300
+    assert after.dropped == after.disk_errors == 0
     assert not list(tmp_path.glob("spill-*.bin"))
     closed, open_, half = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
     assert transitions[0] == (closed, open_)
@@ -305,9 +280,11 @@ def test_restart_replays_a_leftover_spill_dir(
     first = KinesisProducer(client_for(proxy.url), tmp_path, cfg)
     ids = put_many(first, stream, 1000)
     assert not first.close(timeout_s=1)
-    # The 100 records held in memory were spilled on close, in a file that sorts first.
-    assert first.stats().spilled == 1000
-    assert len(list(tmp_path.glob("spill-*.bin"))) == 2
+    # The 100 records held in memory were journaled, in a file that sorts first, before the
+    # 900 put after the buffer was full went to a spill file.
+    assert (first.stats().journaled, first.stats().spilled) == (100, 900)
+    files = sorted(tmp_path.glob("spill-*.bin"))
+    assert [len(read_spill_file(f).records) for f in files] == [100, 900]
 
     proxy.unreachable = False
     with KinesisProducer(client_for(proxy.url), tmp_path, FAST) as second:
@@ -323,8 +300,12 @@ def test_restart_replays_a_leftover_spill_dir(
 
 
 def test_one_producer_per_spill_dir(tmp_path: Path) -> None:
-    with KinesisProducer(NoopKinesisClient(), tmp_path), pytest.raises(RuntimeError):
-        KinesisProducer(NoopKinesisClient(), tmp_path)
+    with KinesisProducer(NoopKinesisClient(), tmp_path):
+        with pytest.raises(SpillDirLockedError) as err:
+            KinesisProducer(NoopKinesisClient(), tmp_path)
+    assert str(err.value) == (
+        f"spill dir {tmp_path} is locked by another live producer (pid {os.getpid()})"
+    )
 
 
 def test_oversize_records_are_refused_and_big_batches_split(
@@ -376,9 +357,10 @@ def test_spill_file_with_a_torn_tail(tmp_path: Path) -> None:
     recs = [("s", "BTCUSDT", b"{}"), ("t", "\u00e9", b"x" * 1000), ("s", "K", b"")]
     whole = b"".join(encode_spill_record(*r) for r in recs)
     path.write_bytes(whole)
-    assert read_spill_file(path) == (recs, True)
-    path.write_bytes(whole + encode_spill_record("s", "K", b"tail")[:-2])
-    assert read_spill_file(path) == (recs, False)
+    assert read_spill_file(path) == SpillContents(recs, [])
+    torn = encode_spill_record("s", "K", b"tail")[:-2]
+    path.write_bytes(whole + torn)
+    assert read_spill_file(path) == SpillContents(recs, [(len(whole), len(torn))])
 
 
 def test_a_failing_hook_does_not_stop_delivery(tmp_path: Path) -> None:
