@@ -185,7 +185,11 @@ def build_streamer_job(settings: Settings) -> dg.JobDefinition:
             settings,
             StreamerConfig(
                 deadletter_dir=str(state / "deadletter"),
-                spill_dir=str(state / "spill"),
+                # A spill dir of its own per run: a predecessor still holding its own (frozen,
+                # or still flushing) never blocks the start; its files are adopted once its
+                # lock is free.
+                spill_dir=str(state / "spill" / run_id),
+                spill_root=str(state / "spill"),
                 health_port=config.health_port,
                 shutdown_flush_timeout_s=config.shutdown_flush_timeout_s,
                 lease_renew_s=renew_s,

@@ -137,16 +137,19 @@ def tail_trade_ids(
 
 class AckTracker:
     """Wraps the producer's Kinesis client: learns, per symbol, the trade id up to which every
-    id the streamer put is acknowledged, and refuses to send once ``gate()`` is False.
+    id the streamer put is acknowledged.
 
     Why the frontier is safe: the streamer puts a symbol's trades in id order, and the producer
     keeps the order per partition key, except that an entry refused inside a PutRecords call is
     retried after the entries of its own call (before any later call). So a call's acked ids
     advance the frontier only up to just below the smallest refused id of the same symbol.
 
-    The gate is also checked by botocore's ``before-send`` event, right before the request
-    bytes leave, which narrows the window in which a process frozen between the check and the
-    send could wake up and send with a lapsed lease.
+    The producer asks its gate (the lease) before every PutRecords call; this wrapper asks it
+    once more in botocore's ``before-send`` event, after the request is built and signed, right
+    before its bytes leave. That narrows the window in which a process frozen between the
+    check and the send (SIGSTOP, a VM pause) wakes up and sends with a lapsed lease from a
+    millisecond or two to the socket write itself. A refusal there is a failed call for the
+    producer, whose next gate check then fences it.
     """
 
     def __init__(
@@ -171,9 +174,6 @@ class AckTracker:
             raise FencedError("lease not held: PutRecords refused")
 
     def put_records(self, StreamName: str, Records: list[dict[str, Any]], **kw: Any) -> Any:
-        if self._gate is not None and not self._gate():
-            self.refused_calls += 1
-            raise FencedError("lease not held: PutRecords refused")
         resp = self._client.put_records(StreamName=StreamName, Records=Records, **kw)
         if StreamName == self._trade_stream:
             self._note(Records, resp.get("Records", []))

@@ -89,7 +89,9 @@ from ingest_pipeline.settings import Settings
 from ingest_pipeline.storage.kinesis import (
     CircuitState,
     KinesisProducer,
+    ProducerClosedError,
     ProducerConfig,
+    ProducerFencedError,
     ProducerStats,
     RecordSink,
     RecordTooLargeError,
@@ -132,6 +134,9 @@ class StreamerConfig:
     symbols: tuple[str, ...] | None = None  # default: settings.symbols
     deadletter_dir: str = "var/streamer/deadletter"
     spill_dir: str = "var/streamer/spill"
+    # The parent of every run's own spill dir: spill files a dead or fenced predecessor left
+    # there are adopted and replayed (None: only ``spill_dir`` itself).
+    spill_root: str | None = None
     # Keys remembered per data type. Must cover a rollover overlap or a reconnect replay:
     # 100k keys is minutes of BTCUSDT trades; ~100 bytes a key.
     dedup_window: int = 100_000
@@ -368,6 +373,9 @@ class Streamer:
             self._producer.put(stream, symbol, orjson.dumps(record))  # type: ignore[union-attr]
         except RecordTooLargeError as exc:
             self._dead_letter(str(exc), raw, ingest_ts, link)
+            return False
+        except ProducerClosedError as exc:
+            self._refused(exc)
             return False
         self.records_out[data_type] += 1
         self._m_out[data_type].inc()
@@ -663,9 +671,13 @@ class Streamer:
                     continue
                 if self.epoch is not None:
                     snap[PRODUCER_EPOCH] = self.epoch
-                self._producer.put(  # type: ignore[union-attr]
-                    self._routes[DEPTH_DELTA], symbol, orjson.dumps(snap)
-                )
+                try:
+                    self._producer.put(  # type: ignore[union-attr]
+                        self._routes[DEPTH_DELTA], symbol, orjson.dumps(snap)
+                    )
+                except ProducerClosedError as exc:
+                    self._refused(exc)
+                    return
                 self.counts["depth_snapshots"] += 1
                 # Counted with the depth stream's records: ``records_out`` is per stream.
                 self.records_out[DEPTH_DELTA] += 1
@@ -710,6 +722,16 @@ class Streamer:
             self._need_resync(symbol, first)
         self._depth_started.add(symbol)
         self._last_u[symbol] = final
+
+    def _refused(self, exc: ProducerClosedError) -> None:
+        """The producer takes nothing more: it was fenced (the lease was lost) or closed. The
+        record is not lost: the next holder fills from the last checkpoint."""
+        self.counts["put_refused"] += 1
+        if self.fenced is None and isinstance(exc, ProducerFencedError):
+            self.fenced = f"the Kinesis producer was fenced: {exc}"
+            log.error("%s; stopping", self.fenced)
+            if self._stop is not None:
+                self._stop.set()
 
     def _dead_letter(self, reason: str, raw: Any, ingest_ts: int, link: Link | None) -> None:
         self.counts["malformed"] += 1
@@ -756,6 +778,8 @@ class Streamer:
             self.cfg.producer,
             on_ack=self._on_ack,
             on_circuit_change=self._on_circuit_change,
+            gate=gate,
+            adopt_from=self.cfg.spill_root,
         )
 
     def stop(self) -> None:

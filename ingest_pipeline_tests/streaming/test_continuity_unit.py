@@ -11,6 +11,8 @@ import orjson
 import pytest
 
 from ingest_pipeline.binance.rest import Page
+from ingest_pipeline.settings import Settings
+from ingest_pipeline.storage.kinesis import producer_client
 from ingest_pipeline.streaming.continuity import (
     AckTracker,
     FencedError,
@@ -20,6 +22,7 @@ from ingest_pipeline.streaming.continuity import (
     resume_points,
     to_ranges,
 )
+from ingest_pipeline_tests.streaming.conftest import read_stream
 from ingest_pipeline_tests.streaming.test_streamer_unit import make, trade
 
 
@@ -87,15 +90,19 @@ def test_ack_frontier_stops_below_a_refused_entry() -> None:
     assert t.snapshot() == {"A": 16}
 
 
-def test_gate_refuses_before_any_call() -> None:
-    client = FakeKinesis()
+def test_gate_is_asked_right_before_the_request_leaves(stream_settings: Settings) -> None:
+    """On a real boto3 client: a refused gate stops the call after it was built and signed,
+    before anything reaches Kinesis (moto over HTTP here)."""
+    client = producer_client(stream_settings)
+    stream = stream_settings.kinesis_trade_stream
     held = [True]
-    t = AckTracker(client, "trades", gate=lambda: held[0])
-    t.put_records(StreamName="trades", Records=entries("A", [1]))
+    t = AckTracker(client, stream, gate=lambda: held[0])
+    t.put_records(StreamName=stream, Records=entries("A", [1, 2]))
     held[0] = False
     with pytest.raises(FencedError):
-        t.put_records(StreamName="trades", Records=entries("A", [2]))
-    assert client.calls == 1 and t.refused_calls == 1 and t.snapshot() == {"A": 1}
+        t.put_records(StreamName=stream, Records=entries("A", [3]))
+    assert t.refused_calls == 1 and t.snapshot() == {"A": 2}
+    assert [r["trade_id"] for r in read_stream(stream_settings, stream)] == [1, 2]
 
 
 def test_pacer_spreads_weight() -> None:
