@@ -15,6 +15,12 @@ and Kinesis keeps them for the stream's retention (24 h by default). So:
 Records arriving after the cutoff are not in the archive; a re-run within retention picks them
 up and the bronze writer reports what changed.
 
+The depth stream also carries the streamer's ``DepthSnapshot`` records (one after each restart
+and each gap in a symbol's diff chain): the ``depth_delta`` asset writes them into the hour's
+bronze ``depth_snapshot`` object, merged with the hourly REST captures already there (captures
+accumulate as resync points), so offline silver resyncs its books where the online engine did.
+The ``epoch`` the streamer stamps on each record (which process produced it) is dropped.
+
 Each asset reads the whole stream of its type for the hour and keeps its symbol's records
 (partition key = symbol): with S symbols a stream is read S times an hour. Fine for a handful of
 symbols; beyond that, one multi_asset per type reading each stream once is the next step.
@@ -203,6 +209,7 @@ def build_archive_asset(symbol: str, kind: ArchiveType, settings: Settings) -> d
         reads: dict[str, Any] = {}
         verdicts: dict[str, list[tuple[int, quality.Verdict]]] = {c.name: [] for c in kind.checks}
         last: list[Record] = []
+        snapshots: dict[str, Any] = {}
         for hour in hours:
             archived = archive_hour(
                 reader, store, stream, symbol, kind.data_type, hour, hour + HOUR_MS + grace_ms
@@ -210,15 +217,20 @@ def build_archive_asset(symbol: str, kind: ArchiveType, settings: Settings) -> d
             _log_hour(context, bronze, symbol, kind.data_type, hour, archived)
             rows.append(_hour_row(hour, archived.result, len(archived.read.malformed)))
             changes = archived.result.changes or changes
-            reads[f"{from_ms(hour):%Y-%m-%d %H}h"] = {
-                **archived.read.summary(),
-                "kinesis_duplicates": archived.duplicates,
-            }
+            label = f"{from_ms(hour):%Y-%m-%d %H}h"
+            reads[label] = {**archived.read.summary(), "kinesis_duplicates": archived.duplicates}
+            if archived.snapshot_result is not None:
+                snap = archived.snapshot_result
+                snapshots[label] = {"from_stream": len(archived.snapshots),
+                                    "object_records": snap.records, "uri": snap.uri,
+                                    "write_action": snap.action}  # fmt: skip
             for check in kind.checks:
                 verdicts[check.name].append((hour, check.rule(archived)))
             last = archived.records
         meta = _metadata(rows, kind.id_name, changes, last)
         meta["kinesis_read"] = dg.MetadataValue.json(reads)
+        if snapshots:
+            meta["stream_depth_snapshots"] = dg.MetadataValue.json(snapshots)
         meta["retention_hours"] = dg.MetadataValue.int(retention)
         yield dg.MaterializeResult(
             asset_key=key,
@@ -248,6 +260,12 @@ def _log_hour(
     result = archived.result
     if result.changes:
         context.log.warning(f"{result.uri} replaced, records changed: {result.changes}")
+    snap = archived.snapshot_result
+    if snap is not None:
+        context.log.info(
+            f"{snap.uri}: {len(archived.snapshots)} depth snapshots from the stream merged with "
+            f"the hour's captures: {snap.records} snapshots, {snap.action}"
+        )
     context.log.info(
         f"{result.uri}: {result.records} records ({archived.duplicates} Kinesis duplicates "
         f"dropped), {result.bytes} B, {result.action}; shards: {read.summary()['shards']}"
