@@ -142,6 +142,8 @@ def health_summary(health: dict[str, Any]) -> dict[str, Any]:
         "acknowledged": health["kinesis"].get("acknowledged"),
         "epoch": continuity.get("epoch"),
         "lease_held": (continuity.get("lease") or {}).get("held"),
+        "start_fill": continuity.get("start_fill"),
+        "gap_ids": continuity.get("gap_ids"),
     }
 
 

@@ -1187,9 +1187,17 @@ class Streamer:
 
     def _continuity_health(self, filling: int, resyncing: int) -> dict[str, Any]:
         lease = self.lease
-        last_fills = list(self.fills)[-5:]
+        fills = list(self.fills)
+        last_fills = fills[-5:]
         last_resyncs = list(self.resyncs)[-5:]
+        at_start = [f for f in fills if f["at_start"]]
         return {
+            # The hole this process filled after its predecessor stopped.
+            "start_fill": {
+                "ids": sum(f["filled"] for f in at_start),
+                "seconds": max((f["seconds"] for f in at_start), default=None),
+                "by_symbol": {f["symbol"]: f["filled"] for f in at_start[:20]},
+            },
             "name": self.cfg.name,
             "epoch": self.epoch,
             "lease": None if lease is None else {
