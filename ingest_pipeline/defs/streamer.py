@@ -18,13 +18,14 @@ the health summary every ``LOG_EVERY_HEARTBEATS`` heartbeats, for people reading
 Sensor ``streamer_supervisor``: exactly one streamer run alive (queued, starting, started or
 canceling). Each tick is a few storage queries, never a stream read:
 - a started/canceling run whose heartbeat is older than ``streamer_stale_after_seconds`` is
-  dead (``kill -9``, host lost: the default run launcher does not notice) or frozen -> its
-  launcher is asked to terminate it (a frozen local worker gets the interrupt when it wakes;
-  ECS/Kubernetes launchers stop the task), it is marked failed, and when its process is still
-  alive on this host ``KILL_AFTER_S`` later (same pid *and* start time, so a reused pid is
-  never hit) it gets SIGKILL. None of this is what keeps two processes from producing at once:
-  the streamer's S3 lease does (``streaming/lease.py``), wherever the process runs; a woken
-  process finds its lease lapsed and stops before it sends anything;
+  dead (``kill -9``, host lost: the default run launcher does not notice) or frozen -> marked
+  failed, and when its process still runs on this host ``KILL_AFTER_MIN_S`` later (same pid
+  *and* start time, so a reused pid is never hit) it gets SIGKILL. The sensor does not ask the
+  run launcher to terminate it: the default launcher's terminate is a call back into the code
+  server that evaluates this very sensor, and with a frozen worker it outlived the tick's
+  60 s limit. None of this is what keeps two processes from producing at once: the
+  streamer's S3 lease does (``streaming/lease.py``), wherever the process runs; a woken process
+  finds its lease lapsed, sends nothing more and exits by itself;
 - no run alive -> launch one, with ``run_key = streamer-<generation>`` (run keys are unique
   forever, and two overlapping ticks compute the same key, so the daemon creates one run);
   after consecutive crashes, wait with exponential backoff (state in the cursor);
@@ -293,15 +294,6 @@ def _load_cursor(raw: str | None) -> dict[str, Any]:
             "to_kill": {}, **cursor}  # fmt: skip
 
 
-def _stop_stale_run(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
-    """Ask the run's launcher to terminate a run presumed dead; returns what happened."""
-    try:
-        asked = instance.run_launcher.terminate(run.run_id)
-    except Exception as exc:  # the launcher may not reach a dead worker: not our problem here
-        return f"terminate failed: {exc!r}"
-    return "terminate sent" if asked else "terminate not delivered"
-
-
 def _kill_leftovers(cursor: dict[str, Any], now: float, kill_after_s: float) -> list[str]:
     """SIGKILL the processes of runs marked failed ``kill_after_s`` ago that still run on this
     host (the same pid *and* start time as in their last heartbeat)."""
@@ -354,20 +346,19 @@ def supervise(
             # it more time than a run that stopped beating.
             if age > (stale_s if beat else stale_s + STARTUP_GRACE_S):
                 what = f"last heartbeat {age:.0f} s ago" if beat else f"no heartbeat in {age:.0f} s"
-                stopped = _stop_stale_run(instance, run)
                 instance.report_run_failed(
-                    instance.get_run_by_id(run.run_id) or run,
+                    run,
                     f"{SUPERVISOR}: streamer run presumed dead ({what}, limit {stale_s:.0f} s): "
-                    f"its process was killed, frozen or its host lost ({stopped}). A "
-                    "replacement is launched; the streamer's lease keeps this one from "
-                    "producing should it still run.",
+                    "its process was killed, frozen or its host lost. A replacement is "
+                    "launched; the streamer's lease keeps this one from producing should it "
+                    "still run.",
                 )
                 if beat:
                     cursor["to_kill"][run.run_id] = {
                         "host": beat.get("host"), "pid": beat.get("pid"),
                         "proc_start": beat.get("proc_start"), "marked_at": now,
                     }  # fmt: skip
-                notes.append(f"run {run.run_id[:8]} marked failed ({what}; {stopped})")
+                notes.append(f"run {run.run_id[:8]} marked failed ({what})")
                 continue
         alive.append((rec, beat))
 
