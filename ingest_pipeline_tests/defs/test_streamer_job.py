@@ -312,13 +312,16 @@ def _check(settings: Settings, stops: dict[str, Any], beats: list[dict[str, Any]
         truth = [t["id"] for p in client.historical_trades_range(sym, first, last) for t in p.items]
         missing = sorted(set(truth) - ids)
         assert not missing, f"{sym}: {len(missing)} of {len(truth)} ids missing: {missing[:5]}"
-    # Figures: the hole each successor filled, and how long its fill took.
+    # Figures: the hole each successor filled (ids, and the trade-time span they cover), and
+    # how long its fill took.
     for kind, beat in zip(stops["kinds"], beats[1:], strict=False):
         fill = beat["start_fill"]
-        print(
-            f"after {kind}: epoch {beat['epoch']} filled {fill['ids']} ids "
-            f"({fill['by_symbol']}) in {fill['seconds']} s; gap ids {beat['gap_ids']}"
-        )
+        filled = [r["event_ts"] for r, _ in trades
+                  if r[PRODUCER_EPOCH] == beat["epoch"] and r["source"] == "rest"]  # fmt: skip
+        span = (max(filled) - min(filled)) / 1000 if filled else 0.0
+        print(f"after {kind}: epoch {beat['epoch']} filled {fill['ids']} ids "
+              f"({fill['by_symbol']}) spanning {span:.1f} s of trades, in {fill['seconds']} s; "
+              f"gap ids {beat['gap_ids']}")  # fmt: skip
         assert beat["gap_ids"] == 0 and beat["trade_ids_unfilled"] == 0
     print(
         f"frozen run: exited {stops['woken_exit_s']:.1f} s after SIGCONT; {late_replays} "
