@@ -467,6 +467,7 @@ class Streamer:
         """
         st = self._trades[symbol]
         began = time.monotonic()
+        at_start = open_ended
         first_id = self._next_missing(st) if st.last is not None else None
         filled = pages = 0
         outcome = "filled"
@@ -483,6 +484,9 @@ class Streamer:
             while True:
                 self._release_held(symbol, st)
                 if st.held:
+                    # Live trades came: they bound the hole, and once the fill reaches them the
+                    # stream has caught up (no open-ended page more).
+                    open_ended = False
                     hi: int | None = st.held[0][0] - 1
                 elif open_ended:
                     hi = None
@@ -547,7 +551,7 @@ class Streamer:
             self.counts["trades_backfilled"] += filled
             self.fills.append({"symbol": symbol, "from_id": first_id, "to_id": st.last,
                                "filled": filled, "pages": pages, "seconds": seconds,
-                               "at_start": open_ended, "outcome": outcome})  # fmt: skip
+                               "at_start": at_start, "outcome": outcome})  # fmt: skip
             if filled or outcome != "filled":
                 log.info("%s: fill from id %s: %d trades in %d pages, %.2f s (%s)", symbol,
                          first_id, filled, pages, seconds, outcome)  # fmt: skip

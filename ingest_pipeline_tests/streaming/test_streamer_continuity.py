@@ -160,6 +160,16 @@ def test_kill_9_leaves_no_hole(sim_factory: Any, stream_settings: Settings, tmp_
     filled = {f["symbol"]: f["filled"] for f in start_fills}
     assert all(n > 0 for n in filled.values()), start_fills
     assert final["trade_ids_unfilled"] == 0
+    # The REST weight of this restart: exchangeInfo, the fills' pages, one depth snapshot per
+    # symbol (1000 levels: 50, plus 1 for the server time), each counted by the pacer.
+    pages = sum(f["pages"] for f in b.fills)
+    tries = sum(r["tries"] for r in b.resyncs)
+    assert tries >= len(SYMBOLS) and pages >= len(SYMBOLS)
+    assert b.pacer.spent == 20 + 25 * pages + 51 * tries
+    print(
+        f"restart of {len(SYMBOLS)} symbols: REST weight {b.pacer.spent} "
+        f"({pages} historicalTrades pages, {tries} depth snapshots)"
+    )
     print(
         f"kill -9: hole filled {filled} ids, B up {b.takeover} "
         f"{time.monotonic() - killed:.1f} s after the kill; fills {start_fills}; {figures}"
