@@ -44,6 +44,8 @@ from typing import Any
 import orjson
 from botocore.exceptions import ClientError
 
+from ingest_pipeline.storage.s3objects import get_object_or_none
+
 log = logging.getLogger(__name__)
 
 
@@ -141,12 +143,9 @@ class S3Lease:
     # --- S3 --------------------------------------------------------------------------------
 
     def read(self, key: str | None = None) -> LeaseView:
-        try:
-            resp = self.s3.get_object(Bucket=self.bucket, Key=key or self.key)
-        except ClientError as exc:
-            if _code(exc) in ("NoSuchKey", "404") or _status(exc) == 404:
-                return LeaseView(None, None)
-            raise
+        resp = get_object_or_none(self.s3, self.bucket, key or self.key)
+        if resp is None:
+            return LeaseView(None, None)
         return LeaseView(orjson.loads(resp["Body"].read()), resp["ETag"])
 
     def _put(self, body: dict[str, Any], etag: str | None) -> str | None:
