@@ -256,7 +256,11 @@ class WeightPacer:
     """Token bucket over Binance request weight for the streamer's own REST calls (fills and
     depth resyncs): at most ``per_minute`` on average, at most ``burst`` at once. It spreads a
     restart of many symbols over time so that the IP's shared budget (6000/min) always keeps
-    room for the bronze assets; the REST client's own accounting stays the hard limit."""
+    room for the bronze assets; the REST client's own accounting stays the hard limit.
+
+    Urgent requests (trade fills: the symbol's live trades wait in memory meanwhile) go before
+    the others (depth resyncs); within a class, requests are served in the order they came.
+    """
 
     def __init__(
         self, per_minute: float, burst: float, monotonic: Callable[[], float] = time.monotonic
@@ -269,6 +273,7 @@ class WeightPacer:
         self._tokens = burst
         self._t = monotonic()
         self._lock = asyncio.Lock()
+        self._urgent = 0
         self.spent = 0
         self.waited_s = 0.0
 
@@ -277,18 +282,27 @@ class WeightPacer:
         self._tokens = min(self.burst, self._tokens + (now - self._t) * self.rate)
         self._t = now
 
-    async def acquire(self, weight: int) -> None:
-        # One waiter at a time: requests are served in the order they asked.
-        async with self._lock:
-            self._refill()
-            need = min(weight, self.burst)
-            if self._tokens < need:
-                wait = (need - self._tokens) / self.rate
-                self.waited_s += wait
-                await asyncio.sleep(wait)
-                self._refill()
-            self._tokens -= weight
-            self.spent += weight
+    async def acquire(self, weight: int, urgent: bool = False) -> None:
+        if urgent:
+            self._urgent += 1
+        try:
+            while True:
+                async with self._lock:
+                    if urgent or not self._urgent:
+                        self._refill()
+                        need = min(weight, self.burst)
+                        if self._tokens < need:
+                            wait = (need - self._tokens) / self.rate
+                            self.waited_s += wait
+                            await asyncio.sleep(wait)
+                            self._refill()
+                        self._tokens -= weight
+                        self.spent += weight
+                        return
+                await asyncio.sleep(0.05)  # urgent requests are waiting: after them
+        finally:
+            if urgent:
+                self._urgent -= 1
 
 
 def restart_weight(

@@ -615,13 +615,13 @@ class Streamer:
         return self._rest
 
     async def _rest_get(self, path: str, params: dict[str, Any], weight: int) -> Any:
-        await self.pacer.acquire(weight)
+        await self.pacer.acquire(weight, urgent=True)
         client = self._rest_client()
         return await asyncio.to_thread(client.get, path, params, weight)
 
     async def _check_symbols(self) -> None:
         """One ``exchangeInfo`` call: every configured symbol must be listed by Binance."""
-        await self.pacer.acquire(WEIGHT_EXCHANGE_INFO)
+        await self.pacer.acquire(WEIGHT_EXCHANGE_INFO, urgent=True)
         info = await asyncio.to_thread(self._rest_client().exchange_info)
         listed = {s.get("symbol"): s.get("status") for s in info.get("symbols", [])}
         unknown = [s for s in self.symbols if s not in listed]
