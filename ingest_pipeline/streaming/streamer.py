@@ -454,9 +454,13 @@ class Streamer:
     def _release_held(self, symbol: str, st: _Trades) -> None:
         """Emit the held trades that continue the frontier (they may have come on another link
         while the fill waited)."""
-        while st.held and (st.last is None or st.held[0][0] <= self._next_missing(st)):
-            _, record, raw, ingest_ts, link = st.held.pop(0)
+        held = st.held
+        i = 0
+        while i < len(held) and (st.last is None or held[i][0] <= self._next_missing(st)):
+            _, record, raw, ingest_ts, link = held[i]
             self._put_trade(symbol, st, record, raw, ingest_ts, link)
+            i += 1
+        del held[:i]  # once: tens of thousands may be held
 
     async def _fill(self, symbol: str, open_ended: bool) -> None:
         """Fill ``symbol``'s hole above its frontier from REST while its live trades are held.

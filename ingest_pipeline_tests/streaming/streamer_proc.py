@@ -41,6 +41,8 @@ def main() -> int:
                               "out": {t: s["records_out"] for t, s in h["streams"].items()},
                               "acked": h["kinesis"].get("acknowledged"),
                               "fills_running": h["fills_running"],
+                              "acked_symbols": len(streamer._acks.snapshot())
+                              if streamer._acks is not None else 0,
                               "renewals": (h["continuity"]["lease"] or {}).get("renewals")}),
                   flush=True)  # fmt: skip
             await asyncio.sleep(0.5)
