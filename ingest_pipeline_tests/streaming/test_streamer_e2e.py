@@ -28,9 +28,11 @@ from ingest_pipeline_tests.streaming.conftest import (
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 
 
-def check_trades(settings: Settings, sim: Any) -> dict[str, int]:
+def check_trades(settings: Settings, sim: Any, ordered: bool = False) -> dict[str, int]:
     """Every trade the simulator emitted is on the trade stream; after dedup by key each id is
-    there once, and the ids of a symbol form one unbroken run (gaps were backfilled)."""
+    there once, and the ids of a symbol form one unbroken run (gaps were backfilled). With
+    ``ordered``, a symbol's ids first reached the stream in id order: a hole's fill went out
+    before the live trades after it."""
     records = read_stream(settings, settings.kinesis_trade_stream)
     by_symbol: dict[str, list[int]] = {}
     for r in records:
@@ -47,6 +49,10 @@ def check_trades(settings: Settings, sim: Any) -> dict[str, int]:
             f"{symbol}: {len(missing)} emitted trades missing, e.g. {sorted(missing)[:5]}"
         )
         assert unique == set(range(min(unique), max(unique) + 1)), f"{symbol}: trade id hole"
+        if ordered:
+            seen: set[int] = set()
+            first = [i for i in got if not (i in seen or seen.add(i))]  # type: ignore[func-returns-value]
+            assert first == sorted(first), f"{symbol}: trade ids out of order on the stream"
     return {"records": len(records), "kinesis_duplicates": dups}
 
 
@@ -76,7 +82,7 @@ def test_every_trade_arrives_across_ws_faults(
     assert streamer.flushed_clean is True
     stats = sim_get(sim, "/_sim/ws/stats")
     assert stats["dropped_lifetime"] == 0, "the proactive rollover must beat the server's mark"
-    figures = check_trades(settings, sim)
+    figures = check_trades(settings, sim, ordered=True)
     assert final["kinesis"]["acknowledged"] == final["kinesis"]["put"]
     assert final["trade_ids_unfilled"] == 0
     print(
@@ -180,8 +186,8 @@ def test_malformed_gap_health_and_metrics(
             for r in after
         ), f"no resync snapshot after the gap at U={m['first_update_id']}"  # fmt: skip
     first_gap = marked[0]
-    # Malformed trade frames left holes in the id sequence: backfilled from REST.
-    check_trades(settings, sim)
+    # Malformed trade frames left holes in the id sequence: backfilled from REST, in order.
+    check_trades(settings, sim, ordered=True)
 
     # /metrics: the registry of this streamer, with the values of /health.
     values = _samples(metrics)
