@@ -361,6 +361,9 @@ class Streamer:
         link: Link | None,
     ) -> bool:
         """Put one record (unless its key was seen in the window); True when it was put."""
+        if self.lease is not None and not self.lease.valid():
+            self._lapsed()
+            return False
         if not self._dedup[data_type].add(self._keys[data_type](record)):
             self.duplicates[data_type] += 1
             self._m_dup[data_type].inc()
@@ -677,6 +680,9 @@ class Streamer:
                         return
                     await asyncio.sleep(0.2 * attempts)
                     continue
+                if self.lease is not None and not self.lease.valid():
+                    self._lapsed()
+                    return
                 if self.epoch is not None:
                     snap[PRODUCER_EPOCH] = self.epoch
                 try:
@@ -730,6 +736,18 @@ class Streamer:
             self._need_resync(symbol, first)
         self._depth_started.add(symbol)
         self._last_u[symbol] = final
+
+    def _lapsed(self) -> None:
+        """The lease lapsed (a frozen process that woke up, S3 out of reach past the ttl):
+        nothing taken in from now on is put, not even into the spill a successor would replay.
+        What it was is not lost: the successor fills trades from the last checkpoint."""
+        self.counts["put_refused"] += 1
+        if self.fenced is None:
+            assert self.lease is not None
+            self.fenced = f"lease epoch {self.epoch} lapsed ({self.lease.lost or 'not renewed'})"
+            log.error("%s; stopping", self.fenced)
+            if self._stop is not None:
+                self._stop.set()
 
     def _refused(self, exc: ProducerClosedError) -> None:
         """The producer takes nothing more: it was fenced (the lease was lost) or closed. The
