@@ -1,5 +1,5 @@
 """Per-message normalization cost: our ``parse_ws_message`` against cryptofeed's Binance handler
-on the same real frames (``shared/data/binance-capture/btcusdt_20240808.gz``), in the same run,
+on the same real frames (``data/binance-capture/btcusdt_20240808.gz``), in the same run,
 timed separately for ``trade``, ``bookTicker`` and ``depthUpdate``.
 Not a test: ``python bench/normalize_vs_cryptofeed.py [--repeat 5]``.
 
@@ -29,9 +29,10 @@ import time
 from pathlib import Path
 
 from ingest_pipeline.binance.normalize import parse_ws_message
+from ingest_pipeline.capture_loader import CAPTURES_DIR
 
 REF_ENV = Path(__file__).parent / ".refenv-cryptofeed"
-CAPTURE = Path(__file__).resolve().parents[1].parent / "shared/data/binance-capture"
+CAPTURE = CAPTURES_DIR
 FILE = CAPTURE / "btcusdt_20240808.gz"
 KINDS = ("trade", "bookTicker", "depth")
 

@@ -9,14 +9,14 @@ import gzip
 import sys
 import tempfile
 import time
-from pathlib import Path
 
+from ingest_pipeline.capture_loader import CAPTURES_DIR
 from ingest_pipeline.localstack import EmbeddedAWS
 from ingest_pipeline.settings import load_settings
 from ingest_pipeline.storage.kinesis import NoopKinesisClient, producer_client
 from ingest_pipeline.streaming import Streamer, StreamerConfig
 
-CAPTURE = Path(__file__).resolve().parents[1].parent / "shared/data/binance-capture"
+CAPTURE = CAPTURES_DIR
 
 
 def frames(limit: int) -> list[bytes]:

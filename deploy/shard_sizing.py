@@ -1,6 +1,6 @@
 """Kinesis shard sizing from measured message rates (docs/deployment.md, "Kinesis shards").
 
-Reads real Binance captures (``../shared/data/binance-capture/``: ``<receive ns> <raw JSON>``
+Reads real Binance captures (``data/binance-capture/``: ``<receive ns> <raw JSON>``
 per line), normalizes each WebSocket message the way the streamer does, and measures what the
 producer would send to each stream: records per second and bytes per second (Kinesis counts the
 data blob plus the partition key, here the symbol). Peaks are per-second maxima of the receive
@@ -26,6 +26,7 @@ from pathlib import Path
 import orjson
 
 from ingest_pipeline.binance.normalize import parse_ws_message
+from ingest_pipeline.capture_loader import CAPTURES_DIR
 from ingest_pipeline.records import BBA, DEPTH_DELTA, TRADE, MalformedPayload
 
 SHARD_RECORDS_PER_S = 1000
@@ -147,9 +148,8 @@ def table(rates: dict[str, StreamRate], symbols: Sequence[int] = (2, 5, 50)) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    default = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance-capture"
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("capture_dir", nargs="?", type=Path, default=default)
+    parser.add_argument("capture_dir", nargs="?", type=Path, default=CAPTURES_DIR)
     parser.add_argument("--symbols", type=int, nargs="*", default=[2, 5, 50])
     args = parser.parse_args(argv)
     files = capture_files(args.capture_dir)

@@ -1,20 +1,63 @@
-"""boto3 clients with timeouts and bounded retries, aimed at AWS, LocalStack or the moto server."""
+"""boto3 clients with timeouts and bounded retries, aimed at AWS, LocalStack or the moto server.
+
+Every call is bounded: each attempt by ``connect_timeout`` + ``read_timeout`` (botocore's own
+defaults are 60 s each), the attempts by ``total_max_attempts`` (the *total*, first attempt
+included: botocore's ``max_attempts`` counts retries, so ``max_attempts=5`` is six attempts).
+``call_bound_s`` is the resulting worst case for a call that never gets an answer.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
 
 from ingest_pipeline.settings import Settings
 
+CONNECT_TIMEOUT_S = 5.0
+# S3 answers a PUT or GET within a second or two once the body is sent; 15 s of silence is a
+# stalled endpoint, not a slow one.
+READ_TIMEOUT_S = 15.0
+MAX_ATTEMPTS = 4
+# botocore's retry backoff (standard and adaptive modes): after failed attempt n it sleeps
+# rand * min(2 ** (n - 1), 20) s for a throttle, 0.05 * that otherwise.
+_MAX_BACKOFF_S = 20.0
+
+
+def client_config(
+    connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    read_timeout_s: float = READ_TIMEOUT_S,
+    max_attempts: int = MAX_ATTEMPTS,
+    mode: str = "standard",
+) -> Config:
+    """A botocore config whose calls end within ``call_bound_s`` of the same arguments."""
+    return Config(
+        connect_timeout=connect_timeout_s,
+        read_timeout=read_timeout_s,
+        retries={"total_max_attempts": max_attempts, "mode": mode},
+    )
+
+
+def call_bound_s(
+    connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    read_timeout_s: float = READ_TIMEOUT_S,
+    max_attempts: int = MAX_ATTEMPTS,
+) -> float:
+    """Worst case seconds of one call against an endpoint that never answers: every attempt
+    times out, with the longest backoff between attempts (87 s with the defaults). Throttles
+    answer at once; their ``x-amz-retry-after`` can add at most 5 s per retry on top."""
+    backoff = sum(min(2.0 ** (n - 1), _MAX_BACKOFF_S) for n in range(1, max_attempts))
+    return max_attempts * (connect_timeout_s + read_timeout_s) + backoff
+
+
 # Adaptive mode adds client-side rate limiting on throttling errors on top of standard retries.
-CLIENT_CONFIG = Config(
-    connect_timeout=5,
-    read_timeout=30,
-    retries={"max_attempts": 5, "mode": "adaptive"},
-)
+CLIENT_CONFIG = client_config(mode="adaptive")
+# S3 in standard mode: its worst case is exactly call_bound_s() (adaptive may also wait for its
+# rate limiter). Used by aws_client("s3") and by the Dagster S3 resource alike.
+S3_CLIENT_CONFIG = client_config()
 
 # moto accepts any credentials; these are placeholders, not secrets, and are used only when the
 # endpoint is a loopback emulator so that a developer's real credentials never reach it.
@@ -22,13 +65,29 @@ EMULATOR_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key":
 
 
 def is_loopback(url: str | None) -> bool:
-    return bool(url) and any(
-        url.split("://", 1)[-1].startswith(h) for h in ("127.", "localhost", "[::1]")
-    )
+    """Is ``url``'s host this machine: exactly ``localhost``, or an address in 127.0.0.0/8 or
+    ``::1``? Parsed, never matched by prefix (``localhost.evil.com`` is a remote host)."""
+    if not url:
+        return False
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return False
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
-def aws_client(service: str, settings: Settings, config: Config = CLIENT_CONFIG) -> Any:
-    """A boto3 client for ``service`` at the configured endpoint and region."""
+def aws_client(service: str, settings: Settings, config: Config | None = None) -> Any:
+    """A boto3 client for ``service`` at the configured endpoint and region (default config:
+    ``S3_CLIENT_CONFIG`` for S3, ``CLIENT_CONFIG`` otherwise)."""
+    if config is None:
+        config = S3_CLIENT_CONFIG if service == "s3" else CLIENT_CONFIG
     kwargs: dict[str, Any] = {"region_name": settings.region, "config": config}
     if settings.aws_endpoint_url:
         kwargs["endpoint_url"] = settings.aws_endpoint_url

@@ -1,6 +1,6 @@
 """Real Binance captures -> bronze, so silver can be built on real market data.
 
-Reads the hftbacktest-format captures of ``../shared/data/binance-capture/`` (README there):
+Reads the hftbacktest-format captures of ``data/binance-capture/`` (README there):
 gzip text, one line per message, ``<local receive time, ns> <raw JSON>``, where the JSON is a
 combined-stream message (``<symbol>@trade``, ``@bookTicker``, ``@depth@100ms``) or a bare REST
 depth snapshot (the symbol is the file's: ``btcusdt_20240809.gz`` -> ``BTCUSDT``).
@@ -49,6 +49,9 @@ from ingest_pipeline.records import (
 )
 from ingest_pipeline.storage.bronze import BronzeStore, WriteResult
 from ingest_pipeline.timeutil import floor_hour
+
+# The real captures kept in the repository (provenance and checksums in its README).
+CAPTURES_DIR = Path(__file__).resolve().parents[1] / "data" / "binance-capture"
 
 CAPTURE_TYPES = (TRADE, BBA, DEPTH_DELTA, DEPTH_SNAPSHOT)
 # hftbacktest captures: <symbol>_<YYYYMMDD>.gz

@@ -34,16 +34,11 @@ from aiohttp import web
 
 PUT_RECORDS_TARGET = "Kinesis_20131202.PutRecords"
 THROTTLE_CODE = "ProvisionedThroughputExceededException"
-# Not copied between the two connections: hop-by-hop, or recomputed for the body we send.
-_SKIP_REQUEST = {"host", "content-length", "transfer-encoding", "connection", "accept-encoding"}
-_SKIP_RESPONSE = {
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "content-encoding",
-    "date",
-    "server",
-}
+# Not copied between the two connections: hop-by-hop headers, and the length of a body this
+# proxy may rewrite (aiohttp sets it from the body sent). Bodies pass byte for byte otherwise:
+# no decompression, and the client's own Accept-Encoding (or none) goes upstream.
+_SKIP_REQUEST = {"host", "content-length", "transfer-encoding", "connection"}
+_SKIP_RESPONSE = {"content-length", "transfer-encoding", "connection", "date", "server"}
 
 
 def _b64_len(s: str) -> int:
@@ -97,7 +92,11 @@ class FaultProxy:
 
     async def _serve(self) -> None:
         # Upstream connections are not reused across a fault: a fresh pool per proxy is enough.
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=60),
+            auto_decompress=False,
+            skip_auto_headers=("Accept-Encoding",),
+        )
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         # A stalled handler must not hold up stop() for aiohttp's default minute.
@@ -198,6 +197,10 @@ class FaultProxy:
         ) as resp:
             out = await resp.read()
             keep = {k: v for k, v in resp.headers.items() if k.lower() not in _SKIP_RESPONSE}
+            if request.method == "HEAD" and "Content-Length" in resp.headers:
+                # A HEAD answer has no body; its Content-Length is the resource's size (an S3
+                # object's), which clients read: it must pass unchanged, not become 0.
+                keep["Content-Length"] = resp.headers["Content-Length"]
             return resp.status, keep, out
 
     def _abort(self, request: web.Request) -> web.StreamResponse:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
-from ingest_pipeline.symbols import UnsafeSymbol, check_symbol
+from ingest_pipeline.symbols import UnsafeSymbol, parse_symbols
 
 CONFIG_DIR = Path(__file__).parent / "config"
 ENVIRONMENTS = ("local", "dev", "prod")
@@ -20,7 +22,46 @@ KLINE_INTERVALS = frozenset("1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M"
 
 
 class SettingsError(ValueError):
-    """A configuration that cannot be used; the message names the file and the bad key."""
+    """A configuration that cannot be used; the message names where the bad value came from:
+    the file and key, or the environment variable."""
+
+
+class InvalidEndpoint(ValueError):
+    """A URL that cannot name an endpoint: a configuration error, never a transient one."""
+
+
+HTTP_SCHEMES = ("http", "https")
+WS_SCHEMES = ("ws", "wss")
+# A DNS name (underscores tolerated: container hosts use them), an IPv4 or a bracketed IPv6.
+_HOST = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?|\[[0-9A-Fa-f:.]+\]")
+
+
+def check_url(url: object, schemes: Sequence[str]) -> str:
+    """``url`` if it is an absolute ``scheme://host[:port][/path]`` URL of one of ``schemes``,
+    else ``InvalidEndpoint`` saying what is wrong. No credentials, query or fragment: this is a
+    base URL that paths are appended to."""
+    if not isinstance(url, str) or not url:
+        raise InvalidEndpoint(f"URL must be a non-empty string, got {url!r}")
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        raise InvalidEndpoint(f"URL {url!r} contains whitespace or a control character")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidEndpoint(f"URL {url!r} is malformed: {exc}") from None
+    want = " or ".join(f"{s}://" for s in schemes)
+    if parts.scheme.lower() not in schemes:
+        raise InvalidEndpoint(f"URL {url!r} must start with {want}")
+    host = parts.netloc.rsplit(":", 1)[0] if port is not None else parts.netloc
+    if "@" in parts.netloc:
+        raise InvalidEndpoint(f"URL {url!r} must not carry credentials")
+    if not host or not _HOST.fullmatch(host):
+        raise InvalidEndpoint(f"URL {url!r} has no valid host name")
+    if port == 0:
+        raise InvalidEndpoint(f"URL {url!r} has port 0")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise InvalidEndpoint(f"URL {url!r} must not have a query or fragment")
+    return url
 
 
 @dataclass(frozen=True)
@@ -104,21 +145,31 @@ def load_settings(
     if not isinstance(raw, dict):
         raise SettingsError(f"{path}: expected a mapping at the top level")
     values: dict[str, Any] = dict(raw)
+    # Where each value came from, for the error message: the file, or the variable.
+    origins: dict[str, str] = {}
     for var, field in ENV_OVERRIDES.items():
         if environ.get(var):
             value: Any = environ[var]
-            if field == "symbols":
-                value = [s.strip() for s in value.split(",") if s.strip()]
-            elif field in _INT_FIELDS:
+            if field in _INT_FIELDS:
                 try:
                     value = int(value)
                 except ValueError:
-                    raise SettingsError(f"{var}={value!r} is not an integer") from None
+                    raise SettingsError(
+                        f"environment variable {var}={value!r} is not an integer"
+                    ) from None
             values[field] = value
-    return _validate(values, env, str(path))
+            origins[field] = f"environment variable {var}"
+    return _validate(values, env, str(path), origins)
 
 
-def _validate(values: dict[str, Any], env: str, origin: str) -> Settings:
+def _validate(
+    values: dict[str, Any], env: str, origin: str, origins: Mapping[str, str] | None = None
+) -> Settings:
+    origins = origins or {}
+
+    def where(key: str) -> str:
+        return origins[key] if key in origins else f"{origin}: key {key!r}"
+
     unknown = sorted(set(values) - _FIELDS)
     if unknown:
         raise SettingsError(f"{origin}: unknown key(s) {', '.join(map(repr, unknown))}")
@@ -127,58 +178,59 @@ def _validate(values: dict[str, Any], env: str, origin: str) -> Settings:
         raise SettingsError(f"{origin}: missing or empty key(s) {', '.join(map(repr, missing))}")
     for key in _INT_FIELDS & set(values):
         if isinstance(values[key], bool) or not isinstance(values[key], int) or values[key] < 0:
-            raise SettingsError(
-                f"{origin}: key {key!r} must be an integer >= 0, got {values[key]!r}"
-            )
+            raise SettingsError(f"{where(key)} must be an integer >= 0, got {values[key]!r}")
     for key in _FIELDS - {"symbols", "kline_intervals"} - _INT_FIELDS:
         if values.get(key) is not None and not isinstance(values[key], str):
-            raise SettingsError(f"{origin}: key {key!r} must be a string, got {values[key]!r}")
-    for key in ("symbols", "kline_intervals"):
-        if not isinstance(values[key], list) or not all(isinstance(v, str) for v in values[key]):
-            raise SettingsError(f"{origin}: key {key!r} must be a list of strings")
-    for symbol in values["symbols"]:
-        try:
-            check_symbol(symbol)
-        except UnsafeSymbol as exc:
-            raise SettingsError(f"{origin}: key 'symbols': {exc}") from None
-    if len(set(values["symbols"])) != len(values["symbols"]):
-        raise SettingsError(f"{origin}: key 'symbols' lists a symbol twice")
+            raise SettingsError(f"{where(key)} must be a string, got {values[key]!r}")
+    if not isinstance(values["kline_intervals"], list) or not all(
+        isinstance(v, str) for v in values["kline_intervals"]
+    ):
+        raise SettingsError(f"{where('kline_intervals')} must be a list of strings")
+    # A list in the file; a comma-separated string from INGEST_SYMBOLS.
+    if not isinstance(values["symbols"], str if "symbols" in origins else list):
+        raise SettingsError(f"{where('symbols')} must be a list of strings")
+    try:
+        values["symbols"] = parse_symbols(values["symbols"])
+    except UnsafeSymbol as exc:
+        raise SettingsError(f"{where('symbols')}: {exc}") from None
     bad = [i for i in values["kline_intervals"] if i not in KLINE_INTERVALS]
     if bad:
-        raise SettingsError(f"{origin}: key 'kline_intervals': unknown interval(s) {bad}")
+        raise SettingsError(f"{where('kline_intervals')}: unknown interval(s) {bad}")
     try:
         date.fromisoformat(values["partitions_start"])
     except ValueError:
         raise SettingsError(
-            f"{origin}: key 'partitions_start' must be a date YYYY-MM-DD, "
+            f"{where('partitions_start')} must be a date YYYY-MM-DD, "
             f"got {values['partitions_start']!r}"
         ) from None
     for key in ("aws_endpoint_url", "binance_rest_url", "binance_ws_url"):
         url = values.get(key)
-        schemes = ("ws://", "wss://") if key == "binance_ws_url" else ("http://", "https://")
-        if url is not None and not url.startswith(schemes):
-            raise SettingsError(f"{origin}: key {key!r} must start with {' or '.join(schemes)}")
+        if url is not None:
+            try:
+                check_url(url, WS_SCHEMES if key == "binance_ws_url" else HTTP_SCHEMES)
+            except InvalidEndpoint as exc:
+                raise SettingsError(f"{where(key)}: {exc}") from None
     for key in ("bronze_prefix", "silver_prefix", "deadletter_prefix"):
         if values[key].startswith("/") or values[key].endswith("/") or ".." in values[key]:
-            raise SettingsError(f"{origin}: key {key!r} must be a relative prefix without '/' ends")
+            raise SettingsError(f"{where(key)} must be a relative prefix without '/' ends")
     status = values.get("streamer_supervisor_status")
     if status is not None and status not in SUPERVISOR_STATUSES:
         raise SettingsError(
-            f"{origin}: key 'streamer_supervisor_status' must be one of "
+            f"{where('streamer_supervisor_status')} must be one of "
             f"{', '.join(SUPERVISOR_STATUSES)}, got {status!r}"
         )
     for key in ("streamer_supervisor_interval_seconds", "streamer_heartbeat_seconds"):
         if values.get(key) == 0:
-            raise SettingsError(f"{origin}: key {key!r} must be > 0")
+            raise SettingsError(f"{where(key)} must be > 0")
     heartbeat = values.get("streamer_heartbeat_seconds", 60)
     stale = values.get("streamer_stale_after_seconds", 180)
     if stale < 2 * heartbeat:
         raise SettingsError(
-            f"{origin}: key 'streamer_stale_after_seconds' ({stale}) must be at least twice "
-            f"'streamer_heartbeat_seconds' ({heartbeat}): one late heartbeat is not a dead run"
+            f"{where('streamer_stale_after_seconds')} ({stale}) must be at least twice "
+            f"{where('streamer_heartbeat_seconds')} ({heartbeat}): one late heartbeat is not a "
+            "dead run"
         )
     values = {k: v for k, v in values.items() if not (k in _DEFAULTED and v is None)}
-    values["symbols"] = tuple(values["symbols"])
     values["kline_intervals"] = tuple(values["kline_intervals"])
     for key in ("binance_rest_url", "binance_ws_url", "aws_endpoint_url"):
         if values.get(key):

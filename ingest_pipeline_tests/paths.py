@@ -1,9 +1,9 @@
-"""Where the shared test data is: ``../shared`` beside the repository (as in CI), or
-``$INGEST_SHARED_DIR``."""
+"""Where the test data is: the real captures kept in the repository (``data/``)."""
 
-import os
 from pathlib import Path
 
+from ingest_pipeline.capture_loader import CAPTURES_DIR as CAPTURES
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("INGEST_SHARED_DIR", ROOT.parent / "shared"))
-CAPTURES = SHARED / "data" / "binance-capture"
+
+__all__ = ["CAPTURES", "ROOT"]

@@ -3,6 +3,7 @@ throttled entry is really not stored."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,9 @@ from botocore.config import Config
 from ingest_pipeline.aws import aws_client
 from ingest_pipeline.faultproxy import THROTTLE_CODE, FaultProxy
 from ingest_pipeline.localstack import EmbeddedAWS
+from ingest_pipeline.records import AGG_TRADES
+from ingest_pipeline.settings import Settings
+from ingest_pipeline.storage.bronze import BronzeStore
 
 ONE_ATTEMPT = Config(
     connect_timeout=1, read_timeout=1, retries={"total_max_attempts": 1, "mode": "standard"}
@@ -138,3 +142,37 @@ def test_stall_delays_the_answer_after_the_upstream_call(
     assert proxy.counters["stalls"] == 2
     # The timed-out call was stored: the client cannot know, hence at-least-once.
     assert stored(direct, stream) == [b"r0", b"r0", b"r1"]
+
+
+HOUR = 1_723_161_600_000  # 2024-08-09 00:00 UTC
+
+
+def test_head_through_the_proxy_keeps_content_length_and_a_rerun_is_unchanged(
+    aws_settings: Settings,
+) -> None:
+    """S3 HEAD answers carry the object's size with no body; the proxy used to drop it (so
+    ``ContentLength`` read 0) and a bronze re-run through it reported a 0-byte object."""
+    direct = aws_client("s3", aws_settings)
+    body = bytes(range(256)) * 37  # 9472 bytes, not text: passed byte for byte
+    direct.put_object(Bucket=aws_settings.bucket, Key="k/object.bin", Body=body)
+    with FaultProxy(aws_settings.aws_endpoint_url or "") as proxy:
+        proxied = dataclasses.replace(aws_settings, aws_endpoint_url=proxy.url)
+        s3 = aws_client("s3", proxied)
+        head = s3.head_object(Bucket=aws_settings.bucket, Key="k/object.bin")
+        assert head["ContentLength"] == len(body)
+        assert (
+            head["ETag"]
+            == direct.head_object(Bucket=aws_settings.bucket, Key="k/object.bin")["ETag"]
+        )
+        got = s3.get_object(Bucket=aws_settings.bucket, Key="k/object.bin")
+        assert got["ContentLength"] == len(body) and got["Body"].read() == body
+
+        store = BronzeStore(s3, aws_settings.bucket, aws_settings.bronze_prefix)
+        records = [
+            {"symbol": "BTCUSDT", "trade_id": i, "event_ts": HOUR + i, "ingest_ts": HOUR + i}
+            for i in range(50)
+        ]
+        first = store.write_hour("BTCUSDT", AGG_TRADES, HOUR, records)
+        again = store.write_hour("BTCUSDT", AGG_TRADES, HOUR, records)
+    assert first.action == "created" and again.action == "unchanged"
+    assert again.bytes == first.bytes > 0

@@ -81,3 +81,53 @@ def test_health_and_metrics_listen_on_loopback_only_by_default() -> None:
 
     addresses = asyncio.run(bound_addresses())
     assert addresses and all(host == "127.0.0.1" for host, _ in addresses)
+
+
+@pytest.mark.parametrize(
+    ("url", "loopback"),
+    [
+        ("http://localhost:4566", True),
+        ("http://LOCALHOST:4566", True),
+        ("http://127.0.0.1:4566", True),
+        ("http://127.1.2.3", True),
+        ("http://[::1]:9000", True),
+        ("http://localhost.evil.com", False),
+        ("http://localhost.evil.com:4566/", False),
+        ("http://127.0.0.1.nip.io", False),
+        ("http://localhost@evil.com", False),
+        ("http://evil.com/localhost", False),
+        ("http://evil.com?h=127.0.0.1", False),
+        ("http://[::1", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_loopback_means_this_machine_only(url: str | None, loopback: bool) -> None:
+    """Placeholder credentials go only to a loopback emulator: a host that merely starts with
+    ``localhost`` or ``127.`` is remote."""
+    from ingest_pipeline.aws import is_loopback
+
+    assert is_loopback(url) is loopback
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "placeholders"),
+    [("http://localhost:4566", True), ("http://localhost.evil.com", False)],
+)
+def test_placeholder_credentials_reach_loopback_only(
+    endpoint: str, placeholders: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import boto3
+
+    from ingest_pipeline.aws import EMULATOR_CREDENTIALS, aws_client
+    from ingest_pipeline.defs.resources import s3_resource
+    from ingest_pipeline.settings import load_settings
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", FAKE_KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET)
+    # boto3's default session caches the credentials it resolved first (another test's).
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+    settings = load_settings("local", environ={"AWS_ENDPOINT_URL": endpoint})
+    expected = EMULATOR_CREDENTIALS["aws_access_key_id"] if placeholders else FAKE_KEY_ID
+    for client in (aws_client("s3", settings), s3_resource(settings).get_client()):
+        assert client._request_signer._credentials.access_key == expected

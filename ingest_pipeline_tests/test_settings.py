@@ -58,15 +58,100 @@ def test_missing_bucket_is_named(tmp_path: Path) -> None:
         load_settings("local", environ={}, config_dir=_config(tmp_path, text))
 
 
-@pytest.mark.parametrize("symbol", ["../etc", "BTC/USDT", "BTC USDT", "BTC\x00USDT", "A" * 40])
-def test_unsafe_symbol_from_environment_is_refused(symbol: str) -> None:
-    with pytest.raises(SettingsError, match="symbols"):
+UNSAFE = [
+    "../etc",
+    "BTC/USDT",
+    "BTC USDT",
+    "BTC\x00USDT",
+    "A" * 40,
+    "ＢＴＣＵＳＤＴ",
+    "BTCUSDT,,ETHUSDT",
+]
+
+
+@pytest.mark.parametrize("symbol", UNSAFE)
+def test_unsafe_symbol_from_environment_is_refused_naming_the_variable(symbol: str) -> None:
+    with pytest.raises(
+        SettingsError, match=r"^environment variable INGEST_SYMBOLS: (symbol|empty)"
+    ):
         load_settings("local", environ={"INGEST_SYMBOLS": symbol})
+
+
+@pytest.mark.parametrize("symbol", UNSAFE)
+def test_unsafe_symbol_in_the_config_file_is_refused_naming_the_key(
+    symbol: str, tmp_path: Path
+) -> None:
+    import yaml
+
+    raw = yaml.safe_load(GOOD)
+    raw["symbols"] = symbol.split(",")
+    cfg = _config(tmp_path, yaml.safe_dump(raw, allow_unicode=True))
+    with pytest.raises(SettingsError, match=r"local\.yaml: key 'symbols': (symbol|empty)"):
+        load_settings("local", environ={}, config_dir=cfg)
+
+
+def test_symbols_are_upper_cased_and_checked_once_for_every_origin(tmp_path: Path) -> None:
+    s = load_settings("local", environ={"INGEST_SYMBOLS": "btcusdt, 币安人生usdt"})
+    assert s.symbols == ("BTCUSDT", "币安人生USDT")
+    with pytest.raises(SettingsError, match="listed twice"):
+        load_settings("local", environ={"INGEST_SYMBOLS": "BTCUSDT,btcusdt"})
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("INGEST_ARCHIVE_GRACE_SECONDS", "soon"),
+        ("INGEST_STREAMER_SUPERVISOR_STATUS", "MAYBE"),
+        ("BINANCE_WS_URL", "http://127.0.0.1:9"),
+        ("AWS_ENDPOINT_URL", "http://[::1"),
+    ],
+)
+def test_a_bad_environment_value_is_blamed_on_its_variable_not_the_file(
+    var: str, value: str
+) -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings("local", environ={var: value})
+    message = str(refused.value)
+    assert message.startswith(f"environment variable {var}")
+    assert ".yaml" not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://exa mple.com",
+        "http://[::1",
+        "http://:8080",
+        "http://host:99999",
+        "http://user:secret@host",
+        "http://host/?q=1",
+        "http://host/#frag",
+        "http://host\x00x",
+        "localhost:4566",
+    ],
+)
+def test_malformed_endpoint_urls_are_configuration_errors(url: str) -> None:
+    with pytest.raises(SettingsError, match="environment variable AWS_ENDPOINT_URL: URL"):
+        load_settings("local", environ={"AWS_ENDPOINT_URL": url})
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:4566", "https://s3.eu-west-1.amazonaws.com", "http://[::1]:9000"]
+)
+def test_well_formed_endpoint_urls_load(url: str) -> None:
+    assert load_settings("local", environ={"AWS_ENDPOINT_URL": url}).aws_endpoint_url == url
 
 
 def test_bad_interval_and_url_are_named(tmp_path: Path) -> None:
     cfg = _config(tmp_path, GOOD.replace('["1m"]', '["7m"]'))
     with pytest.raises(SettingsError, match="kline_intervals.*7m"):
         load_settings("local", environ={}, config_dir=cfg)
-    with pytest.raises(SettingsError, match="binance_rest_url"):
+    with pytest.raises(SettingsError, match="BINANCE_REST_URL.*http://"):
         load_settings("local", environ={"BINANCE_REST_URL": "ftp://x"})
+    bad = "\n".join(
+        "binance_rest_url: ftp://x" if line.startswith("binance_rest_url:") else line
+        for line in GOOD.splitlines()
+    )
+    cfg = _config(tmp_path, bad)
+    with pytest.raises(SettingsError, match="local.yaml: key 'binance_rest_url'"):
+        load_settings("local", environ={}, config_dir=cfg)

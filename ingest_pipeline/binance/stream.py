@@ -25,6 +25,11 @@ routing are the streamer's job (``ingest_pipeline.streaming``).
      symbol on a live server, quiet or not, so ``data_timeout_s`` (30 s by default) without any
      data frame means the stream is stuck even if the socket still answers pings.
   Either way the connection is stalled: closed and replaced (with backoff).
+- Every network wait has its own bound and ends at ``stop()``: a connect (TCP, TLS and the
+  HTTP upgrade together) is abandoned after ``connect_timeout_s``, a ping or UNSUBSCRIBE send
+  after ``send_timeout_s``, a read by the watchdog; backoff sleeps and the attempt limiter's
+  waits are raced against stop, so a stop is honoured within about ``tick_s`` whatever the
+  network does. A malformed URL is a configuration error (``InvalidEndpoint``), never retried.
 """
 
 from __future__ import annotations
@@ -37,10 +42,13 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TypeVar
 
 import aiohttp
 import orjson
+
+from ingest_pipeline.settings import WS_SCHEMES, InvalidEndpoint, check_url
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +57,7 @@ MAX_STREAMS_PER_CONNECTION = 1024
 MAX_ATTEMPTS = 300
 ATTEMPT_WINDOW_S = 300.0
 DEFAULT_KINDS = ("trade", "bookTicker", "depth@100ms")
+T = TypeVar("T")
 
 
 def stream_names(symbols: Iterable[str], kinds: Sequence[str] = DEFAULT_KINDS) -> list[str]:
@@ -73,6 +82,8 @@ def shard_streams(
 
 
 def combined_url(ws_base: str, streams: Sequence[str]) -> str:
+    """``<ws_base>/stream?streams=a/b/c``; ``InvalidEndpoint`` unless the base is a ws(s) URL."""
+    check_url(ws_base, WS_SCHEMES)
     if not streams:
         raise ValueError("no streams")
     if len(streams) > MAX_STREAMS_PER_CONNECTION:
@@ -82,6 +93,12 @@ def combined_url(ws_base: str, streams: Sequence[str]) -> str:
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def describe(exc: BaseException) -> str:
+    """``TypeName: message`` of an exception, never empty (``TimeoutError()`` prints as "")."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _is_reply(data: str | bytes, request_id: int) -> bool:
@@ -148,7 +165,10 @@ class StreamConfig:
     data_timeout_s: float | None = 30.0
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
+    # TCP connect, TLS and the HTTP upgrade together; aiohttp's own default would be 300 s.
     connect_timeout_s: float = 10.0
+    # A ping or UNSUBSCRIBE that cannot be written (a peer that stopped reading).
+    send_timeout_s: float = 5.0
     tick_s: float = 0.1
     drain_timeout_s: float = 2.0
     max_msg_bytes: int = 16 * 1024 * 1024
@@ -241,6 +261,7 @@ class ShardConnection:
         self.attempts = 0
         self.connects = 0
         self.reconnects = 0
+        # Keyed by ``LinkEnd.value``: plain strings, so any snapshot of it is JSON as it is.
         self.reconnect_reasons: collections.Counter[str] = collections.Counter()
         self.rollovers = 0
         self.drains = 0
@@ -271,29 +292,56 @@ class ShardConnection:
         except TimeoutError:
             return True
 
+    async def _unless_stopped(self, aw: Awaitable[T]) -> asyncio.Task[T] | None:
+        """Await ``aw`` until it ends or ``stop()``: its finished task, or None (cancelled) when
+        stop came first."""
+        task = asyncio.ensure_future(aw)
+        stopped = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait((task, stopped), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not task.done():
+                task.cancel()
+                await asyncio.wait((task,))
+        return None if task.cancelled() else task
+
+    async def _connect(self) -> aiohttp.ClientWebSocketResponse:
+        # The session's timeout would govern the upgrade request (aiohttp: 300 s total by
+        # default); this bound covers DNS, TCP, TLS and the handshake together.
+        async with asyncio.timeout(self.cfg.connect_timeout_s):
+            return await self._session.ws_connect(
+                self.url,
+                autoping=False,
+                heartbeat=None,
+                max_msg_size=self.cfg.max_msg_bytes,
+                timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
+                compress=0,
+            )
+
     async def _open(self) -> Link | None:
         """Connect, retrying with backoff; None once stopped."""
         while not self._stop.is_set():
             if not await self._sleep(self.backoff_delay()):
                 return None
-            await self._limiter.acquire()
-            if self._stop.is_set():
+            if await self._unless_stopped(self._limiter.acquire()) is None:
                 return None
             self.attempts += 1
+            task = await self._unless_stopped(self._connect())
+            if task is None:
+                return None
             try:
-                ws = await self._session.ws_connect(
-                    self.url,
-                    autoping=False,
-                    heartbeat=None,
-                    max_msg_size=self.cfg.max_msg_bytes,
-                    timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
-                    compress=0,
-                )
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                self.failures += 1
-                self.last_error = f"connect: {exc!r}"
-                log.warning("shard %d: connect failed (%s), attempt %d", self.shard, exc,
-                            self.failures)  # fmt: skip
+                ws = task.result()
+            except aiohttp.InvalidURL as exc:
+                raise InvalidEndpoint(f"WebSocket URL {exc}: not a valid URL") from exc
+            except aiohttp.ClientError as exc:  # first: aiohttp's own timeouts are TimeoutErrors
+                self._connect_failed(describe(exc))
+                continue
+            except TimeoutError:  # ours, from _connect
+                self._connect_failed(f"no answer within {self.cfg.connect_timeout_s:g} s")
+                continue
+            except OSError as exc:
+                self._connect_failed(describe(exc))
                 continue
             link = Link(self.shard, ws)
             link.task = asyncio.create_task(
@@ -305,6 +353,12 @@ class ShardConnection:
                      len(self.streams))  # fmt: skip
             return link
         return None
+
+    def _connect_failed(self, reason: str) -> None:
+        self.failures += 1
+        self.last_error = f"connect: {reason}"
+        log.warning("shard %d: connect failed (%s), attempt %d", self.shard, reason,
+                    self.failures)  # fmt: skip
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -364,6 +418,7 @@ class ShardConnection:
                 return LinkEnd.CLOSED
             silence = link.silence()
             if silence >= cfg.silence_timeout_s:
+                link.error = f"no frame at all for {silence:.1f} s"
                 return LinkEnd.STALLED
             if (
                 self.expects_data
@@ -378,8 +433,8 @@ class ShardConnection:
                 link.probed_at = time.monotonic()
                 link.probes += 1
                 try:
-                    await link.ws.ping(b"watchdog")
-                except (aiohttp.ClientError, OSError, RuntimeError):
+                    await asyncio.wait_for(link.ws.ping(b"watchdog"), cfg.send_timeout_s)
+                except (TimeoutError, aiohttp.ClientError, OSError, RuntimeError):
                     pass
             if link.age() >= cfg.max_age_s:
                 return LinkEnd.ROLLOVER
@@ -392,11 +447,14 @@ class ShardConnection:
             link.unsubscribe_id = 1_000_000 + link.id
             request = {"method": "UNSUBSCRIBE", "params": self.streams, "id": link.unsubscribe_id}
             try:
-                await link.ws.send_str(orjson.dumps(request).decode())
+                await asyncio.wait_for(
+                    link.ws.send_str(orjson.dumps(request).decode()), self.cfg.send_timeout_s
+                )
                 await asyncio.wait_for(link.drained.wait(), self.cfg.drain_timeout_s)
                 self.drains += 1
             except (TimeoutError, aiohttp.ClientError, OSError, RuntimeError) as exc:
-                log.warning("shard %d: link %d not drained: %r", self.shard, link.id, exc)
+                log.warning("shard %d: link %d not drained: %s", self.shard, link.id,
+                            describe(exc))  # fmt: skip
         await link.close()
         if link in self.links:
             self.links.remove(link)
@@ -412,7 +470,7 @@ class ShardConnection:
                 end = await self._watch(current)
                 if end is LinkEnd.STOPPED:
                     break
-                self.reconnect_reasons[end] += 1
+                self.reconnect_reasons[end.value] += 1
                 if end in (LinkEnd.ROLLOVER, LinkEnd.SERVER_SHUTDOWN):
                     # Make before break: the old link keeps reading while the new one connects.
                     log.info("shard %d: %s of link %d after %.1f s", self.shard, end, current.id,

@@ -3,11 +3,22 @@
 from collections.abc import Sequence
 from typing import Any
 
+import boto3
 import dagster as dg
+from botocore import UNSIGNED
+from botocore.config import Config
 from dagster_aws.s3 import S3Resource
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 
-from ingest_pipeline.aws import EMULATOR_CREDENTIALS, is_loopback
+from ingest_pipeline.aws import (
+    CONNECT_TIMEOUT_S,
+    EMULATOR_CREDENTIALS,
+    MAX_ATTEMPTS,
+    READ_TIMEOUT_S,
+    call_bound_s,
+    client_config,
+    is_loopback,
+)
 from ingest_pipeline.binance.rest import BinanceRestClient
 from ingest_pipeline.settings import Settings
 from ingest_pipeline.storage.bronze import BronzeStore, write_rejects
@@ -62,14 +73,50 @@ class BronzeResource(dg.ConfigurableResource):
         )
 
 
-def s3_resource(settings: Settings) -> S3Resource:
+class BoundedS3Resource(S3Resource):
+    """dagster-aws's ``S3Resource`` with every call bounded in time.
+
+    dagster-aws builds its client with ``Config(retries={"max_attempts": max_attempts})`` only:
+    botocore's 60 s connect and read timeouts, and ``max_attempts`` counted as *retries*, so the
+    default 5 meant six 60 s attempts, six minutes of a partition run on a stalled S3. Here the
+    client uses ``ingest_pipeline.aws.client_config``: per-attempt timeouts and a total attempt
+    count, so a call that gets no answer fails within ``call_bound_s()`` (87 s by default)."""
+
+    max_attempts: int = Field(
+        default=MAX_ATTEMPTS, description="Attempts per call in total, the first included."
+    )
+    connect_timeout_s: float = Field(default=CONNECT_TIMEOUT_S, description="Per attempt.")
+    read_timeout_s: float = Field(
+        default=READ_TIMEOUT_S, description="Per attempt: silence before an answer."
+    )
+
+    def call_bound_s(self) -> float:
+        """The longest one S3 call can take before it fails."""
+        return call_bound_s(self.connect_timeout_s, self.read_timeout_s, self.max_attempts)
+
+    def get_client(self) -> Any:
+        config = client_config(self.connect_timeout_s, self.read_timeout_s, self.max_attempts)
+        if self.use_unsigned_session:
+            config = config.merge(Config(signature_version=UNSIGNED))
+        session = boto3.session.Session(profile_name=self.profile_name)
+        return session.client(
+            "s3",
+            region_name=self.region_name,
+            endpoint_url=self.endpoint_url,
+            use_ssl=self.use_ssl,
+            verify=self.verify,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+            aws_session_token=self.aws_session_token,
+            config=config,
+        )
+
+
+def s3_resource(settings: Settings) -> BoundedS3Resource:
     """S3 at the configured endpoint; credentials from the AWS chain, except on an emulator."""
     emulator = EMULATOR_CREDENTIALS if is_loopback(settings.aws_endpoint_url) else {}
-    return S3Resource(
-        region_name=settings.region,
-        endpoint_url=settings.aws_endpoint_url,
-        max_attempts=5,
-        **emulator,
+    return BoundedS3Resource(
+        region_name=settings.region, endpoint_url=settings.aws_endpoint_url, **emulator
     )
 
 

@@ -1,5 +1,9 @@
 """Binance spot REST endpoints over the synthetic market, in Binance's own wire format.
 
+In replay mode a replayed symbol answers from the replay instead (its trades, aggTrades,
+klines and book at the replay's position, times shifted like its frames: see ``replay.py``);
+``exchangeInfo`` then lists exactly the replayed symbols.
+
 Only the public market-data endpoints a data pipeline uses are served. Behaviour follows the
 Binance spot docs (rest-api.md, errors.md): INCLUSIVE id/time bounds, limits silently capped at
 the maximum (spot does not reject a larger limit), per-IP request weight per calendar minute
@@ -26,6 +30,7 @@ from ingest_pipeline.simulator.market import (
     HOUR_MS,
     KLINE_INTERVALS,
     MAX_BOOK_LEVELS,
+    PRICE_DECIMALS,
     AggTrades,
     Kline,
     Market,
@@ -37,6 +42,7 @@ from ingest_pipeline.simulator.market import (
 )
 
 if TYPE_CHECKING:
+    from ingest_pipeline.simulator.replay import Replayer, ReplaySymbol
     from ingest_pipeline.simulator.server import SimulatorConfig
 
 FAULT_KINDS: tuple[str, ...] = ("429", "5xx", "slow", "truncated", "malformed")
@@ -162,8 +168,8 @@ class BinanceRest:
         self.stats = SimStats()
         self._ips: dict[str, _IpState] = {}
         self._fault_counter = 0
-        # Replay mode: the recorded snapshot of a replayed symbol (or None) for GET depth.
-        self.recorded_depth: Callable[[str], dict[str, Any] | None] | None = None
+        # Replay mode: the replayed symbols answer from the replay, never the synthetic market.
+        self.replay: Replayer | None = None
         self._routes: dict[str, tuple[Callable[[web.Request, int], Any], Callable[[Any], int]]] = {
             "/api/v3/ping": (self._ping, lambda q: 1),
             "/api/v3/time": (self._time, lambda q: 1),
@@ -342,6 +348,12 @@ class BinanceRest:
             raise BAD_SYMBOL
         return symbol
 
+    def _replayed(self, symbol: str) -> tuple[ReplaySymbol, Replayer] | None:
+        """A replayed symbol and its replay (None: the synthetic market answers)."""
+        replay = self.replay
+        replayed = replay.symbol(symbol) if replay is not None else None
+        return None if replayed is None or replay is None else (replayed, replay)
+
     def _ping(self, request: web.Request, now_ms: int) -> dict[str, Any]:
         return {}
 
@@ -392,21 +404,31 @@ class BinanceRest:
         q = request.query
         symbol = self._symbol(q)
         limit = _limit(q, 500, 1000)
-        return _trade_rows(
-            self.market[symbol].spec, self.market[symbol].recent_trades(limit, now_ms)
-        )
+        replayed = self._replayed(symbol)
+        if replayed is not None:
+            sym, replay = replayed
+            return _trade_rows(sym.recent_trades(limit, replay.offset()), _REPLAY_DECIMALS)
+        model = self.market[symbol]
+        return _trade_rows(model.recent_trades(limit, now_ms), _decimals(model.spec))
 
     def _historical_trades(self, request: web.Request, now_ms: int) -> list[dict[str, Any]]:
         q = request.query
         symbol = self._symbol(q)
         limit = _limit(q, 500, 1000)
         from_id = _int_param(q, "fromId")
+        replayed = self._replayed(symbol)
+        if replayed is not None:
+            sym, replay = replayed
+            offset = replay.offset()
+            if from_id is None:
+                return _trade_rows(sym.recent_trades(limit, offset), _REPLAY_DECIMALS)
+            return _trade_rows(sym.trades_from_id(from_id, limit, offset), _REPLAY_DECIMALS)
         model = self.market[symbol]
         if from_id is None:
             trades = model.recent_trades(limit, now_ms)
         else:
             trades = model.trades_from_id(from_id, limit, now_ms)
-        return _trade_rows(model.spec, trades)
+        return _trade_rows(trades, _decimals(model.spec))
 
     def _agg_trades(self, request: web.Request, now_ms: int) -> list[dict[str, Any]]:
         q = request.query
@@ -414,14 +436,9 @@ class BinanceRest:
         limit = _limit(q, 500, 1000)
         from_id = _int_param(q, "fromId")
         start, end = _int_param(q, "startTime"), _int_param(q, "endTime")
-        model = self.market[symbol]
-        if from_id is not None:
-            if start is not None or end is not None:
-                raise BAD_COMBO
-            aggs = model.aggs_from_id(from_id, limit, now_ms)
-        elif start is None and end is None:
-            aggs = model.recent_aggs(limit, now_ms)
-        else:
+        if from_id is not None and (start is not None or end is not None):
+            raise BAD_COMBO
+        if start is not None or end is not None:
             # A time query covers at most one hour; one missing bound is an hour from the other.
             if start is None:
                 start = end - HOUR_MS  # type: ignore[operator]
@@ -429,8 +446,27 @@ class BinanceRest:
                 end = start + HOUR_MS
             if end - start > HOUR_MS:
                 raise ApiError(-1127, "More than 1 hours between startTime and endTime.")
-            aggs = model.aggs_by_time(start, end, limit, now_ms) if end >= start else None
-        return _agg_rows(model.spec, aggs) if aggs is not None else []
+            if end < start:
+                return []
+        replayed = self._replayed(symbol)
+        if replayed is not None:
+            sym, replay = replayed
+            offset = replay.offset()
+            if from_id is not None:
+                aggs = sym.aggs_from_id(from_id, limit, offset)
+            elif start is None:
+                aggs = sym.recent_aggs(limit, offset)
+            else:
+                aggs = sym.aggs_by_time(start, end, limit, offset)  # type: ignore[arg-type]
+            return _agg_rows(aggs, _REPLAY_DECIMALS)
+        model = self.market[symbol]
+        if from_id is not None:
+            aggs = model.aggs_from_id(from_id, limit, now_ms)
+        elif start is None:
+            aggs = model.recent_aggs(limit, now_ms)
+        else:
+            aggs = model.aggs_by_time(start, end, limit, now_ms)  # type: ignore[arg-type]
+        return _agg_rows(aggs, _decimals(model.spec))
 
     def _klines(self, request: web.Request, now_ms: int) -> list[list[Any]]:
         q = request.query
@@ -444,22 +480,22 @@ class BinanceRest:
         start, end = _int_param(q, "startTime"), _int_param(q, "endTime")
         if start is not None and end is not None and start > end:
             return []
+        replayed = self._replayed(symbol)
+        if replayed is not None:
+            sym, replay = replayed
+            klines = sym.klines(interval, start, end, limit, replay.offset(), replay.now_ms())
+            return _kline_rows(klines, _REPLAY_DECIMALS)
         model = self.market[symbol]
-        return _kline_rows(model.spec, model.klines(interval, start, end, limit, now_ms))
+        klines = model.klines(interval, start, end, limit, now_ms)
+        return _kline_rows(klines, _decimals(model.spec))
 
     def _depth(self, request: web.Request, now_ms: int) -> dict[str, Any]:
         q = request.query
         symbol = self._symbol(q)
         limit = _limit(q, 100, MAX_BOOK_LEVELS)
-        recorded = self.recorded_depth(symbol) if self.recorded_depth else None
-        if recorded is not None:
-            if len(recorded["bids"]) <= limit and len(recorded["asks"]) <= limit:
-                return recorded
-            return {
-                "lastUpdateId": recorded["lastUpdateId"],
-                "bids": recorded["bids"][:limit],
-                "asks": recorded["asks"][:limit],
-            }
+        replayed = self._replayed(symbol)
+        if replayed is not None:
+            return replayed[0].depth(limit)
         model = self.market[symbol]
         if model.hour_of(now_ms) < 0:
             return {"lastUpdateId": 0, "bids": [], "asks": []}
@@ -537,8 +573,16 @@ def _symbol_info(spec: SymbolSpec) -> dict[str, Any]:
     }
 
 
-def _trade_rows(spec: SymbolSpec, t: Trades) -> list[dict[str, Any]]:
-    pd, qd = spec.price_decimals, spec.qty_decimals
+# Replayed data keeps Binance's 8-decimal strings as exact integer units.
+_REPLAY_DECIMALS = (PRICE_DECIMALS, PRICE_DECIMALS)
+
+
+def _decimals(spec: SymbolSpec) -> tuple[int, int]:
+    return spec.price_decimals, spec.qty_decimals
+
+
+def _trade_rows(t: Trades, decimals: tuple[int, int]) -> list[dict[str, Any]]:
+    pd, qd = decimals
     return [
         {
             "id": i,
@@ -560,8 +604,8 @@ def _trade_rows(spec: SymbolSpec, t: Trades) -> list[dict[str, Any]]:
     ]
 
 
-def _agg_rows(spec: SymbolSpec, a: AggTrades) -> list[dict[str, Any]]:
-    pd, qd = spec.price_decimals, spec.qty_decimals
+def _agg_rows(a: AggTrades, decimals: tuple[int, int]) -> list[dict[str, Any]]:
+    pd, qd = decimals
     return [
         {
             "a": i,
@@ -586,8 +630,8 @@ def _agg_rows(spec: SymbolSpec, a: AggTrades) -> list[dict[str, Any]]:
     ]
 
 
-def _kline_rows(spec: SymbolSpec, klines: list[Kline]) -> list[list[Any]]:
-    pd, qd = spec.price_decimals, spec.qty_decimals
+def _kline_rows(klines: list[Kline], decimals: tuple[int, int]) -> list[list[Any]]:
+    pd, qd = decimals
     return [
         [
             k.open_time,

@@ -31,8 +31,12 @@ class SimulatorConfig:
     fault_retry_after: int = 1
     slow_seconds: float = 30.0
     seed: int = 0  # seeds the fault sequence; the market is seeded per SymbolSpec
-    replay_path: str | None = None  # replay of real captures: a file, a glob or a directory
-    replay_speed: float = 1.0  # 1.0 real time, 100.0 fast, 0 = as fast as possible
+    # Replay of real captures (see replay.py): a file, a glob or a directory.
+    replay_path: str | None = None
+    replay_speed: float = 1.0  # 1.0 real time (looks live), 100.0 fast, 0 = as fast as possible
+    replay_shift: bool = True  # times + one offset chosen at start; False: the recorded bytes
+    replay_from_ms: int | None = None  # the slice played, in recorded receive time (epoch ms)
+    replay_until_ms: int | None = None
     # WebSocket rules (Binance's values; tests shrink them)
     ws_ping_interval: float = 20.0
     ws_pong_timeout: float = 60.0
@@ -63,8 +67,16 @@ class SimulatorServer:
         self.port = port
         self.replay: Replayer | None = None
         if self.config.replay_path is not None:
-            captures = load_captures(self.config.replay_path)
-            self.replay = Replayer(captures, self.config.replay_speed)
+            cfg = self.config
+            captures = load_captures(cfg.replay_path)
+            self.replay = Replayer(
+                captures,
+                cfg.replay_speed,
+                shift=cfg.replay_shift,
+                from_ms=cfg.replay_from_ms,
+                until_ms=cfg.replay_until_ms,
+                clock=cfg.clock,
+            )
             specs = [spec_of(c) for c in captures.values()]
             self.market = Market(specs, self.config.genesis_ms)
         else:
@@ -74,7 +86,7 @@ class SimulatorServer:
         if self.replay is not None:
             self.replay.hub = self.ws
             self.ws.replay = self.replay
-            self.rest.recorded_depth = self.replay.snapshot
+            self.rest.replay = self.replay
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None

@@ -39,6 +39,13 @@ Synthetic streams are computed once per symbol and batch and fanned out to all s
   ``lastUpdateId``; ``@depth`` merges ten batches (``U`` of the first, ``u`` of the last);
 - ``bookTicker`` is the top of ``book(b)`` with ``u = U(b)``, sent when the top changes;
 - ``E`` is the simulator clock at emission.
+
+Replay mode (``replay.py``): the first subscription starts playback of the capture; each
+recorded frame is published at its recorded receive time + the replay's offset (one whole
+number of seconds chosen at start), with the recorded bytes except trade ``E``/``T`` and depth
+``E``, which carry the same offset; ids, prices and quantities are the recorded ones. Streams
+the capture does not hold (``@depth``, other symbols) stay silent, and so does the synthetic
+market.
 """
 
 from __future__ import annotations
@@ -66,6 +73,7 @@ from ingest_pipeline.simulator.market import (
 )
 
 if TYPE_CHECKING:
+    from ingest_pipeline.simulator.replay import Replayer
     from ingest_pipeline.simulator.server import SimulatorConfig
 
 log = logging.getLogger(__name__)
@@ -241,7 +249,7 @@ class BinanceWs:
         self._trade_heap: list[tuple[int, str]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stall_all_until = 0.0
-        self.replay: Any = None  # set by the server in replay mode (replay.Replayer)
+        self.replay: Replayer | None = None  # set by the server in replay mode
 
     def _new_draws(self) -> dict[str, _Draw]:
         s = self.faults.seed
@@ -831,27 +839,18 @@ class BinanceWs:
         )
 
     async def _post_replay_start(self, request: web.Request) -> web.Response:
-        """(Re)start the replay from the beginning of the captures."""
+        """(Re)start the replay from the start of its slice, with a new offset."""
         if self.replay is None:
             return web.json_response({"error": "not in replay mode"}, status=400)
         self.replay.start()
-        return web.json_response({"started": True, "total": self.replay.total})
+        return web.json_response(
+            {"started": True, "total": self.replay.total, "offset_ms": self.replay.offset_ms}
+        )
 
     async def _get_replay_status(self, request: web.Request) -> web.Response:
-        r = self.replay
-        if r is None:
+        if self.replay is None:
             return web.json_response({"replay": False})
-        return web.json_response(
-            {
-                "replay": True,
-                "symbols": sorted(r.captures),
-                "speed": r.speed,
-                "total": r.total,
-                "sent": r.sent,
-                "started": r.task is not None,
-                "finished": r.finished,
-            }
-        )
+        return web.json_response(self.replay.status())
 
     async def _get_stats(self, request: web.Request) -> web.Response:
         return web.json_response(

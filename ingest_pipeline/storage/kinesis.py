@@ -7,8 +7,9 @@ Where a record lives between ``put`` and its acknowledgement
   ms). No disk I/O at all on this path.
 - Journaled: every ``spill_interval_s`` (0.2 s) the spill thread writes and fsyncs a copy of
   the records held only in memory that are older than ``spill_after_s`` (1 s), or of all of
-  them while the circuit is not closed, the producer spills, is fenced or stops. The records
-  keep their place in the send queues; the journal file is deleted at its last acknowledgement.
+  them while the circuit is not closed, a call hangs, the producer spills, is fenced or stops.
+  The records keep their place in the send queues; the journal file is deleted at its last
+  acknowledgement.
 - Spilled: while the memory buffer is full (``max_buffer_records`` / ``max_buffer_bytes``) or
   older spill files wait for replay (leftovers, adopted directories), new records go to disk
   only: they wait in memory for at most one spill interval, are written and fsync'd by the
@@ -24,9 +25,10 @@ Guarantees
 - Crash window (kill -9, power loss): a record is on disk at most ``spill_after_s +
   spill_interval_s`` = 1.2 s after ``put`` plus the time of that write and fsync, unless Kinesis
   acknowledged it first. A crash loses at most the unacknowledged records put in the last 1.2 s
-  (6,000 records at 5,000 records/s); once an outage is detected (circuit not closed) or while
-  spilling, at most those of the last ``spill_interval_s`` = 0.2 s (1,000 at 5,000/s). A clean
-  ``close`` loses none. While the spill disk fails, this window does not hold (see below).
+  (6,000 records at 5,000 records/s); once an outage is detected (the circuit is not closed, or
+  a call has been unanswered for ``spill_after_s``) or while spilling, at most those of the last
+  ``spill_interval_s`` = 0.2 s (1,000 at 5,000/s). A clean ``close`` loses none. While the spill
+  disk fails, this window does not hold (see below).
 - Disk errors (ENOSPC, EDQUOT, EFBIG, EIO, ...) are a state, not an exception: the producer keeps
   the records in memory, reports ``stats().disk_error``, retries the disk every ``disk_retry_s``
   and keeps sending what Kinesis takes. A failed write is cut back to the end of the last whole
@@ -57,7 +59,9 @@ Guarantees
   start and every ``adopt_interval_s``, the spill files of sibling directories whose lock is
   free (their owner died or was fenced): moved in by rename and replayed before records put
   after the adoption (records already queued in memory then go first: two producers' records
-  have no common order). A directory whose owner holds its lock is left alone.
+  have no common order). A directory whose owner holds its lock is left alone. ``adopt_from``
+  itself is adopted the same way (without being removed) when it holds a ``.lock``: the single
+  spill directory of the layout before per-run directories.
 
 Threads: ``put`` runs on the caller's thread (the streamer's event loop) and only appends to a
 deque. A sender thread batches and calls PutRecords; a spill thread journals, spills, fsyncs,
@@ -272,7 +276,10 @@ class ProducerStats:
     # The current spill disk failure ("ENOSPC: No space left on device"), None when it works.
     disk_error: str | None = None
     disk_errors: int = 0
-    # Records given up, by reason: the only way a record put is not delivered.
+    # Records given up, by reason: besides a crash inside the documented window, the only way
+    # a record accepted by put is not delivered. "disk_error" / "spill_backlog": the memory
+    # hard cap was reached while the disk failed / was slower than the feed;
+    # "disk_error_at_close": still only in memory when close gave up on the disk.
     dropped: int = 0
     dropped_reasons: Mapping[str, int] = dataclasses.field(default_factory=dict)
     fenced: bool = False
@@ -553,8 +560,12 @@ def _lock_dir(path: Path) -> int:
         except FileNotFoundError:
             linked = False
         if linked:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            except OSError as exc:
+                # Only names the holder in an error message: a full disk must not stop us here.
+                log.warning("could not write our pid into %s: %s", lock, exc)
             return fd
         # An adopter removed the directory between our open and our lock: start again.
         os.close(fd)
@@ -620,6 +631,7 @@ class KinesisProducer:
         self._flush_waiters = 0
         self._sending = False
         self._inflight: tuple[_Stream, list[_Entry]] | None = None
+        self._inflight_t = 0.0
         self._spill_busy = False
         self._counts = collections.Counter[str]()
         self._dropped_reasons = collections.Counter[str]()
@@ -950,6 +962,9 @@ class KinesisProducer:
                 or self._fenced
                 or self._sender_done
                 or self._breaker.state is not CircuitState.CLOSED
+                # A call unanswered this long: Kinesis hangs, and it may take minutes of
+                # timeouts before the circuit opens.
+                or (self._inflight is not None and now - self._inflight_t > self._cfg.spill_after_s)
             )
             chunks = self._journal_locked(now, everything)
             pending: list[_Unspilled] = []
@@ -1277,6 +1292,7 @@ class KinesisProducer:
                         if st is not None:
                             self._sending = True
                             self._inflight = (st, batch)
+                            self._inflight_t = self._clock()
                             break
                         if self._breaker.retry_after() == 0 and not any(
                             s.has_queued() for s in self._streams.values()
@@ -1402,15 +1418,21 @@ class KinesisProducer:
 
     def _ack_locked(self, acked: list[_Entry]) -> None:
         self._counts["acknowledged"] += len(acked)
+        n = nbytes = 0
         for e in acked:
             ref = e[4]
-            if ref is None or ref.journal:
-                self._buffer_records -= 1
-                self._buffer_bytes -= e[2]
-            if ref is not None:
-                ref.outstanding -= 1
-                if ref.outstanding == 0 and not ref.writing:
-                    self._unlink_ref_locked(ref)
+            if ref is None:
+                n += 1
+                nbytes += e[2]
+                continue
+            if ref.journal:
+                n += 1
+                nbytes += e[2]
+            ref.outstanding -= 1
+            if ref.outstanding == 0 and not ref.writing:
+                self._unlink_ref_locked(ref)
+        self._buffer_records -= n
+        self._buffer_bytes -= nbytes
 
 
 def _name(p: Path) -> str:

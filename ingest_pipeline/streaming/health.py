@@ -2,11 +2,16 @@
 the streamer's event loop; bound to 127.0.0.1 unless configured (SPEC §5).
 
 ``/health`` answers 200 for ``ok`` and ``degraded``, 503 for ``down`` (so a plain HTTP probe
-can restart a dead streamer while a degraded one keeps running)."""
+can restart a dead streamer while a degraded one keeps running).
+
+The payload is JSON by construction: ``health_json`` encodes any mapping the streamer builds,
+whatever its keys (an enum, an int) or values (an enum, a path), so a new field can never turn
+the probe into a 500."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -14,6 +19,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 if TYPE_CHECKING:
     from ingest_pipeline.streaming.streamer import Streamer
+
+
+class HealthServerError(OSError):
+    """The server cannot listen on its address (in use, not permitted, not resolvable)."""
+
+
+def health_json(payload: Mapping[str, Any]) -> bytes:
+    """UTF-8 JSON of a health payload: non-string keys become strings (an enum key its value),
+    enum values their value, any other object that JSON has no type for its ``str()``."""
+    return orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS, default=str)
 
 
 class HealthServer:
@@ -34,7 +49,13 @@ class HealthServer:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.stop()
+            raise HealthServerError(
+                f"cannot serve /health on {self.host}:{self.port}: {exc.strerror or exc}"
+            ) from exc
         self.port = self._runner.addresses[0][1]
         return self.url
 
@@ -46,7 +67,7 @@ class HealthServer:
     async def _health(self, request: web.Request) -> web.Response:
         body = self.streamer.health()
         return web.Response(
-            body=orjson.dumps(body),
+            body=health_json(body),
             status=503 if body["status"] == "down" else 200,
             content_type="application/json",
         )

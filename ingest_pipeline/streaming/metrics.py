@@ -3,6 +3,7 @@ so a process or a test can run several streamers)."""
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -101,7 +102,11 @@ class _ReconnectCollector(Collector):
         c = CounterMetricFamily(
             "streamer_reconnects", "connection replacements, by reason", labels=["reason"]
         )
-        for reason, n in sorted(self._reasons().items()):
+        # A label value must be a str, whatever type a reason is counted under; one series each.
+        by_label: collections.Counter[str] = collections.Counter()
+        for reason, n in self._reasons().items():
+            by_label[str(reason)] += n
+        for reason, n in sorted(by_label.items()):
             c.add_metric([reason], n)
         yield c
 

@@ -112,6 +112,7 @@ from ingest_pipeline.streaming.continuity import (
 from ingest_pipeline.streaming.deadletter import DeadLetterWriter
 from ingest_pipeline.streaming.lease import LeaseLost, LeaseUnavailable, S3Lease, holder_identity
 from ingest_pipeline.streaming.metrics import StreamerMetrics
+from ingest_pipeline.symbols import parse_symbols
 
 log = logging.getLogger(__name__)
 
@@ -256,8 +257,8 @@ class Streamer:
     ) -> None:
         self.settings = settings
         self.cfg = cfg = config or StreamerConfig()
-        symbols = cfg.symbols or settings.symbols
-        self.symbols = tuple(dict.fromkeys(s.upper() for s in symbols))
+        # The one symbol check for every origin (ingest_pipeline.symbols): unsafe ones refused.
+        self.symbols = parse_symbols(cfg.symbols or settings.symbols)
         self._symbol_set = frozenset(self.symbols)
         self._routes = {
             TRADE: settings.kinesis_trade_stream,

@@ -2,7 +2,7 @@
 
 ``python -m ingest_pipeline_tests.storage.producer_child --endpoint URL --spill-dir DIR
 --stream S --count N --rate R [--max-buffer-records B] [--max-unspilled-records U]
-[--flush-after FILE]``
+[--read-timeout S] [--flush-after FILE]``
 
 Puts ``N`` records ``{"k": key, "i": seq}`` over four keys at ``R`` records/s, numbered like
 ``put_many`` in test_kinesis.py, and prints ``put <n> <time.time()>`` after every 20 (flushed,
@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 
 import orjson
+from botocore.config import Config
 
 from ingest_pipeline.storage.kinesis import KinesisProducer
-from ingest_pipeline_tests.storage.test_kinesis import FAST, KEYS, client_for
+from ingest_pipeline_tests.storage.test_kinesis import FAST, KEYS, TEST_CLIENT_CONFIG, client_for
 
 
 def main() -> None:
@@ -33,6 +34,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, required=True)
     ap.add_argument("--max-buffer-records", type=int, default=FAST.max_buffer_records)
     ap.add_argument("--max-unspilled-records", type=int, default=FAST.max_unspilled_records)
+    ap.add_argument("--read-timeout", type=float, default=TEST_CLIENT_CONFIG.read_timeout)
     ap.add_argument("--flush-after")
     args = ap.parse_args()
     cfg = dataclasses.replace(
@@ -41,7 +43,10 @@ def main() -> None:
         max_unspilled_records=args.max_unspilled_records,
         disk_retry_s=0.3,
     )
-    producer = KinesisProducer(client_for(args.endpoint), args.spill_dir, cfg)
+    client = client_for(
+        args.endpoint, TEST_CLIENT_CONFIG.merge(Config(read_timeout=args.read_timeout))
+    )
+    producer = KinesisProducer(client, args.spill_dir, cfg)
     t0 = time.monotonic()
     for j in range(args.count):
         key, seq = KEYS[j % len(KEYS)], j // len(KEYS)

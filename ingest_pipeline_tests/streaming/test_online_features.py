@@ -160,4 +160,5 @@ def test_cli_parser_has_features() -> None:
         ["features", "--online", "--symbols", "BTCUSDT", "--from", "2024-08-09T00:00:00",
          "--duration", "5"]
     )  # fmt: skip
-    assert args.online and args.from_ == "2024-08-09T00:00:00" and args.duration == 5
+    # --from is parsed at the command line (a bad time is a usage error): epoch ms, UTC.
+    assert args.online and args.from_ == 1723161600000 and args.duration == 5
