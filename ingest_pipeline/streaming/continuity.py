@@ -169,7 +169,13 @@ class AckTracker:
         return getattr(self._client, name)
 
     def _before_send(self, **_: Any) -> None:
-        if self._gate is not None and not self._gate():
+        if self._gate is None:
+            return
+        try:
+            allowed = self._gate()
+        except Exception:  # "not now": the producer asks its gate again before retrying
+            allowed = False
+        if not allowed:
             self.refused_calls += 1
             raise FencedError("lease not held: PutRecords refused")
 

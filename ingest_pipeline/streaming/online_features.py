@@ -33,8 +33,9 @@ the symbol's book: on the depth stream, where the streamer publishes a ``DepthSn
 after every (re)start and every gap in a symbol's diff chain (in stream order, after the diffs
 it must bridge to: a broken book resyncs within about a second), and as the bronze
 ``depth_snapshot`` objects of the hours from the start to now, re-read every
-``snapshot_poll_s`` (the hourly captures). Until a snapshot that the streamed diffs can bridge
-to has arrived, the book features stay null (SPEC §4's procedure).
+``snapshot_poll_s`` (the hourly captures), each fed just before the first diff past it, the
+order the offline form uses (``features.book.merged_book_events``). Until a snapshot that the
+streamed diffs can bridge to has arrived, the book features stay null (SPEC §4's procedure).
 
 Malformed data (not JSON, not an object, a missing or mistyped field) is counted per stream
 and logged with the reason; it never reaches an engine and never stops the consumer.
@@ -42,6 +43,7 @@ and logged with the reason; it never reaches an engine and never stops the consu
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import logging
 import threading
@@ -194,6 +196,8 @@ class OnlineFeatureConsumer:
         self.engines: dict[str, OnlineFeatureEngine] = {}
         self._shards: dict[tuple[str, str], _Shard] = {}
         self._snapshot_ids: dict[str, set[int]] = {}
+        # Bronze snapshots read but not fed yet, per symbol, by last_update_id.
+        self._pending: dict[str, list[Mapping[str, Any]]] = {}
         self._next_relist = 0.0
         self._listed = False
         self._next_snapshots = 0.0
@@ -346,7 +350,10 @@ class OnlineFeatureConsumer:
         if self.end_ms is not None and ets >= self.end_ms:
             self.stats.after_end += 1
             return
-        self._engine(symbol).on_record(data_type, record)
+        engine = self._engine(symbol)
+        if data_type == DEPTH_DELTA:
+            self._release_snapshots(engine, record["final_update_id"])
+        engine.on_record(data_type, record)
 
     def _malformed(self, stream: str, rec: Mapping[str, Any], reason: str) -> None:
         self.stats.malformed[stream] += 1
@@ -395,8 +402,20 @@ class OnlineFeatureConsumer:
                 except Exception as exc:  # S3 trouble must not stop the stream consumer
                     log.warning("depth_snapshot %s %d: cannot read: %s", symbol, hour, exc)
                     continue
-                for snap in sorted(snaps, key=lambda s: s["last_update_id"]):
-                    self._feed_snapshot(self.engines[symbol], snap, "bronze")
+                pending = self._pending.setdefault(symbol, [])
+                seen = self._snapshot_ids.setdefault(symbol, set())
+                for snap in snaps:
+                    if snap["last_update_id"] not in seen and snap not in pending:
+                        bisect.insort(pending, snap, key=lambda x: x["last_update_id"])
+
+    def _release_snapshots(self, engine: OnlineFeatureEngine, next_u: int) -> None:
+        """Bronze snapshots go to the book in the offline order (``merged_book_events``):
+        right after the diffs they contain, before the first diff past them. Fed as soon as
+        they are read, a snapshot newer than the diffs being read (a consumer catching up)
+        would make the book drop diffs an older snapshot could still bridge to."""
+        pending = self._pending.get(engine.symbol)
+        while pending and pending[0]["last_update_id"] < next_u:
+            self._feed_snapshot(engine, pending.pop(0), "bronze")
 
     def _feed_snapshot(
         self, engine: OnlineFeatureEngine, snap: Mapping[str, Any], via: str

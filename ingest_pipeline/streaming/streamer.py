@@ -64,6 +64,7 @@ from ingest_pipeline.binance.rest import (
     WEIGHT_EXCHANGE_INFO,
     WEIGHT_HISTORICAL_TRADES,
     BinanceRestClient,
+    BinanceUnavailable,
     depth_weight,
 )
 from ingest_pipeline.binance.stream import (
@@ -128,6 +129,10 @@ RESYNC_ATTEMPTS = 5
 
 class UnknownSymbolError(ValueError):
     """A configured symbol that Binance does not list (``exchangeInfo``)."""
+
+
+class StreamerStopping(Exception):
+    """Raised inside a REST backoff sleep once the streamer stops."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,6 +289,7 @@ class Streamer:
         self._depth_started: set[str] = set()
         self._tasks: set[asyncio.Future[None]] = set()
         self._rest: BinanceRestClient | None = None
+        self._rest_stop = threading.Event()
         self.pacer = WeightPacer(cfg.rest_weight_per_minute, cfg.rest_burst_weight)
         # Continuity (set up by ``run``).
         self.lease: S3Lease | None = None
@@ -543,6 +549,10 @@ class Streamer:
             dropped, st.held = len(st.held), []
             self.counts["held_dropped_at_stop"] += dropped
             raise
+        except StreamerStopping:
+            outcome = "stopped"
+            dropped, st.held = len(st.held), []
+            self.counts["held_dropped_at_stop"] += dropped
         except Exception as exc:
             self.counts["backfill_failures"] += 1
             outcome = f"failed: {exc!r}"
@@ -619,8 +629,14 @@ class Streamer:
 
     def _rest_client(self) -> BinanceRestClient:
         if self._rest is None:
-            self._rest = BinanceRestClient(self.settings.binance_rest_url)
+            self._rest = BinanceRestClient(self.settings.binance_rest_url, sleep=self._rest_sleep)
         return self._rest
+
+    def _rest_sleep(self, seconds: float) -> None:
+        """The REST client's backoff sleep, cut short when the streamer stops: a fill retrying
+        an unreachable REST must not hold the process (its hole is the next process's)."""
+        if self._rest_stop.wait(seconds):
+            raise StreamerStopping("the streamer is stopping")
 
     async def _rest_get(self, path: str, params: dict[str, Any], weight: int) -> Any:
         await self.pacer.acquire(weight, urgent=True)
@@ -628,9 +644,22 @@ class Streamer:
         return await asyncio.to_thread(client.get, path, params, weight)
 
     async def _check_symbols(self) -> None:
-        """One ``exchangeInfo`` call: every configured symbol must be listed by Binance."""
+        """One ``exchangeInfo`` call: every configured symbol must be listed by Binance.
+
+        With a short retry budget: when REST cannot be reached the check is skipped (logged,
+        counted) and the stream starts anyway; the symbols passed this check before, and a
+        stream without REST still beats no stream."""
         await self.pacer.acquire(WEIGHT_EXCHANGE_INFO, urgent=True)
-        info = await asyncio.to_thread(self._rest_client().exchange_info)
+        check = BinanceRestClient(self.settings.binance_rest_url, max_attempts=3,
+                                  backoff_cap_s=1.0, sleep=self._rest_sleep)  # fmt: skip
+        try:
+            info = await asyncio.to_thread(check.exchange_info)
+        except BinanceUnavailable as exc:
+            self.counts["symbol_check_skipped"] += 1
+            log.warning("symbols not checked against exchangeInfo (REST unreachable): %s", exc)
+            return
+        # The limit Binance announces is the one the fills and resyncs keep to.
+        self._rest_client().weight_limit = check.weight_limit
         listed = {s.get("symbol"): s.get("status") for s in info.get("symbols", [])}
         unknown = [s for s in self.symbols if s not in listed]
         if unknown:
@@ -706,8 +735,8 @@ class Streamer:
                 if ds.generation == generation:
                     return
                 ds.since = time.monotonic()  # another gap while fetching: once more
-        except asyncio.CancelledError:
-            raise
+        except StreamerStopping:
+            return
         except Exception as exc:
             self.counts["resync_failures"] += 1
             log.error("%s: depth resync failed: %r", symbol, exc)
@@ -793,12 +822,8 @@ class Streamer:
 
     def _make_producer(self) -> RecordSink:
         client = self._kinesis_client or producer_client(self.settings)
-        gate = self.lease.valid if self.lease is not None else None
+        gate = self._gate if self.cfg.continuity else None
         self._acks = AckTracker(client, self._routes[TRADE], gate)
-        if self.resume:
-            self._acks.seed(
-                {s: r.frontier for s, r in self.resume.items() if r.frontier is not None}
-            )
         return KinesisProducer(
             self._acks,
             self.cfg.spill_dir,
@@ -808,6 +833,15 @@ class Streamer:
             gate=gate,
             adopt_from=self.cfg.spill_root,
         )
+
+    def _gate(self) -> bool:
+        """The producer's fencing gate: the lease is held. Before it is acquired (a spill file
+        adopted at start waits for it) the answer is "not now" (raising), never "no", which
+        would fence the producer for good."""
+        lease = self.lease
+        if lease is None or lease.epoch is None:
+            raise LeaseUnavailable("the lease is not acquired yet", 1.0)
+        return lease.valid()
 
     def stop(self) -> None:
         """Ask a running ``run`` to stop (thread-safe)."""
@@ -844,14 +878,16 @@ class Streamer:
                 self.health_url = await health.start()
                 log.info("health on %s/health, metrics on %s/metrics", self.health_url,
                          self.health_url)  # fmt: skip
+            # The spill dir first: a local lock held by another producer fails the start at
+            # once. What the producer adopts from dead predecessors waits for the lease.
+            if self._producer is None:
+                self._producer = self._make_producer()
             if self.cfg.check_symbols:
                 await self._check_symbols()
             if self.cfg.continuity:
                 await self._take_over(stop)
                 if stop.is_set():
                     return
-            if self._producer is None:
-                self._producer = self._make_producer()
             session = aiohttp.ClientSession()
             limiter = AttemptLimiter()
             kinds = DEFAULT_KINDS
@@ -947,6 +983,9 @@ class Streamer:
             self._trades[sym].present = list(r.present)
             if r.depth_u is not None:
                 self._last_u[sym] = r.depth_u
+        if self._acks is not None:
+            self._acks.seed({s: r.frontier for s, r in self.resume.items()
+                             if r.frontier is not None})  # fmt: skip
         self.takeover = {
             "epoch": self.epoch,
             "waited_s": round(t0 - began, 3),
@@ -1005,6 +1044,9 @@ class Streamer:
         keeper_stop: threading.Event,
         keeper: threading.Thread | None,
     ) -> None:
+        # Fills and resyncs in progress are abandoned, their REST retries cut short: the
+        # checkpoint stays below an unfilled hole, and the next process fills it.
+        self._rest_stop.set()
         for sh in self.shards:
             sh.stop()
         for t in tasks:
@@ -1013,10 +1055,6 @@ class Streamer:
         await asyncio.gather(*tasks, return_exceptions=True)
         if session is not None:
             await session.close()
-        fills = [st.fill for st in self._trades.values() if st.fill is not None]
-        if fills and self.fenced is None:
-            # Holes already known: filled before the final flush, within the flush timeout.
-            await asyncio.wait(fills, timeout=self.cfg.shutdown_flush_timeout_s)
         pending = list(self._tasks)
         for t in pending:
             t.cancel()

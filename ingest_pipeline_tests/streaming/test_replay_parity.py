@@ -31,9 +31,10 @@ from ingest_pipeline.features import (
     duration_suffix,
     rows_to_frame,
 )
-from ingest_pipeline.records import BBA, DEPTH_DELTA, DEPTH_SNAPSHOT, TRADE
+from ingest_pipeline.records import BBA, DEPTH_DELTA, DEPTH_SNAPSHOT, PRODUCER_EPOCH, TRADE
 from ingest_pipeline.settings import Settings
 from ingest_pipeline.storage.bronze import BronzeStore
+from ingest_pipeline.storage.kinesis_reader import is_depth_snapshot
 from ingest_pipeline.streaming import Streamer
 from ingest_pipeline.streaming.online_features import OnlineFeatureConsumer
 from ingest_pipeline.timeutil import floor_hour, from_ms, to_ms
@@ -183,32 +184,43 @@ def test_replay_through_streamer_and_online_engine_equals_offline(
     assert consumer.finished, consumer.summary()
     assert consumer.summary()["late"] == {}
 
+    # The records as the archive lands them: without the producer's lease epoch, the depth
+    # stream's snapshots (the streamer's resync points) apart from its diffs.
     streamed = {
-        data_type: read_stream(settings, stream)
+        data_type: [
+            {k: v for k, v in r.items() if k != PRODUCER_EPOCH}
+            for r in read_stream(settings, stream)
+        ]  # fmt: skip
         for data_type, stream in (
             (TRADE, settings.kinesis_trade_stream),
             (BBA, settings.kinesis_bba_stream),
             (DEPTH_DELTA, settings.kinesis_depth_stream),
         )
     }
+    resyncs = [r for r in streamed[DEPTH_DELTA] if is_depth_snapshot(r)]
+    streamed[DEPTH_DELTA] = [r for r in streamed[DEPTH_DELTA] if not is_depth_snapshot(r)]
     rng = GridRange(start, end, start, end)
     for symbol in SYMBOLS:
         want = shifted_capture(symbol, offset)
         got = {t: [r for r in recs if r["symbol"] == symbol] for t, recs in streamed.items()}
         _check_records(symbol, want, got, (start, end), (SLICE[0] + offset, SLICE[1] + offset))
+        # The online engine synced from these as well (offline, the archive puts them in
+        # bronze depth_snapshot next to the hourly capture).
+        book_snaps = [snaps[symbol], *(r for r in resyncs if r["symbol"] == symbol)]
+        assert len(book_snaps) == 2  # the start's resync, no gap after it
 
         online = frame_of([r for r in rows if r["symbol"] == symbol])
         # The offline form on the records the streamer stamped: equal, bit for bit.
         on_streamed = compute_features(
             symbol,
-            SymbolInputs(got[TRADE], got[BBA], [snaps[symbol]], got[DEPTH_DELTA]),
+            SymbolInputs(got[TRADE], got[BBA], book_snaps, got[DEPTH_DELTA]),
             rng,
         ).frame
         assert_parity(on_streamed, online)
         # The offline form on the capture itself, shifted.
         res = compute_features(
             symbol,
-            SymbolInputs(want[TRADE], want[BBA], [snaps[symbol]], want[DEPTH_DELTA]),
+            SymbolInputs(want[TRADE], want[BBA], book_snaps, want[DEPTH_DELTA]),
             rng,
         )
         offline = res.frame
