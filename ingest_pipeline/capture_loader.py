@@ -18,6 +18,14 @@ of one event hour can sit in either file: everything is grouped first, then each
 (symbol, type, hour) is written as one bronze object through :class:`BronzeStore` (sorted,
 deduplicated, idempotent). Malformed lines are counted and kept aside with their reason
 (dead-letter), never dropped silently.
+
+Coverage: a capture covers only the time it was recording. For each symbol and stream type the
+covered span is ``[first record time, last record time + 1 ms)`` in that type's own clock, over
+all files loaded (one session); each hour's object records its part of it (``coverage``
+metadata, see ``storage.bronze``), and every hour of the span gets an object, an empty one
+where the stream had nothing. The span is measured from the records themselves, so it can only
+understate the session (a quiet start or end counts as not covered), never overstate it.
+Snapshots are points in time and carry no coverage.
 """
 
 from __future__ import annotations
@@ -47,13 +55,16 @@ from ingest_pipeline.records import (
     Record,
     time_field,
 )
+from ingest_pipeline.spans import Span, clip
 from ingest_pipeline.storage.bronze import BronzeStore, WriteResult
-from ingest_pipeline.timeutil import floor_hour
+from ingest_pipeline.timeutil import HOUR_MS, floor_hour
 
 # The real captures kept in the repository (provenance and checksums in its README).
 CAPTURES_DIR = Path(__file__).resolve().parents[1] / "data" / "binance-capture"
 
 CAPTURE_TYPES = (TRADE, BBA, DEPTH_DELTA, DEPTH_SNAPSHOT)
+# Stream types: recorded continuously, so the capture covers a span of their time.
+STREAM_TYPES = (TRADE, BBA, DEPTH_DELTA)
 # hftbacktest captures: <symbol>_<YYYYMMDD>.gz
 CAPTURE_FILE = re.compile(r"^([a-z0-9]+)_(\d{8})\.gz$")
 _SNAPSHOT_PREFIX = b'{"lastUpdateId"'
@@ -88,6 +99,13 @@ class ParsedCapture:
     )
     lines: int = 0
     control: int = 0
+    # (symbol, data_type) -> [first, last] record time of the stream types
+    bounds: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+
+    def coverage(self, symbol: str, data_type: str) -> Span | None:
+        """The covered span of a stream type, ``[first, last + 1)``; None for snapshots."""
+        b = self.bounds.get((symbol, data_type))
+        return None if b is None else (b[0], b[1] + 1)
 
 
 def _lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
@@ -140,8 +158,21 @@ def parse_capture(paths: Sequence[Path]) -> ParsedCapture:
                     {"reason": f"{path.name}:{n}: unexpected type {data_type}", "raw": record}
                 )
                 continue
-            hour = floor_hour(record[time_field(data_type)])
-            out.records[(record["symbol"], data_type, hour)].append(record)
+            t = record[time_field(data_type)]
+            out.records[(record["symbol"], data_type, floor_hour(t))].append(record)
+            if data_type in STREAM_TYPES:
+                b = out.bounds.setdefault((record["symbol"], data_type), [t, t])
+                b[0], b[1] = min(b[0], t), max(b[1], t)
+    return out
+
+
+def _every_covered_hour(parsed: ParsedCapture) -> dict[tuple[str, str, int], list[Record]]:
+    """The records by object, plus an empty object for every hour of a stream's span that
+    holds none of its records (covered, and nothing happened)."""
+    out = dict(parsed.records)
+    for (symbol, data_type), (first, last) in parsed.bounds.items():
+        for hour in range(floor_hour(first), last + 1, HOUR_MS):
+            out.setdefault((symbol, data_type, hour), [])
     return out
 
 
@@ -173,8 +204,10 @@ def load_capture(
     parsed = parse_capture(capture_files(path, symbols))
     written = []
     objects = {}
-    for (symbol, data_type, hour), records in sorted(parsed.records.items()):
-        result = store.write_hour(symbol, data_type, hour, records)
+    for (symbol, data_type, hour), records in sorted(_every_covered_hour(parsed).items()):
+        span = parsed.coverage(symbol, data_type)
+        coverage = None if span is None else clip([span], hour, hour + HOUR_MS)
+        result = store.write_hour(symbol, data_type, hour, records, coverage)
         written.append(result)
         objects[(symbol, data_type, hour)] = result.records
     rejected = sum(len(r) for r in parsed.rejects.values())

@@ -12,7 +12,11 @@ from ingest_pipeline.defs.archive import (
 from ingest_pipeline.defs.bronze import build_bronze_assets
 from ingest_pipeline.defs.resources import build_resources
 from ingest_pipeline.defs.schedules import bronze_history_job, build_schedules, depth_snapshot_job
-from ingest_pipeline.defs.silver import build_silver_assets, build_silver_resources
+from ingest_pipeline.defs.silver import (
+    build_silver_assets,
+    build_silver_resources,
+    build_silver_sensors,
+)
 from ingest_pipeline.defs.streamer import build_streamer_job, build_streamer_supervisor
 from ingest_pipeline.settings import load_settings
 
@@ -29,13 +33,10 @@ defs = dg.Definitions(
     schedules=[*build_schedules(), build_archive_schedule()],
     sensors=[
         build_streamer_supervisor(settings, streamer_job),
-        # Silver keeps itself current: its automation conditions are evaluated by this sensor,
-        # on from the start so a fresh deployment needs no toggle in the UI.
-        dg.AutomationConditionSensorDefinition(
-            "silver_automation",
-            target=dg.AssetSelection.groups("silver"),
-            default_status=dg.DefaultSensorStatus.RUNNING,
-        ),
+        # Silver keeps itself current: its automation conditions are evaluated by these
+        # sensors (one per group of symbols), on from the start so a fresh deployment needs no
+        # toggle in the UI.
+        *build_silver_sensors(settings),
     ],
     resources={
         **build_resources(settings),

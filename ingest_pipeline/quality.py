@@ -10,12 +10,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ingest_pipeline import spans
 from ingest_pipeline.records import Record
 from ingest_pipeline.timeutil import HOUR_MS
 
 MAX_LISTED = 10
 VOLUME_TOLERANCE = 1e-8
-INTERVAL_MS = {
+# The kline intervals bronze can hold: those that tile an hour, so that each hourly object is
+# exactly the hour's klines and can be checked against the hour's trades. Binance's longer
+# intervals (2h .. 1M) open in some hours only and cover trades of several: the settings refuse
+# them (``settings.KLINE_INTERVALS`` is this table's keys).
+KLINE_INTERVAL_MS = {
     "1s": 1_000, "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000,
     "30m": 1_800_000, "1h": 3_600_000,
 }  # fmt: skip
@@ -26,6 +31,8 @@ class Verdict:
     passed: bool
     summary: str
     details: dict[str, Any] = field(default_factory=dict)
+    # Numbers worth a plot over partitions (recorded as numeric metadata).
+    numbers: dict[str, float] = field(default_factory=dict)
 
 
 def _ranges(missing: Sequence[tuple[int, int]]) -> list[str]:
@@ -116,7 +123,7 @@ def check_klines(
 
     ``trades`` may be aggTrades (counts come from ``l - f + 1``) or individual trades.
     """
-    step = INTERVAL_MS[interval]
+    step = KLINE_INTERVAL_MS[interval]
     problems: dict[str, Any] = {}
     opens = [k["open_time"] for k in klines]
     expected = list(range(hour_ms, hour_ms + HOUR_MS, step))
@@ -224,3 +231,18 @@ def check_depth_chain(records: Sequence[Record]) -> Verdict:
             details,
         )
     return Verdict(True, f"{len(records)} diffs chained, {marked} marked gap", details)
+
+
+def check_coverage(covered: Sequence[tuple[int, int]], hour_ms: int) -> Verdict:
+    """The source covered the whole hour; otherwise which spans it left out (``spans``)."""
+    missing = spans.gaps(covered, hour_ms, hour_ms + HOUR_MS)
+    share = spans.length(spans.clip(covered, hour_ms, hour_ms + HOUR_MS)) / HOUR_MS
+    numbers = {"covered_share": share}
+    if not missing:
+        return Verdict(True, "the source covered the whole hour", numbers=numbers)
+    return Verdict(
+        False,
+        f"the source covered {share:.1%} of the hour; {len(missing)} span(s) not covered",
+        {"not_covered_ms": [[a - hour_ms, b - hour_ms] for a, b in missing[:MAX_LISTED]]},
+        numbers,
+    )

@@ -46,8 +46,15 @@ query Status($id: String!) {
 class DagsterDev:
     """``dagster dev`` on a free loopback port; stopped with its whole process group."""
 
-    def __init__(self, home: Path, env: Mapping[str, str], instance_yaml: str) -> None:
+    def __init__(
+        self,
+        home: Path,
+        env: Mapping[str, str],
+        instance_yaml: str,
+        workspace: Path = ROOT / "workspace.yaml",
+    ) -> None:
         self.home = home
+        self.workspace = workspace
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         home.mkdir(parents=True, exist_ok=True)
@@ -63,7 +70,7 @@ class DagsterDev:
     def __enter__(self) -> DagsterDev:
         with open(self.home / "dagster-dev.log", "wb") as log:
             self._proc = subprocess.Popen(
-                [str(BIN / "dagster"), "dev", "-w", str(ROOT / "workspace.yaml"),
+                [str(BIN / "dagster"), "dev", "-w", str(self.workspace),
                  "-h", "127.0.0.1", "-p", str(self.port)],
                 cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                 # Its own session: SIGTERM reaches dagster dev with default handling, and the

@@ -42,6 +42,32 @@ def test_capture_lands_in_bronze_by_event_hour_and_reloads_unchanged(
     assert {w.action for w in again.written} == {"unchanged"}
 
 
+def test_capture_coverage_is_recorded_per_object(aws_settings: Settings) -> None:
+    """The session spans 23:54:15 -> 00:05:05 of trade time: each stream's objects say which
+    part of their hour the capture covered; a snapshot is a point and covers no span."""
+    store = BronzeStore(aws_client("s3", aws_settings), aws_settings.bucket, "bronze")
+    summary = load_capture(CAPTURES, store, symbols=["ETHUSDT"])
+    by_key = {w.key: w for w in summary.written}
+
+    def written(data_type: str, hour: int):
+        return by_key[store.key("ETHUSDT", data_type, hour)]
+
+    trades = store.read_hour("ETHUSDT", TRADE, H23) + store.read_hour("ETHUSDT", TRADE, H00)
+    first, last = trades[0]["event_ts"], trades[-1]["event_ts"]
+    assert store.coverage("ETHUSDT", TRADE, H23) == ((first, H00),)
+    assert store.coverage("ETHUSDT", TRADE, H00) == ((H00, last + 1),)
+    assert written(TRADE, H23).partial and written(TRADE, H00).partial
+    bba = store.read_hour("ETHUSDT", BBA, H00)
+    assert store.coverage("ETHUSDT", BBA, H00) == ((H00, bba[-1]["event_ts"] + 1),)
+    assert store.coverage("ETHUSDT", DEPTH_SNAPSHOT, H23) == ((H23, H00),)
+    assert not written(DEPTH_SNAPSHOT, H23).partial
+    # the object says so in its S3 metadata, in ms from the start of its hour
+    head = aws_client("s3", aws_settings).head_object(
+        Bucket=aws_settings.bucket, Key=written(TRADE, H00).key
+    )
+    assert head["Metadata"]["coverage"] == f"[[0,{last + 1 - H00}]]"
+
+
 def test_cli_load_capture(aws, monkeypatch, capsys) -> None:
     from ingest_pipeline.cli import main
 

@@ -1,27 +1,40 @@
 """Bronze assets: one per symbol and REST data type, hourly partitions, keys ``bronze/S/type``.
 
 ``agg_trades``, ``trades`` and ``klines_<interval>`` are history: any closed hour can be
-fetched (and re-fetched) at any time. ``depth_snapshot`` is the live book: Binance serves no
-past books, so only the hour in progress can be captured, and a run over past hours skips it.
+fetched (and re-fetched) at any time, from Binance's public archive where it holds the hour
+(one file per symbol, type and day, downloaded once per run) and from REST otherwise
+(``history_source``). Both give the same records; each hour's metadata says which one it came
+from. ``depth_snapshot`` is the live book: Binance serves no past books, so only the hour in
+progress can be captured, and a run over past hours skips it.
 """
 
+import shutil
+import tempfile
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
 from ingest_pipeline import quality
+from ingest_pipeline.binance.archive import DAY_MS, ArchiveClient
 from ingest_pipeline.binance.history import (
     Fetched,
-    fetch_agg_trades,
+    HistorySource,
+    HourFetch,
     fetch_depth_snapshot,
-    fetch_klines,
-    fetch_trades,
 )
 from ingest_pipeline.binance.rest import BinanceRestClient
-from ingest_pipeline.defs.checks import Check, check_results, check_specs, overall_result
+from ingest_pipeline.defs.checks import (
+    Check,
+    check_results,
+    check_specs,
+    hour_partition_key,
+    overall_result,
+)
 from ingest_pipeline.defs.partitions import hourly_partitions, partition_hours
 from ingest_pipeline.defs.resources import BinanceRestResource, BronzeResource
 from ingest_pipeline.records import AGG_TRADES, DEPTH_SNAPSHOT, TRADES, Record, klines_type
@@ -48,8 +61,8 @@ class UpstreamMissing(Exception):
     """A partition needs another bronze object of the same hour that does not exist yet."""
 
 
-# Fetches one hour: (client, store, symbol, hour_ms) -> records and rejects.
-HourFetcher = Callable[[BinanceRestClient, BronzeStore, str, int], Fetched]
+# Fetches a run's hours in order: (source, store, symbol, hours) -> one HourFetch per hour.
+HoursFetcher = Callable[[HistorySource, BronzeStore, str, list[int]], Iterator[HourFetch]]
 
 
 @dataclass
@@ -77,7 +90,7 @@ class HourData:
 class BronzeType:
     data_type: str
     description: str
-    fetch: HourFetcher
+    fetch: HoursFetcher
     # Name of the id in the record key, shown as first_<id_name> / last_<id_name>.
     id_name: str
     upstream: tuple[str, ...] = ()
@@ -124,25 +137,29 @@ TRADE_ID_CHECKS = (
 )
 
 
-def _fetch_trades(client: BinanceRestClient, store: BronzeStore, symbol: str, hour: int) -> Fetched:
-    aggs = store.read_hour(symbol, AGG_TRADES, hour)
-    if aggs is None:
-        raise UpstreamMissing(
-            f"{symbol} trades for {from_ms(hour):%Y-%m-%d %H}h need that hour's agg_trades, "
-            "which are not in bronze yet: materialize agg_trades first"
-        )
-    if not aggs:
-        return Fetched()
-    return fetch_trades(client, symbol, aggs[0]["first_trade_id"], aggs[-1]["last_trade_id"])
+def _fetch_trades(
+    source: HistorySource, store: BronzeStore, symbol: str, hours: list[int]
+) -> Iterator[HourFetch]:
+    def aggs_of(hour: int) -> list[Record]:
+        aggs = store.read_hour(symbol, AGG_TRADES, hour)
+        if aggs is None:
+            raise UpstreamMissing(
+                f"{symbol} trades for {from_ms(hour):%Y-%m-%d %H}h need that hour's agg_trades, "
+                "which are not in bronze yet: materialize agg_trades first"
+            )
+        return aggs
+
+    return source.trades(symbol, hours, aggs_of)
 
 
 def history_types(settings: Settings) -> list[BronzeType]:
     types = [
         BronzeType(
             AGG_TRADES,
-            "Every aggregate trade in the hour (`GET /api/v3/aggTrades`): MarketTrade records "
-            "with the first/last individual trade ids they cover.",
-            lambda c, _s, sym, h: fetch_agg_trades(c, sym, h),
+            "Every aggregate trade in the hour (the archive's aggTrades file, else "
+            "`GET /api/v3/aggTrades`): MarketTrade records with the first/last individual trade "
+            "ids they cover.",
+            lambda src, _s, sym, hours: src.agg_trades(sym, hours),
             "trade_id",
             checks=(
                 *TRADE_ID_CHECKS,
@@ -158,8 +175,9 @@ def history_types(settings: Settings) -> list[BronzeType]:
         ),
         BronzeType(
             TRADES,
-            "Every individual trade in the hour (`GET /api/v3/historicalTrades`), over the id "
-            "range `[first f, last l]` of the hour's aggTrades.",
+            "Every individual trade in the hour (the archive's trades file, else "
+            "`GET /api/v3/historicalTrades`), over the id range `[first f, last l]` of the "
+            "hour's aggTrades.",
             _fetch_trades,
             "trade_id",
             upstream=(AGG_TRADES,),
@@ -178,8 +196,9 @@ def history_types(settings: Settings) -> list[BronzeType]:
         types.append(
             BronzeType(
                 klines_type(interval),
-                f"The hour's {interval} klines (`GET /api/v3/klines`), by open time.",
-                lambda c, _s, sym, h, i=interval: fetch_klines(c, sym, i, h),
+                f"The hour's {interval} klines (the archive's klines file, else "
+                "`GET /api/v3/klines`), by open time.",
+                lambda src, _s, sym, hours, i=interval: src.klines(sym, i, hours),
                 "open_time",
                 # Read after agg_trades so the check can compare the klines with the trades.
                 upstream=(AGG_TRADES,),
@@ -197,9 +216,10 @@ def history_types(settings: Settings) -> list[BronzeType]:
     return types
 
 
-def _hour_row(hour_ms: int, result: WriteResult, rejected: int) -> dict[str, Any]:
+def _hour_row(hour_ms: int, result: WriteResult, rejected: int, source: str) -> dict[str, Any]:
     return {
         "hour": f"{from_ms(hour_ms):%Y-%m-%d %H:00}",
+        "source": source,
         "records": result.records,
         "first_id": result.first_key[-1] if result.first_key else None,
         "last_id": result.last_key[-1] if result.last_key else None,
@@ -267,6 +287,7 @@ def _land_hour(
     data_type: str,
     hour: int,
     fetched: Fetched,
+    source: str = "rest",
 ) -> tuple[dict[str, Any], WriteResult]:
     if fetched.rejects:
         uri = bronze.write_rejects(symbol, data_type, hour, fetched.rejects)
@@ -279,7 +300,7 @@ def _land_hour(
     if result.changes:
         context.log.warning(f"{result.uri} replaced, records changed: {result.changes}")
     context.log.info(f"{result.uri}: {result.records} records, {result.bytes} B, {result.action}")
-    return _hour_row(hour, result, len(fetched.rejects)), result
+    return _hour_row(hour, result, len(fetched.rejects), source), result
 
 
 def _asset_metadata(symbol: str, data_type: str, settings: Settings) -> dict[str, Any]:
@@ -313,26 +334,100 @@ def build_history_asset(symbol: str, kind: BronzeType, settings: Settings) -> dg
         # Checks the symbol is listed (and adopts Binance's announced weight limit).
         client.exchange_info(symbol)
         store = bronze.get_store()
+        hours = list(partition_hours(context))
+        source = history_source(context, settings, client, hours)
         rows, changes = [], {}
         verdicts: dict[str, list[tuple[int, quality.Verdict]]] = {c.name: [] for c in kind.checks}
         previous: list[Record] = []
-        for hour in partition_hours(context):
-            fetched = kind.fetch(client, store, symbol, hour)
-            row, result = _land_hour(context, bronze, store, symbol, kind.data_type, hour, fetched)
+        by_source: dict[str, int] = {}
+        for got in kind.fetch(source, store, symbol, hours):
+            hour = got.hour
+            row, result = _land_hour(
+                context, bronze, store, symbol, kind.data_type, hour, got.fetched, got.source
+            )
             rows.append(row)
             changes = result.changes or changes
-            data = HourData(symbol, kind.data_type, hour, fetched.records, store, previous or None)
+            data = HourData(
+                symbol, kind.data_type, hour, got.fetched.records, store, previous or None
+            )
             for check in kind.checks:
                 verdicts[check.name].append((hour, check.rule(data)))
-            previous = fetched.records
+            previous = got.fetched.records
+            by_source[got.source] = by_source.get(got.source, 0) + 1
+            if len(hours) > 1:
+                # A ranged run records one materialization per hour: each gets its own figures.
+                context.add_asset_metadata(
+                    {**_metadata([row], kind.id_name, result.changes), **_source_metadata(got)},
+                    partition_key=hour_partition_key(hour),
+                )
+        landed = [r["hour"] for r in rows]
+        if len(landed) != len(hours):
+            raise RuntimeError(f"{symbol} {kind.data_type}: landed {landed} of {len(hours)} hours")
+        meta = _metadata(rows, kind.id_name, changes, previous)
+        meta["hours_by_source"] = dg.MetadataValue.json(by_source)
+        if len(hours) == 1:
+            meta.update(_source_metadata(got))
         return dg.MaterializeResult(
-            metadata=_metadata(rows, kind.id_name, changes, previous),
+            metadata=meta,
             check_results=check_results(
                 context, bronze_key(symbol, kind.data_type), kind.checks, verdicts
             ),
         )
 
     return _asset
+
+
+# Verified archive files of a run live here (one folder per run), so that the run's assets share
+# a download (agg_trades reads the day's 1m klines as its trade-count reference; klines_1m lands
+# them). Each asset deletes its own files once landed; what a failed run leaves is swept later.
+ARCHIVE_WORK_ROOT = Path(tempfile.gettempdir()) / "ingest-pipeline-archive"
+ARCHIVE_WORK_TTL_S = 24 * 3600
+
+
+def history_source(
+    context: dg.AssetExecutionContext,
+    settings: Settings,
+    client: BinanceRestClient,
+    hours: Sequence[int],
+) -> HistorySource:
+    """The run's source of history hours, as ``settings.history_source`` says."""
+    if settings.history_source == "rest":
+        return HistorySource(client, None, "rest")
+    if len(hours) > 1 and (hours[0] % DAY_MS or (hours[-1] + HOUR_MS) % DAY_MS):
+        # Dagster cuts a backfill into runs of 24 partitions from the range's first hour: a
+        # range starting at 00:00 gives one run per UTC day. Any other start still works, each
+        # run downloading the (at most two) day files its hours touch.
+        context.log.info(
+            f"run range {from_ms(hours[0]):%Y-%m-%d %H}h..{from_ms(hours[-1]):%Y-%m-%d %H}h "
+            "is not a whole UTC day: the archive's day files are read for their hours only"
+        )
+    _sweep_work_dirs()
+    archive = ArchiveClient(settings.archive_url, work_dir=ARCHIVE_WORK_ROOT / context.run.run_id)
+    return HistorySource(client, archive, settings.history_source)
+
+
+def _sweep_work_dirs() -> None:
+    if not ARCHIVE_WORK_ROOT.is_dir():
+        return
+    cutoff = time.time() - ARCHIVE_WORK_TTL_S
+    for path in ARCHIVE_WORK_ROOT.iterdir():
+        try:
+            if path.stat().st_mtime < cutoff:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue
+
+
+def _source_metadata(got: HourFetch) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "source": dg.MetadataValue.text(got.source),
+        "source_detail": dg.MetadataValue.text(got.reason),
+    }
+    if got.archive_file:
+        meta["archive_file"] = dg.MetadataValue.text(got.archive_file)
+    if got.invalid_marked:
+        meta["archive_rows_marked_invalid"] = dg.MetadataValue.int(got.invalid_marked)
+    return meta
 
 
 BOOK_CHECK = Check(

@@ -26,6 +26,8 @@ class Check:
     rule: Callable[[Any], quality.Verdict]
     # Blocking: a failure stops downstream assets of the same run from consuming the hour.
     blocking: bool = False
+    # WARN: a failure is worth a look, not an error (e.g. an hour with incomplete rows).
+    severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR
 
 
 def check_specs(
@@ -36,7 +38,8 @@ def check_specs(
         dg.AssetCheckSpec(
             c.name,
             asset=asset_key,
-            description=c.description,
+            description=c.description
+            + (" (warning)" if c.severity == dg.AssetCheckSeverity.WARN else ""),
             blocking=c.blocking,
             partitions_def=partitions_def,
         )
@@ -48,6 +51,8 @@ def verdict_metadata(v: quality.Verdict) -> dict[str, Any]:
     meta: dict[str, Any] = {"summary": dg.MetadataValue.text(v.summary)}
     if v.details:
         meta["details"] = dg.MetadataValue.json(v.details)
+    for name, value in v.numbers.items():
+        meta[name] = dg.MetadataValue.float(float(value))
     return meta
 
 
@@ -78,7 +83,7 @@ def check_results(
                         check_name=check.name,
                         passed=v.passed,
                         metadata=verdict_metadata(v),
-                        severity=dg.AssetCheckSeverity.ERROR,
+                        severity=check.severity,
                         description=v.summary,
                         blocking=check.blocking,
                         partition=hour_partition_key(hour),
@@ -89,8 +94,11 @@ def check_results(
 
 
 def overall_result(
-    check: Check, verdicts: list[tuple[int, quality.Verdict]]
+    check: Check,
+    verdicts: list[tuple[int, quality.Verdict]],
+    asset_key: dg.AssetKey | None = None,
 ) -> dg.AssetCheckResult:
+    """One result for the run (``asset_key``: needed when the step has several assets)."""
     failed = [(h, v) for h, v in verdicts if not v.passed]
     if len(verdicts) == 1:
         summary = verdicts[0][1].summary
@@ -99,14 +107,17 @@ def overall_result(
     else:
         summary = f"all {len(verdicts)} hours pass"
     meta: dict[str, Any] = {"summary": dg.MetadataValue.text(summary)}
+    if len(verdicts) == 1:
+        meta.update(verdict_metadata(verdicts[0][1]))
     if failed:
         meta["failures"] = dg.MetadataValue.json(
             {f"{from_ms(h):%Y-%m-%d %H}h": {"summary": v.summary, **v.details} for h, v in failed}
         )
     return dg.AssetCheckResult(
+        asset_key=asset_key,
         check_name=check.name,
         passed=not failed,
-        severity=dg.AssetCheckSeverity.ERROR,
+        severity=check.severity,
         metadata=meta,
         description=summary,
     )

@@ -10,37 +10,61 @@ Tables (SPEC §3-§4; columns and their time semantics in ``features.spec``):
 - ``kline_features`` from ``klines_1m``.
 - ``training_set``: the three joined on ``ts``; ``complete`` is the AND of theirs.
 
+One multi-asset per symbol computes them (``can_subset``: a run does what was selected). Why
+one step: an hour without input writes nothing and is not materialized (the table's output is
+skipped, as the depth snapshot asset does), and Dagster skips every *other* step downstream of
+a skipped output, so a training set in its own step would vanish with an empty book hour.
+
 Time: every table reads the previous hour for warm-up and, when it holds labels, the next hour.
 Dagster allows one dependency per upstream key, so those two needs are one time-window mapping
 per input, ``start_offset=-1, end_offset=1`` (``-1, 0`` for inputs that only warm up: klines
 and depth snapshots), with ``allow_nonexistent_upstream_partitions`` so that the first and the
-newest hours still map. A neighbour hour that is not in bronze is simply absent: the rows that
-needed it are flagged incomplete (labels null), never invented.
+newest hours still map. A neighbour hour that is not in bronze is simply absent, and so is any
+part of an hour its bronze object does not cover (``coverage``): the rows that needed it are
+flagged incomplete (values null), never invented.
 
-Automation: each table carries a declarative automation condition (evaluated by the daemon):
-it is requested once the bronze inputs of its hour *and* of the next hour (for labels) have
-landed, and again when any input is updated (a late warm-up hour, a re-run). The previous hour
-is not waited for: an hour whose warm-up never lands is computed with its first rows flagged.
-A UI backfill that selects bronze and silver together carries silver along (the backfill
-daemon follows the partition mappings).
+Ranged runs (backfills, ``BackfillPolicy.multi_run``): Dagster would file one output as a
+materialization of *every* hour of the range, empty ones included, so a ranged run records one
+materialization per hour that has rows itself (with that hour's metadata), then that hour's
+check evaluations, and fails at the end if a blocking check failed. A one-hour run yields its
+result the ordinary way.
+
+Automation (see :func:`silver_condition` and :func:`build_silver_sensors`): each table is
+requested once the bronze inputs of its hour *and* of the next hour (labels) have landed with
+their blocking checks passed, and again when any input is updated (a late warm-up hour, a
+re-run). The conditions are evaluated in the code server (``use_user_code_server``), the only
+place a custom condition can run.
 """
 
+import functools
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dagster as dg
 import numpy as np
 import pandas as pd
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData,
+)
+from dagster._core.events import DagsterEventType
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from dagster_aws.s3 import S3Resource
 
-from ingest_pipeline import quality
+from ingest_pipeline import quality, spans
 from ingest_pipeline.defs.bronze import BACKFILL_POLICY, bronze_key
-from ingest_pipeline.defs.checks import Check, check_results, check_specs, hour_partition_key
+from ingest_pipeline.defs.checks import (
+    Check,
+    check_specs,
+    hour_partition_key,
+    overall_result,
+    verdict_metadata,
+)
 from ingest_pipeline.defs.partitions import hourly_partitions, partition_hours
 from ingest_pipeline.defs.resources import BronzeResource, s3_resource
+from ingest_pipeline.features.coverage import BBA_SOURCE, DEPTH_SOURCE, KLINE_SOURCE, TRADE_SOURCE
 from ingest_pipeline.features.offline import (
     BOOK_TABLE,
     KLINE_TABLE,
@@ -71,7 +95,16 @@ from ingest_pipeline.timeutil import HOUR_MS, from_ms
 SILVER_GROUP = "silver"
 PARTITION_FORMAT = "%Y-%m-%d-%H:%M"
 PREVIEW_ROWS = 6
+# An automation sensor evaluated in the code server may target at most 500 assets and checks
+# with a condition (Dagster's MAX_ENTITIES, enforced when the sensor ticks), and its tick must
+# answer within the sensor call's timeout (60 s unless DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS says
+# otherwise). A tick costs ~0.1 s per symbol with two years of hourly partitions (measured on
+# the 2-core machine): symbols are split into groups of at most 50, one sensor per group,
+# 200 assets each, a few seconds a tick.
+MAX_SENSOR_ENTITIES = 500
+SYMBOLS_PER_SENSOR = 50
 warnings.filterwarnings("ignore", message=".*AutomationCondition.*", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", message=".*use_user_code_server.*", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", message=".*allow_nonexistent_upstream_partitions.*")
 
 # Warm-up only (previous hour + this one) and warm-up plus labels (+ the next hour).
@@ -113,18 +146,27 @@ def build_silver_resources(settings: Settings) -> dict[str, dg.ConfigurableResou
 
 class BronzeHours:
     """Bronze objects of one symbol, read once per run (a ranged run reads each hour once,
-    not three times). ``None``: the object does not exist; ``[]``: it exists and is empty."""
+    not three times). ``None``: the object does not exist; ``[]``: it exists and is empty.
+    Coverage comes from the object's metadata (a HEAD)."""
 
     def __init__(self, store: BronzeStore, symbol: str) -> None:
         self.store = store
         self.symbol = symbol
         self._cache: dict[tuple[str, int], list[Record] | None] = {}
+        self._coverage: dict[tuple[str, int], spans.Spans | None] = {}
 
     def read(self, data_type: str, hour: int) -> list[Record] | None:
         key = (data_type, hour)
         if key not in self._cache:
             self._cache[key] = self.store.read_hour(self.symbol, data_type, hour)
         return self._cache[key]
+
+    def coverage(self, data_type: str, hour: int) -> spans.Spans:
+        """Covered spans of an object; nothing when it does not exist."""
+        key = (data_type, hour)
+        if key not in self._coverage:
+            self._coverage[key] = self.store.coverage(self.symbol, data_type, hour)
+        return self._coverage[key] or ()
 
 
 def _trade_source(b: BronzeHours, hour: int) -> tuple[str, list[Record] | None]:
@@ -139,8 +181,10 @@ def _trade_source(b: BronzeHours, hour: int) -> tuple[str, list[Record] | None]:
 
 
 def _load_trades(b: BronzeHours, hour: int) -> SymbolInputs | None:
-    _, records = _trade_source(b, hour)
-    return None if records is None else SymbolInputs(trades=records)
+    data_type, records = _trade_source(b, hour)
+    if records is None:
+        return None
+    return SymbolInputs(trades=records, coverage={TRADE_SOURCE: b.coverage(data_type, hour)})
 
 
 def _load_book(b: BronzeHours, hour: int) -> SymbolInputs | None:
@@ -148,13 +192,22 @@ def _load_book(b: BronzeHours, hour: int) -> SymbolInputs | None:
     if bba is None and diffs is None:
         # A snapshot alone carries no BBA and no diff: it only helps as warm-up.
         return None if snaps is None else SymbolInputs(depth_snapshots=snaps)
-    return SymbolInputs(bba=bba or [], depth_deltas=diffs or [], depth_snapshots=snaps or [])
+    return SymbolInputs(
+        bba=bba or [],
+        depth_deltas=diffs or [],
+        depth_snapshots=snaps or [],
+        coverage={BBA_SOURCE: b.coverage(BBA, hour), DEPTH_SOURCE: b.coverage(DEPTH_DELTA, hour)},
+    )
 
 
 def _load_klines(interval: str) -> Callable[[BronzeHours, int], SymbolInputs | None]:
+    data_type = klines_type(interval)
+
     def load(b: BronzeHours, hour: int) -> SymbolInputs | None:
-        records = b.read(klines_type(interval), hour)
-        return None if records is None else SymbolInputs(klines=records)
+        records = b.read(data_type, hour)
+        if records is None:
+            return None
+        return SymbolInputs(klines=records, coverage={KLINE_SOURCE: b.coverage(data_type, hour)})
 
     return load
 
@@ -165,11 +218,13 @@ def _load_klines(interval: str) -> Callable[[BronzeHours, int], SymbolInputs | N
 
 @dataclass(frozen=True)
 class HourFrame:
-    """What a silver check sees: one symbol-hour of a table as written."""
+    """What a silver check sees: one symbol-hour of a table as written, and the share of the
+    hour each of its bronze inputs covered."""
 
     frame: pd.DataFrame
     hour: int
     spec: FeatureSpec = DEFAULT_SPEC
+    input_coverage: Mapping[str, float] = field(default_factory=dict)
 
 
 def _on_frame(
@@ -179,9 +234,7 @@ def _on_frame(
 
 
 def check_grid(frame: pd.DataFrame, hour: int, spec: FeatureSpec) -> quality.Verdict:
-    """One row per grid step: ``ts = h0 + k*step``, k = 1..n (or no rows: no input)."""
-    if frame.empty:
-        return quality.Verdict(True, "no rows (no input in the hour)")
+    """One row per grid step: ``ts = h0 + k*step``, k = 1..n."""
     expected = np.arange(hour + spec.step_ms, hour + HOUR_MS + 1, spec.step_ms, dtype=np.int64)
     ts = frame["ts"].to_numpy(np.int64)
     if len(ts) == len(expected) and bool(np.array_equal(ts, expected)):
@@ -216,8 +269,6 @@ def _value_columns(frame: pd.DataFrame) -> list[str]:
 
 def check_complete_rows(frame: pd.DataFrame, hour: int, spec: FeatureSpec) -> quality.Verdict:
     """Rows flagged complete hold no NaN (columns null by definition excepted)."""
-    if frame.empty:
-        return quality.Verdict(True, "no rows")
     complete = frame["complete"].to_numpy(np.bool_)
     optional = spec.nullable_by_definition()
     bad: dict[str, int] = {}
@@ -232,6 +283,28 @@ def check_complete_rows(frame: pd.DataFrame, hour: int, spec: FeatureSpec) -> qu
     return quality.Verdict(False, f"complete rows with NaN in {len(bad)} column(s)", bad)
 
 
+def check_complete_share(d: HourFrame) -> quality.Verdict:
+    """Every row of the hour complete; otherwise how many are not, and how much of the hour
+    the inputs covered (numbers for a plot over partitions)."""
+    complete = d.frame["complete"].to_numpy(np.bool_)
+    share = float(complete.mean()) if len(complete) else 0.0
+    covered = min(d.input_coverage.values(), default=1.0)
+    numbers = {
+        "complete_share": share,
+        "complete_rows": float(complete.sum()),
+        "input_covered_share": covered,
+    }
+    inputs = ", ".join(f"{t} {v:.1%}" for t, v in sorted(d.input_coverage.items()))
+    summary = f"{int(complete.sum())} of {len(complete)} rows complete ({share:.1%})"
+    if inputs:
+        summary += f"; inputs cover {inputs} of the hour"
+    details = {}
+    if share < 1.0:
+        ts = d.frame["ts"].to_numpy(np.int64)[~complete]
+        details = {"first_incomplete_ts": ts[:5].tolist(), "last_incomplete_ts": ts[-5:].tolist()}
+    return quality.Verdict(share == 1.0, summary, details, numbers)
+
+
 def _violations(name: str, mask: np.ndarray, frame: pd.DataFrame, what: str) -> quality.Verdict:
     n = int(mask.sum())
     if n == 0:
@@ -241,15 +314,11 @@ def _violations(name: str, mask: np.ndarray, frame: pd.DataFrame, what: str) -> 
 
 
 def check_spread(frame: pd.DataFrame, hour: int, spec: FeatureSpec) -> quality.Verdict:
-    if frame.empty:
-        return quality.Verdict(True, "no rows")
     spread = frame["spread"].to_numpy(np.float64)
     return _violations("spread", spread < 0, frame, "spread >= 0")
 
 
 def check_obi(frame: pd.DataFrame, hour: int, spec: FeatureSpec) -> quality.Verdict:
-    if frame.empty:
-        return quality.Verdict(True, "no rows")
     obi = frame["obi_1"].to_numpy(np.float64)
     return _violations("obi_1", np.abs(obi) > 1, frame, "|obi_1| <= 1")
 
@@ -257,8 +326,6 @@ def check_obi(frame: pd.DataFrame, hour: int, spec: FeatureSpec) -> quality.Verd
 def check_bid_mid_ask(frame: pd.DataFrame, hour: int, spec: FeatureSpec) -> quality.Verdict:
     """bid <= mid <= ask and bid <= microprice <= ask, with bid/ask = mid -/+ spread/2 (to a
     relative 1e-12: the three are recomputed from rounded columns)."""
-    if frame.empty:
-        return quality.Verdict(True, "no rows")
     mid = frame["mid"].to_numpy(np.float64)
     half = frame["spread"].to_numpy(np.float64) / 2
     micro = frame["microprice"].to_numpy(np.float64)
@@ -286,6 +353,14 @@ GRID_CHECKS = (
         _on_frame(check_complete_rows),
         blocking=True,
     ),
+    Check(
+        "all_rows_complete",
+        "Every row of the hour complete. Metadata: complete_share, complete_rows and "
+        "input_covered_share (the least share of the hour any bronze input covered), to plot "
+        "over partitions.",
+        check_complete_share,
+        severity=dg.AssetCheckSeverity.WARN,
+    ),
 )
 BOOK_CHECKS = (
     Check("spread_non_negative", "spread >= 0 (BBA never crossed).", _on_frame(check_spread), True),
@@ -297,52 +372,87 @@ BOOK_CHECKS = (
         True,
     ),
 )
+TRAINING_CHECKS = GRID_CHECKS + (BOOK_CHECKS[2],)
 
 
 # --------------------------------------------------------------------------------------------
 # Automation
 
 
+@functools.lru_cache(maxsize=2**18)
 def _shift_partition(key: str, hours: int) -> str:
+    # Cached: every tick shifts the same hours again (a code server lives long).
     dt = datetime.strptime(key, PARTITION_FORMAT).replace(tzinfo=UTC)
     return (dt + timedelta(hours=hours)).strftime(PARTITION_FORMAT)
 
 
-class HoursLanded(dg.AutomationCondition):
-    """True for a partition H when every required upstream asset is materialized at H + each
-    offset (e.g. ``(0, 1)``: the hour itself and the next one, for labels).
+# (upstream key, hour offsets)
+Offsets = Sequence[tuple[dg.AssetKey, tuple[int, ...]]]
 
-    Built-in dependency conditions see the whole mapped window ``[H-1, H+1]`` at once and
-    cannot tell the warm-up hour (optional) from the label hour (needed), hence this one.
+
+def _offsets_label(items: Offsets) -> str:
+    def one(o: int) -> str:
+        return "H" if o == 0 else f"H{o:+d}"
+
+    return ", ".join(f"{'/'.join(k.path)}@{'|'.join(one(o) for o in offs)}" for k, offs in items)
+
+
+class InputsReady(dg.AutomationCondition):
+    """True for hour H when each ``required`` input is materialized at H + offset, and every
+    input hour that is materialized (``required`` or ``optional``, e.g. the warm-up hour) has
+    its blocking checks passed in the run that produced it or later.
+
+    Why not the built-ins: ``any_deps_missing`` and ``all_deps_blocking_checks_passed`` see
+    the whole mapped window ``[H-1, H+1]`` at once, so they cannot tell the optional warm-up
+    hour from the needed label hour; and ``check_passed`` counts a partitioned check only when
+    its evaluation targets the partition's latest materialization, which the per-hour results
+    of a ranged bronze run (logged before Dagster files the range's materializations) never
+    do. This condition asks the event log directly, for the few hours still candidates once
+    the cheap built-in parts of :func:`silver_condition` have narrowed them.
     """
 
-    def __init__(self, required: Sequence[tuple[dg.AssetKey, tuple[int, ...]]]) -> None:
+    def __init__(self, required: Offsets, optional: Offsets = ()) -> None:
         self.required = tuple((k, tuple(o)) for k, o in required)
+        self.optional = tuple((k, tuple(o)) for k, o in optional)
 
     @property
     def name(self) -> str:
-        return "hours_landed"
+        return "inputs_ready"
 
     @property
     def description(self) -> str:
-        parts = [
-            f"{'/'.join(k.path)}@H{'+'.join([''] + [str(o) for o in offs if o]) or ''}"
-            for k, offs in self.required
-        ]
-        return "materialized: " + ", ".join(parts)
+        text = f"landed, blocking checks passed: {_offsets_label(self.required)}"
+        if self.optional:
+            text += f"; checks passed if landed: {_offsets_label(self.optional)}"
+        return text
 
     def evaluate(self, context: Any) -> dg.AutomationResult:
         candidates = context.candidate_subset
-        keys = candidates.expensively_compute_partition_keys()
+        if candidates.is_empty:
+            return dg.AutomationResult(context=context, true_subset=candidates)
         instance = context.asset_graph_view.instance
-        landed = {key: instance.get_materialized_partitions(key) for key, _ in self.required}
-        ok = {
-            pk
-            for pk in keys
-            if all(
-                _shift_partition(pk, o) in landed[key] for key, offs in self.required for o in offs
+        inputs = self.required + self.optional
+        # Cheap first, from the data rather than the candidates (after the first tick every
+        # missing hour is one): the hours whose required inputs have all landed, one query per
+        # input; the check lookups below are then only for those.
+        landed = {key: instance.get_materialized_partitions(key) for key, _ in inputs}
+        possible: set[str] | None = None
+        for key, offs in self.required:
+            for o in offs:
+                hours = {_shift_partition(p, -o) for p in landed[key]}
+                possible = hours if possible is None else possible & hours
+        narrowed = candidates.compute_intersection_with_partition_keys(possible or set())
+        keys = [] if narrowed.is_empty else narrowed.expensively_compute_partition_keys()
+        wanted: dict[dg.AssetKey, set[str]] = {key: set() for key, _ in inputs}
+        for key, offs in inputs:
+            wanted[key].update(
+                p for pk in keys for o in offs if (p := _shift_partition(pk, o)) in landed[key]
             )
+        good = {
+            key: _good_partitions(instance, context.asset_graph, key, parts)
+            for key, parts in wanted.items()
         }
+        ok = {pk for pk in keys if all(p in good[k] for k, p in self._hours(pk, wanted))}
         true_subset = (
             candidates.compute_intersection_with_partition_keys(ok)
             if ok
@@ -350,20 +460,124 @@ class HoursLanded(dg.AutomationCondition):
         )
         return dg.AutomationResult(context=context, true_subset=true_subset)
 
+    def _hours(
+        self, pk: str, landed: Mapping[dg.AssetKey, set[str]]
+    ) -> Iterator[tuple[dg.AssetKey, str]]:
+        """The input hours of ``pk`` to vouch for: the required ones, and the optional ones
+        that landed."""
+        for key, offs in self.required:
+            for o in offs:
+                yield key, _shift_partition(pk, o)
+        for key, offs in self.optional:
+            for o in offs:
+                if (p := _shift_partition(pk, o)) in landed[key]:
+                    yield key, p
 
-def silver_condition(
-    required: Sequence[tuple[dg.AssetKey, tuple[int, ...]]],
-) -> dg.AutomationCondition:
-    """Requested once the required inputs of H (and H+1 where labels need it) have landed,
-    and again whenever any input is updated; never while an input or the asset is running."""
+
+def _good_partitions(
+    instance: dg.DagsterInstance, graph: Any, key: dg.AssetKey, partitions: set[str]
+) -> set[str]:
+    """Partitions of ``key`` whose blocking checks passed in the run that materialized them
+    last, or in a later run. A few queries per input whatever the number of hours."""
+    blocking = [ck for ck in graph.get(key).check_keys if graph.get(ck).blocking]
+    if not blocking or not partitions:
+        return set(partitions)
+    storage = instance.event_log_storage
+    ordered = sorted(partitions)
+    good = set(ordered)
+    for i in range(0, len(ordered), _CHUNK):
+        chunk = ordered[i : i + _CHUNK]
+        latest = storage.get_latest_storage_id_by_partition(
+            key, DagsterEventType.ASSET_MATERIALIZATION, set(chunk)
+        )
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, storage_ids=list(latest.values())),
+            limit=len(latest),
+        ).records
+        made_by = {r.storage_id: r.run_id for r in records}
+        good -= set(chunk) - set(latest)
+        for ck in blocking:
+            infos = {
+                info.partition_key: info
+                for info in storage.get_asset_check_partition_info([ck], partition_keys=chunk)
+            }
+            for partition, storage_id in latest.items():
+                if not _vouches(infos.get(partition), storage_id, made_by.get(storage_id)):
+                    good.discard(partition)
+    return good
+
+
+# Partition keys per query (SQL parameter limits).
+_CHUNK = 500
+
+
+def _vouches(info: Any, materialization_id: int, materialization_run: str | None) -> bool:
+    """A passed check evaluation from the materializing run (a ranged run logs its hours'
+    results before Dagster files the materializations), or one after the materialization."""
+    if info is None or info.latest_execution_status != AssetCheckExecutionRecordStatus.SUCCEEDED:
+        return False
+    same_run = bool(materialization_run) and info.latest_planned_run_id == materialization_run
+    return same_run or info.latest_check_event_storage_id > materialization_id
+
+
+def silver_condition(required: Offsets, optional: Offsets = ()) -> dg.AutomationCondition:
+    """Requested once its inputs have landed with their blocking checks passed (the hour and
+    the next one where labels need it), and again whenever an input is updated; never while
+    an input or the asset is running.
+
+    The trigger is ``newly_missing | any_deps_updated`` latched until the asset is requested
+    or updated. Unlike ``since_last_handled`` it is not reset by the condition's first
+    evaluation: on the first tick every missing hour counts as newly missing, so a deployment
+    that starts (or a sensor turned on) after bronze landed catches up. An hour that turns out
+    to have no input is requested once and stays missing without being asked again.
+    """
+    handled = (
+        dg.AutomationCondition.newly_requested() | dg.AutomationCondition.newly_updated()
+    ).with_label("requested or updated")
+    trigger = (
+        dg.AutomationCondition.newly_missing() | dg.AutomationCondition.any_deps_updated()
+    ).since(handled)
     return (
-        (
-            dg.AutomationCondition.newly_missing() | dg.AutomationCondition.any_deps_updated()
-        ).since_last_handled()
-        & HoursLanded(required)
+        trigger
         & ~dg.AutomationCondition.any_deps_in_progress()
         & ~dg.AutomationCondition.in_progress()
+        & InputsReady(required, optional)
     ).with_label("silver_inputs_landed")
+
+
+def _symbol_groups(symbols: Sequence[str], per_symbol: int) -> list[list[str]]:
+    size = max(1, min(SYMBOLS_PER_SENSOR, MAX_SENSOR_ENTITIES // per_symbol))
+    return [list(symbols[i : i + size]) for i in range(0, len(symbols), size)]
+
+
+def build_silver_sensors(
+    settings: Settings, spec: FeatureSpec = DEFAULT_SPEC, interval_seconds: int = 30
+) -> list[dg.AutomationConditionSensorDefinition]:
+    """The sensors that evaluate silver's automation conditions, in the code server.
+
+    A sensor evaluated by the asset daemon only sees conditions it can deserialize; a custom
+    condition class is shipped as a display snapshot only, so the daemon finds no condition on
+    any silver asset, never ticks, and logs nothing. ``use_user_code_server=True`` evaluates
+    them where the class lives, at the price of Dagster's limit of 500 targeted assets and
+    checks with a condition per sensor, and of a 60 s limit per tick: one sensor per group of
+    ``SYMBOLS_PER_SENSOR`` symbols keeps well under both. The first group's sensor keeps the
+    name ``silver_automation`` whatever the number of symbols.
+    """
+    per_symbol = len(source_tables(settings, spec)) + 1
+    sensors = []
+    for i, group in enumerate(_symbol_groups(settings.symbols, per_symbol)):
+        keys = [silver_asset_key(s, t) for s in group for t in silver_tables(settings, spec)]
+        sensors.append(
+            dg.AutomationConditionSensorDefinition(
+                "silver_automation" if i == 0 else f"silver_automation_{i + 1}",
+                target=dg.AssetSelection.assets(*keys),
+                default_status=dg.DefaultSensorStatus.RUNNING,
+                minimum_interval_seconds=interval_seconds,
+                use_user_code_server=True,
+                description=f"Silver automation for {', '.join(group)}.",
+            )
+        )
+    return sensors
 
 
 # --------------------------------------------------------------------------------------------
@@ -418,10 +632,10 @@ def _float_meta(v: float) -> dg.MetadataValue:
 
 def hour_numbers(table: str, frame: pd.DataFrame, spec: FeatureSpec) -> dict[str, float]:
     """Plot-friendly numbers of one hour (UI asset plots chart them over partitions)."""
-    out: dict[str, float] = {"rows": float(len(frame))}
-    if frame.empty:
-        return out
-    out["complete_rows"] = float(frame["complete"].sum())
+    out: dict[str, float] = {
+        "rows": float(len(frame)),
+        "complete_rows": float(frame["complete"].sum()),
+    }
     if table in (TRADE_TABLE, TRAINING_TABLE):
         out["hourly_realized_vol"] = hourly_realized_vol(frame, spec)
         out["trade_count"] = float(np.nansum(frame["trade_count"].to_numpy(np.float64)))
@@ -454,16 +668,6 @@ def _hour_metadata(
     return meta
 
 
-def _range_metadata(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    total = sum(r["rows"] for r in rows)
-    header = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
-    body = "".join("| " + " | ".join(_fmt(v) for v in r.values()) + " |\n" for r in rows)
-    return {
-        "dagster/row_count": dg.MetadataValue.int(int(total)),
-        "hours": dg.MetadataValue.md(header + body),
-    }
-
-
 def _column_schema(cols: Sequence[str], spec: FeatureSpec) -> dg.TableSchema:
     docs = spec.descriptions()
     names = ["ts", *cols, "complete"]
@@ -471,185 +675,6 @@ def _column_schema(cols: Sequence[str], spec: FeatureSpec) -> dg.TableSchema:
     return dg.TableSchema(
         columns=[dg.TableColumn(n, types.get(n, "float64"), description=docs[n]) for n in names]
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Assets
-
-
-@dataclass(frozen=True)
-class SourceTable:
-    table: str
-    description: str
-    # (bronze data type, mapping); the asset reads these through BronzeStore.
-    inputs: tuple[tuple[str, dg.TimeWindowPartitionMapping], ...]
-    # Bronze types that must have landed at H + offset before automation requests H.
-    required: tuple[tuple[str, tuple[int, ...]], ...]
-    load: Callable[[BronzeHours, int], SymbolInputs | None]
-    checks: tuple[Check, ...]
-    labels: bool
-
-
-def source_tables(settings: Settings, spec: FeatureSpec = DEFAULT_SPEC) -> list[SourceTable]:
-    klines = klines_type(spec.kline_interval)
-    tables = [
-        SourceTable(
-            TRADE_TABLE,
-            "Trade features on the 1 s grid (trade time T) with the fwd_ret labels: bronze "
-            "agg_trades, or the archived trade stream for hours without aggTrades.",
-            ((AGG_TRADES, WARMUP_AND_LABELS), (TRADE, WARMUP_AND_LABELS)),
-            ((AGG_TRADES, (0, 1)),),
-            _load_trades,
-            GRID_CHECKS,
-            True,
-        ),
-        SourceTable(
-            BOOK_TABLE,
-            "BBA features (receive time: spot bookTicker has no exchange time), book depth "
-            "imbalance (book rebuilt from snapshot + diffs, exchange time E) and the mid-move "
-            "labels.",
-            ((BBA, WARMUP_AND_LABELS), (DEPTH_DELTA, WARMUP_AND_LABELS), (DEPTH_SNAPSHOT, WARMUP)),
-            ((BBA, (0, 1)), (DEPTH_DELTA, (0, 1))),
-            _load_book,
-            GRID_CHECKS + BOOK_CHECKS,
-            True,
-        ),
-    ]
-    if spec.kline_interval in settings.kline_intervals:
-        tables.append(
-            SourceTable(
-                KLINE_TABLE,
-                f"Kline features from the last {spec.kline_interval} kline closed before ts.",
-                ((klines, WARMUP),),
-                ((klines, (0,)),),
-                _load_klines(spec.kline_interval),
-                GRID_CHECKS,
-                False,
-            )
-        )
-    return tables
-
-
-def _asset_metadata(
-    symbol: str, table: str, cols: Sequence[str], settings: Settings, spec: FeatureSpec
-) -> dict[str, Any]:
-    return {
-        "symbol": symbol,
-        "table": table,
-        "s3_layout": f"s3://{settings.bucket}/{settings.silver_prefix}/{table}/symbol={symbol}/"
-        "date=YYYY-MM-DD/hour=HH/part-0.parquet",
-        "dagster/column_schema": _column_schema(cols, spec),
-    }
-
-
-class _Run:
-    """What one (possibly ranged) silver run accumulates: rows, verdicts, per-hour numbers."""
-
-    def __init__(self, table: str, checks: Sequence[Check], spec: FeatureSpec) -> None:
-        self.table = table
-        self.checks = checks
-        self.spec = spec
-        self.rows: list[dict[str, Any]] = []
-        self.verdicts: dict[str, list[tuple[int, quality.Verdict]]] = {c.name: [] for c in checks}
-        self.last_meta: dict[str, Any] = {}
-        self.numbers: dict[int, dict[str, float]] = {}
-
-    def add(
-        self, hour: int, frame: pd.DataFrame, uri: str | None, extra: Mapping[str, Any]
-    ) -> None:
-        for c in self.checks:
-            self.verdicts[c.name].append((hour, c.rule(HourFrame(frame, hour, self.spec))))
-        self.numbers[hour] = hour_numbers(self.table, frame, self.spec)
-        meta_extra = dict(extra)
-        if uri:
-            meta_extra["s3_uri"] = dg.MetadataValue.path(uri)
-        self.last_meta = _hour_metadata(self.table, frame, self.spec, meta_extra)
-        self.rows.append(
-            {
-                "hour": f"{from_ms(hour):%Y-%m-%d %H:00}",
-                "rows": len(frame),
-                "complete": int(frame["complete"].sum()) if len(frame) else 0,
-                **{k: v for k, v in self.numbers[hour].items() if k not in ("rows",)},
-                "uri": uri or "",
-            }
-        )
-
-    def result(self, context: dg.AssetExecutionContext, key: dg.AssetKey) -> dg.MaterializeResult:
-        if len(self.rows) == 1:
-            meta = self.last_meta
-        else:
-            meta = _range_metadata(self.rows)
-            # A ranged run's materialization carries one metadata set for all its hours: the
-            # per-hour numbers go on one observation per partition, so plots stay per hour.
-            for hour, numbers in self.numbers.items():
-                context.log_event(
-                    dg.AssetObservation(
-                        asset_key=key,
-                        partition=hour_partition_key(hour),
-                        metadata={k: _float_meta(v) for k, v in numbers.items()},
-                    )
-                )
-        return dg.MaterializeResult(
-            metadata=meta,
-            check_results=check_results(context, key, self.checks, self.verdicts),
-        )
-
-
-def build_source_asset(
-    symbol: str, source: SourceTable, settings: Settings, spec: FeatureSpec = DEFAULT_SPEC
-) -> dg.AssetsDefinition:
-    key = silver_asset_key(symbol, source.table)
-    cols = table_columns(source.table, spec)
-    partitions_def = hourly_partitions(settings)
-
-    @dg.asset(
-        key=key,
-        deps=[dg.AssetDep(bronze_key(symbol, t), partition_mapping=m) for t, m in source.inputs],
-        group_name=SILVER_GROUP,
-        kinds={"s3", "parquet", "pandas"},
-        partitions_def=partitions_def,
-        backfill_policy=BACKFILL_POLICY,
-        automation_condition=silver_condition(
-            [(bronze_key(symbol, t), offs) for t, offs in source.required]
-        ),
-        description=f"{symbol}: {source.description} Parquet (zstd), one object per hour.",
-        metadata=_asset_metadata(symbol, source.table, cols, settings, spec),
-        check_specs=check_specs(key, source.checks, partitions_def),
-    )
-    def _asset(
-        context: dg.AssetExecutionContext, bronze: BronzeResource, silver: SilverResource
-    ) -> dg.MaterializeResult:
-        b = BronzeHours(bronze.get_store(), symbol)
-        store = silver.get_store()
-        run = _Run(source.table, source.checks, spec)
-        for hour in partition_hours(context):
-            current = source.load(b, hour)
-            previous = source.load(b, hour - HOUR_MS)
-            following = source.load(b, hour + HOUR_MS) if source.labels else None
-            result = hour_table(
-                source.table, symbol, hour, current or SymbolInputs(), previous, following, spec
-            )
-            frame = result.frame
-            written = store.write_hour(symbol, hour, frame, source.table, spec, columns=cols)
-            extra: dict[str, Any] = {
-                "previous_hour_in_bronze": dg.MetadataValue.bool(previous is not None),
-            }
-            if source.labels:
-                extra["next_hour_in_bronze"] = dg.MetadataValue.bool(following is not None)
-            if source.table == TRADE_TABLE:
-                extra["trade_source"] = dg.MetadataValue.text(_trade_source(b, hour)[0])
-            if result.book is not None and source.table == BOOK_TABLE:
-                extra["book_sync"] = dg.MetadataValue.json(_jsonable(result.book))
-            uri = written.uri if written.rows else None
-            context.log.info(
-                f"{symbol} {source.table} {from_ms(hour):%Y-%m-%d %H}h: {len(frame)} rows, "
-                f"{int(frame['complete'].sum()) if len(frame) else 0} complete"
-                + (f", {uri}" if uri else " (no input: nothing written)")
-            )
-            run.add(hour, frame, uri, extra)
-        return run.result(context, key)
-
-    return _asset
 
 
 def _jsonable(obj: Any) -> Any:
@@ -664,56 +689,365 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-TRAINING_CHECKS = GRID_CHECKS + (BOOK_CHECKS[2],)
+# --------------------------------------------------------------------------------------------
+# Tables
 
 
-def build_training_set_asset(
-    symbol: str, tables: Sequence[str], settings: Settings, spec: FeatureSpec = DEFAULT_SPEC
+@dataclass(frozen=True)
+class SourceTable:
+    table: str
+    description: str
+    # (bronze data type, mapping); the asset reads these through BronzeStore.
+    inputs: tuple[tuple[str, dg.TimeWindowPartitionMapping], ...]
+    # Bronze types that must have landed at H + offset before automation requests H ...
+    required: tuple[tuple[str, tuple[int, ...]], ...]
+    # ... and those that, if they landed, must have passed their blocking checks (the warm-up
+    # hour; not the archived trades, only a fallback when aggTrades are empty).
+    optional: tuple[tuple[str, tuple[int, ...]], ...]
+    load: Callable[[BronzeHours, int], SymbolInputs | None]
+    checks: tuple[Check, ...]
+    labels: bool
+
+
+def source_tables(settings: Settings, spec: FeatureSpec = DEFAULT_SPEC) -> list[SourceTable]:
+    klines = klines_type(spec.kline_interval)
+    tables = [
+        SourceTable(
+            TRADE_TABLE,
+            "Trade features on the 1 s grid (trade time T) with the fwd_ret labels: bronze "
+            "agg_trades, or the archived trade stream for hours without aggTrades.",
+            ((AGG_TRADES, WARMUP_AND_LABELS), (TRADE, WARMUP_AND_LABELS)),
+            ((AGG_TRADES, (0, 1)),),
+            ((AGG_TRADES, (-1,)),),
+            _load_trades,
+            GRID_CHECKS,
+            True,
+        ),
+        SourceTable(
+            BOOK_TABLE,
+            "BBA features (receive time: spot bookTicker has no exchange time), book depth "
+            "imbalance (book rebuilt from snapshot + diffs, exchange time E) and the mid-move "
+            "labels.",
+            ((BBA, WARMUP_AND_LABELS), (DEPTH_DELTA, WARMUP_AND_LABELS), (DEPTH_SNAPSHOT, WARMUP)),
+            ((BBA, (0, 1)), (DEPTH_DELTA, (0, 1))),
+            ((BBA, (-1,)), (DEPTH_DELTA, (-1,)), (DEPTH_SNAPSHOT, (-1, 0))),
+            _load_book,
+            GRID_CHECKS + BOOK_CHECKS,
+            True,
+        ),
+    ]
+    if spec.kline_interval in settings.kline_intervals:
+        tables.append(
+            SourceTable(
+                KLINE_TABLE,
+                f"Kline features from the last {spec.kline_interval} kline closed before ts.",
+                ((klines, WARMUP),),
+                ((klines, (0,)),),
+                ((klines, (-1,)),),
+                _load_klines(spec.kline_interval),
+                GRID_CHECKS,
+                False,
+            )
+        )
+    return tables
+
+
+def silver_tables(settings: Settings, spec: FeatureSpec = DEFAULT_SPEC) -> list[str]:
+    return [s.table for s in source_tables(settings, spec)] + [TRAINING_TABLE]
+
+
+def _asset_metadata(
+    symbol: str, table: str, cols: Sequence[str], settings: Settings, spec: FeatureSpec
+) -> dict[str, Any]:
+    return {
+        "symbol": symbol,
+        "table": table,
+        "s3_layout": f"s3://{settings.bucket}/{settings.silver_prefix}/{table}/symbol={symbol}/"
+        "date=YYYY-MM-DD/hour=HH/part-0.parquet",
+        "dagster/column_schema": _column_schema(cols, spec),
+    }
+
+
+@dataclass
+class HourOutcome:
+    """One table's hour as computed by a run: what was written and what the checks said."""
+
+    hour: int
+    frame: pd.DataFrame
+    uri: str | None
+    metadata: dict[str, Any]
+    verdicts: dict[str, quality.Verdict]
+
+    def blocked(self, checks: Sequence[Check]) -> list[str]:
+        """Blocking checks that failed (an hour without rows was not checked)."""
+        return [
+            c.name
+            for c in checks
+            if c.blocking and c.name in self.verdicts and not self.verdicts[c.name].passed
+        ]
+
+
+def _outcome(
+    table: str,
+    hour: int,
+    frame: pd.DataFrame,
+    store: SilverStore,
+    symbol: str,
+    checks: Sequence[Check],
+    spec: FeatureSpec,
+    extra: dict[str, Any],
+    input_coverage: Mapping[str, float],
+    log: Any,
+) -> HourOutcome:
+    written = store.write_hour(symbol, hour, frame, table, spec, columns=table_columns(table, spec))
+    uri = written.uri if written.rows else None
+    if uri is None:
+        log.info(f"{symbol} {table} {from_ms(hour):%Y-%m-%d %H}h: no input, nothing written")
+        return HourOutcome(hour, frame, None, {}, {})
+    extra["s3_uri"] = dg.MetadataValue.path(uri)
+    if input_coverage:
+        extra["input_coverage"] = dg.MetadataValue.json(input_coverage)
+    data = HourFrame(frame, hour, spec, input_coverage)
+    verdicts = {c.name: c.rule(data) for c in checks}
+    log.info(
+        f"{symbol} {table} {from_ms(hour):%Y-%m-%d %H}h: {len(frame)} rows, "
+        f"{int(frame['complete'].sum())} complete, {uri}"
+    )
+    return HourOutcome(hour, frame, uri, _hour_metadata(table, frame, spec, extra), verdicts)
+
+
+def _source_hour(
+    source: SourceTable, b: BronzeHours, hour: int, symbol: str, spec: FeatureSpec
+) -> tuple[pd.DataFrame, dict[str, Any], dict[str, float]]:
+    current = source.load(b, hour)
+    previous = source.load(b, hour - HOUR_MS)
+    following = source.load(b, hour + HOUR_MS) if source.labels else None
+    result = hour_table(
+        source.table, symbol, hour, current or SymbolInputs(), previous, following, spec
+    )
+    extra: dict[str, Any] = {
+        "previous_hour_in_bronze": dg.MetadataValue.bool(previous is not None),
+    }
+    if source.labels:
+        extra["next_hour_in_bronze"] = dg.MetadataValue.bool(following is not None)
+    if source.table == TRADE_TABLE:
+        extra["trade_source"] = dg.MetadataValue.text(_trade_source(b, hour)[0])
+    if result.book is not None and source.table == BOOK_TABLE:
+        extra["book_sync"] = dg.MetadataValue.json(_jsonable(result.book))
+    read = (
+        [_trade_source(b, hour)[0]]
+        if source.table == TRADE_TABLE
+        else [data_type for data_type, _ in source.required]
+    )
+    coverage = {
+        data_type: spans.length(b.coverage(data_type, hour)) / HOUR_MS
+        for data_type in read
+        if b.read(data_type, hour) is not None
+    }
+    return result.frame, extra, coverage
+
+
+def _report(
+    context: dg.AssetExecutionContext,
+    key: dg.AssetKey,
+    checks: Sequence[Check],
+    outcomes: list[HourOutcome],
+    single: bool,
+) -> Iterator[dg.MaterializeResult]:
+    """Record what a run made of one table: a one-hour run yields its result (nothing for an
+    hour without rows); a ranged run logs one materialization and its check evaluations per
+    hour with rows."""
+    made = [o for o in outcomes if o.uri is not None]
+    if single:
+        for o in made:
+            yield dg.MaterializeResult(
+                asset_key=key,
+                metadata=o.metadata,
+                check_results=[
+                    overall_result(c, [(o.hour, o.verdicts[c.name])], key) for c in checks
+                ],
+            )
+        return
+    instance = context.instance
+    for o in made:
+        partition = hour_partition_key(o.hour)
+        context.log_event(dg.AssetMaterialization(key, partition=partition, metadata=o.metadata))
+        stored = instance.event_log_storage.get_latest_storage_id_by_partition(
+            key, DagsterEventType.ASSET_MATERIALIZATION, {partition}
+        )
+        # The evaluation names the materialization it checked, so Dagster counts it as the
+        # partition's current result.
+        target = None
+        if partition in stored:
+            record = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=key, storage_ids=[stored[partition]]), limit=1
+            ).records[0]
+            target = AssetCheckEvaluationTargetMaterializationData(
+                storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp
+            )
+        for c in checks:
+            v = o.verdicts[c.name]
+            context.log_event(
+                dg.AssetCheckEvaluation(
+                    asset_key=key,
+                    check_name=c.name,
+                    passed=v.passed,
+                    metadata=verdict_metadata(v),
+                    severity=c.severity,
+                    description=v.summary,
+                    blocking=c.blocking,
+                    partition=partition,
+                    target_materialization_data=target,
+                )
+            )
+    skipped = len(outcomes) - len(made)
+    context.log.info(
+        f"{'/'.join(key.path)}: {len(made)} hour(s) materialized"
+        + (f", {skipped} without input skipped" if skipped else "")
+    )
+
+
+def build_symbol_silver(
+    symbol: str, settings: Settings, spec: FeatureSpec = DEFAULT_SPEC
 ) -> dg.AssetsDefinition:
-    key = silver_asset_key(symbol, TRAINING_TABLE)
-    cols = table_columns(TRAINING_TABLE, spec)
+    """The silver tables of one symbol: one multi-asset, each table skippable."""
     partitions_def = hourly_partitions(settings)
+    sources = source_tables(settings, spec)
+    specs, all_checks = [], []
+    for source in sources:
+        key = silver_asset_key(symbol, source.table)
+        inputs = [(bronze_key(symbol, t), m) for t, m in source.inputs]
+        required = [(bronze_key(symbol, t), offs) for t, offs in source.required]
+        optional = [(bronze_key(symbol, t), offs) for t, offs in source.optional]
+        cols = table_columns(source.table, spec)
+        specs.append(
+            dg.AssetSpec(
+                key,
+                deps=[dg.AssetDep(k, partition_mapping=m) for k, m in inputs],
+                group_name=SILVER_GROUP,
+                kinds={"s3", "parquet", "pandas"},
+                partitions_def=partitions_def,
+                skippable=True,
+                automation_condition=silver_condition(required, optional),
+                description=f"{symbol}: {source.description} Parquet (zstd), one object per "
+                "hour; an hour without input writes nothing and is not materialized.",
+                metadata=_asset_metadata(symbol, source.table, cols, settings, spec),
+            )
+        )
+        all_checks += check_specs(key, source.checks, partitions_def)
+    training_key = silver_asset_key(symbol, TRAINING_TABLE)
+    source_keys = [silver_asset_key(symbol, s.table) for s in sources]
+    trade_key = silver_asset_key(symbol, TRADE_TABLE)
+    specs.append(
+        dg.AssetSpec(
+            training_key,
+            deps=source_keys,
+            group_name=SILVER_GROUP,
+            kinds={"s3", "parquet", "pandas"},
+            partitions_def=partitions_def,
+            skippable=True,
+            automation_condition=silver_condition(
+                [(trade_key, (0,))], [(k, (0,)) for k in source_keys if k != trade_key]
+            ),
+            description=(
+                f"{symbol}: the training set, every feature and label column of the 1 s grid: "
+                "trade, book and kline features joined on ts; complete when every table's row "
+                "is. An hour whose tables failed a blocking check is not joined."
+            ),
+            metadata=_asset_metadata(
+                symbol, TRAINING_TABLE, table_columns(TRAINING_TABLE, spec), settings, spec
+            ),
+        )
+    )
+    all_checks += check_specs(training_key, TRAINING_CHECKS, partitions_def)
 
-    @dg.asset(
-        key=key,
-        deps=[silver_asset_key(symbol, t) for t in tables],
-        group_name=SILVER_GROUP,
-        kinds={"s3", "parquet", "pandas"},
+    @dg.multi_asset(
+        name=f"silver_{asset_key_part(symbol)}",
+        specs=specs,
+        check_specs=all_checks,
         partitions_def=partitions_def,
         backfill_policy=BACKFILL_POLICY,
-        automation_condition=silver_condition([(silver_asset_key(symbol, TRADE_TABLE), (0,))]),
-        description=(
-            f"{symbol}: the training set, every feature and label column of the 1 s grid: "
-            "trade, book and kline features joined on ts; complete when every table's row is."
-        ),
-        metadata=_asset_metadata(symbol, TRAINING_TABLE, cols, settings, spec),
-        check_specs=check_specs(key, TRAINING_CHECKS, partitions_def),
+        can_subset=True,
     )
-    def _asset(context: dg.AssetExecutionContext, silver: SilverResource) -> dg.MaterializeResult:
+    def _silver(
+        context: dg.AssetExecutionContext, bronze: BronzeResource, silver: SilverResource
+    ) -> Iterator[dg.MaterializeResult]:
+        selected = context.selected_asset_keys
+        hours = list(partition_hours(context))
+        b = BronzeHours(bronze.get_store(), symbol)
         store = silver.get_store()
-        run = _Run(TRAINING_TABLE, TRAINING_CHECKS, spec)
-        for hour in partition_hours(context):
-            parts = {t: store.read_hour(t, symbol, hour) for t in SOURCE_TABLES}
-            frame = join_tables(symbol, parts, spec)
-            written = store.write_hour(symbol, hour, frame, TRAINING_TABLE, spec, columns=cols)
-            extra = {
-                "tables_present": dg.MetadataValue.json(
-                    sorted(t for t, f in parts.items() if f is not None and len(f))
+        done: dict[str, dict[int, HourOutcome]] = {}
+        blocked: list[str] = []
+        for source in sources:
+            key = silver_asset_key(symbol, source.table)
+            if key not in selected:
+                continue
+            outcomes = []
+            for hour in hours:
+                frame, extra, coverage = _source_hour(source, b, hour, symbol, spec)
+                o = _outcome(
+                    source.table, hour, frame, store, symbol, source.checks, spec, extra,
+                    coverage, context.log,
+                )  # fmt: skip
+                outcomes.append(o)
+                blocked += [f"{source.table} {from_ms(hour):%Y-%m-%d %H}h {c}" for c in
+                            o.blocked(source.checks)]  # fmt: skip
+            done[source.table] = {o.hour: o for o in outcomes}
+            yield from _report(context, key, source.checks, outcomes, len(hours) == 1)
+        if training_key in selected:
+            outcomes = []
+            for hour in hours:
+                stopped = [
+                    s.table
+                    for s in sources
+                    if (o := done.get(s.table, {}).get(hour)) is not None and o.blocked(s.checks)
+                ]
+                if stopped:
+                    context.log.warning(
+                        f"{symbol} training_set {from_ms(hour):%Y-%m-%d %H}h not joined: "
+                        f"{', '.join(stopped)} failed a blocking check"
+                    )
+                    continue
+                parts = {
+                    t: done[t][hour].frame if hour in done.get(t, {}) else
+                    store.read_hour(t, symbol, hour)
+                    for t in SOURCE_TABLES
+                }  # fmt: skip
+                frame = join_tables(symbol, parts, spec)
+                extra = {
+                    "tables_present": dg.MetadataValue.json(
+                        sorted(t for t, f in parts.items() if f is not None and len(f))
+                    )
+                }
+                outcomes.append(
+                    _outcome(
+                        TRAINING_TABLE,
+                        hour,
+                        frame,
+                        store,
+                        symbol,
+                        TRAINING_CHECKS,
+                        spec,
+                        extra,
+                        {},
+                        context.log,
+                    )  # fmt: skip
                 )
-            }
-            run.add(hour, frame, written.uri if written.rows else None, extra)
-        return run.result(context, key)
+                blocked += [f"training_set {from_ms(hour):%Y-%m-%d %H}h {c}" for c in
+                            outcomes[-1].blocked(TRAINING_CHECKS)]  # fmt: skip
+            yield from _report(context, training_key, TRAINING_CHECKS, outcomes, len(hours) == 1)
+        if blocked and len(hours) > 1:
+            # A one-hour run fails on its own (blocking check results); a ranged run logged its
+            # evaluations, so it says so itself.
+            raise dg.Failure(
+                description=f"{len(blocked)} blocking check(s) failed: {'; '.join(blocked[:10])}"
+            )
 
-    return _asset
+    return _silver
 
 
 def build_silver_assets(
     settings: Settings, spec: FeatureSpec = DEFAULT_SPEC
 ) -> list[dg.AssetsDefinition]:
-    """Per symbol: the source tables and the training set joining them."""
-    assets = []
-    for symbol in settings.symbols:
-        sources = source_tables(settings, spec)
-        assets += [build_source_asset(symbol, s, settings, spec) for s in sources]
-        assets.append(build_training_set_asset(symbol, [s.table for s in sources], settings, spec))
-    return assets
+    """Per symbol: one multi-asset with the source tables and the training set joining them."""
+    return [build_symbol_silver(symbol, settings, spec) for symbol in settings.symbols]

@@ -1,7 +1,8 @@
 """Silver features (SPEC §4): pure functions and classes, no I/O.
 
 - :mod:`.spec` - grid, windows, horizons, column names and descriptions (shared).
-- :mod:`.formulas` - the arithmetic from per-step primitives to columns (shared).
+- :mod:`.formulas` - the arithmetic from per-step primitives to columns (shared), exact sums.
+- :mod:`.coverage` - what time each source covered, and what a hole means for a row (shared).
 - :mod:`.offline` - vectorized features for a range of steps (a symbol-hour, a day).
 - :mod:`.online` - the incremental engine fed records in arrival order.
 - :mod:`.book` - order book rebuild from snapshot + diffs, with grid sampling.

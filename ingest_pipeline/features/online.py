@@ -19,31 +19,50 @@ still applied to the book (the update-id chain needs them) and counted. With no 
 the rows are identical to the offline form's for ``GridRange(start, end, known_from=start,
 known_until=end)``; a depth snapshot that arrives after the step it would have synced is the
 one documented source of difference (online rows stay null until it arrives).
+
+The engine never resets and needs not: its window sums are exact integers or direct sums (see
+``formulas``), so a row's values do not depend on how long the engine has run, and equal the
+offline form's computed from any earlier start. Time the engine did not listen to (a
+disconnect not filled) is declared with :meth:`mark_uncovered`, as bronze objects declare
+theirs, so both forms treat it as missing. Rows are derived in batches when read (``drain``):
+closing a step only records its primitives.
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ingest_pipeline.features.book import BookTracker
+from ingest_pipeline.features.coverage import (
+    BBA_SOURCE,
+    DEPTH_SOURCE,
+    KLINE_SOURCE,
+    NEVER,
+    SOURCES,
+    TRADE_SOURCE,
+    CoverageIndex,
+)
 from ingest_pipeline.features.formulas import (
-    LAG_FILL,
+    INT_PRIMS,
     NAN,
-    derive_rows,
+    block_reach,
+    derive_block,
     prim_names,
-    r_squared,
+    qty_limbs_one,
 )
 from ingest_pipeline.features.spec import DEFAULT_SPEC, FeatureSpec
 from ingest_pipeline.records import AGG_TRADES, BBA, DEPTH_DELTA, DEPTH_SNAPSHOT, TRADE, TRADES
+from ingest_pipeline.spans import subtract
 
 DEFAULT_LATENESS_MS = 3000
 _NAN4 = (NAN, NAN, NAN, NAN)
 _NAN6 = (NAN,) * 6
+_ZERO_INTS = (0,) * len(INT_PRIMS)
 _BATCH = 512  # steps closed per derivation batch
 
 
@@ -72,37 +91,50 @@ class OnlineFeatureEngine:
         self.max_event_ts = start_ms
         self.late: Counter[str] = Counter()
         self.duplicates: Counter[str] = Counter()
+        # What the engine has listened to: everything from its start, until told otherwise.
+        self._covered = {s: ((start_ms, NEVER),) for s in SOURCES}
+        self._cover = {s: CoverageIndex(v) for s, v in self._covered.items()}
         # trades of open buckets: row index j -> [(event_ts, trade_id, price, qty, ibm)]
         self._buckets: dict[int, list[tuple[int, int, float, float, bool]]] = {}
         self._open_ids: set[int] = set()
-        self._p = NAN
-        self._cs_buy = 0.0
-        self._cs_sell = 0.0
-        self._cs_r2 = 0.0
-        # BBA in force, and those not yet before the next step's end
+        self._p = NAN  # last trade price, and its time (None: no trade yet)
+        self._p_t: int | None = None
+        # BBA in force (and its receive time), and those not yet before the next step's end
         self._bba_key: tuple[int, int] | None = None
         self._bba = _NAN4
         self._bba_pending: list[tuple[int, int, tuple[float, float, float, float]]] = []
         self.book = BookTracker(step, start_ms, spec.depth_levels)
+        # E of the last diff before the last closed step, and the diffs' E not closed yet
+        self._book_t: int | None = None
+        self._diff_times: list[int] = []
         self._kline_close = -1
         self._kline = _NAN6
         self._kline_pending: dict[int, Mapping[str, Any]] = {}
-        # primitives of the last steps (tuples in prim_names order); self._hist[0] is j=_base
+        # primitives of the last steps: self._hist[0] / self._hist_ints[0] are j = _base
         self._names = prim_names(spec)
-        self._idx = {n: i for i, n in enumerate(self._names)}
-        self._lags = {w: spec.steps(w) for w in spec.windows_ms}
-        self._leads = {n: spec.steps(n) for n in spec.horizons_ms}
-        self._max_lead = max(self._leads.values())
-        self._max_lag = max(self._lags.values())
-        self._keep = max(self._lags.values()) + self._max_lead + 2
-        self._hist: deque[tuple[float, ...]] = deque()
-        self._base = 0
-        self._hist.append(self._prims_now(0.0, 0.0, 0.0, 0.0, 0.0, None))
-        self._finalized_j = 0  # last j whose final row was emitted
-        self._lag_fill = tuple(LAG_FILL.get(n, NAN) for n in self._names)
+        self._lag, self._lead = block_reach(spec)
+        self._keep = self._lag + self._lead + 2
         self._nan_row = (NAN,) * len(self._names)
-        self.feature_rows: list[dict[str, Any]] = []
-        self.final_rows: list[dict[str, Any]] = []
+        self._hist: deque[tuple[float, ...]] = deque()
+        self._hist_ints: deque[tuple[int, ...]] = deque()
+        self._base = 0
+        # j = 0 is the start itself: no bucket before it is known
+        self._hist.append((0.0, 0.0, NAN, 0.0, 0.0) + self._nan_row[5:])
+        self._hist_ints.append(_ZERO_INTS)
+        self._finalized_j = 0  # last j whose final row was emitted
+        self._closed: list[int] = []  # steps closed, rows not derived yet
+        self._feature_rows: list[dict[str, Any]] = []
+        self._final_rows: list[dict[str, Any]] = []
+
+    # --- coverage ---------------------------------------------------------------------------
+
+    def mark_uncovered(self, start_ms: int, end_ms: int, sources: Iterable[str] = SOURCES) -> None:
+        """``[start_ms, end_ms)`` was not listened to (a disconnect not filled): rows whose
+        buckets or windows touch it are not complete, and no state is carried across it. Must
+        be told before the steps it touches close; closed rows do not change."""
+        for s in sources:
+            self._covered[s] = subtract(self._covered[s], start_ms, end_ms)
+            self._cover[s] = CoverageIndex(self._covered[s])
 
     # --- input -----------------------------------------------------------------------------
 
@@ -155,6 +187,8 @@ class OnlineFeatureEngine:
             return
         if E < self.closed_ts:
             self.late["depth_delta"] += 1
+        else:
+            self._diff_times.append(E)
         self.book.on_diff(d)
         self._saw(E)
 
@@ -182,67 +216,74 @@ class OnlineFeatureEngine:
 
     def advance_to(self, watermark_ms: int) -> None:
         """Close every grid step with ``ts <= watermark_ms``."""
-        closed: list[int] = []
         while self.closed_ts + self.step <= watermark_ms:
             self._close_step()
-            closed.append(self._j)
-            if len(closed) >= _BATCH:
-                self._flush(closed)
-                closed = []
-        if closed:
-            self._flush(closed)
+            self._closed.append(self._j)
+            if len(self._closed) >= _BATCH:
+                self._flush()
 
-    def _flush(self, closed: list[int]) -> None:
-        """Emit the rows of the steps just closed (batched: one derivation per batch)."""
+    def _flush(self) -> None:
+        """Derive the rows of the steps closed since the last flush. Closing a step is cheap;
+        deriving is done for many steps at once (a replay closes one step per record)."""
+        if not self._closed:
+            return
         if self.emit_feature_rows:
-            self._rows(closed, known_until=self.closed_ts, labels=False, out=self.feature_rows)
-        self._emit(final_until=self._j - self._max_lead, known_until=self.closed_ts)
+            self._rows(self._closed, self.closed_ts, labels=False, out=self._feature_rows)
+        self._closed = []
+        self._emit(final_until=self._j - self._lead, known_until=self.closed_ts)
+
+    @property
+    def feature_rows(self) -> list[dict[str, Any]]:
+        """Feature rows emitted so far (labels null, ``complete`` false)."""
+        self._flush()
+        return self._feature_rows
+
+    @property
+    def final_rows(self) -> list[dict[str, Any]]:
+        """Final rows emitted so far (labels and ``complete`` filled)."""
+        self._flush()
+        return self._final_rows
 
     def finish(self, end_ms: int) -> None:
         """End of data at ``end_ms``: close the remaining steps and emit every pending final
         row, with labels null where their horizon passes ``end_ms``."""
         self.advance_to(end_ms)
+        self._flush()
         self._emit(final_until=self._j, known_until=self.closed_ts)
 
     def drain(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """``(feature_rows, final_rows)`` emitted since the last call."""
-        out = (self.feature_rows, self.final_rows)
-        self.feature_rows, self.final_rows = [], []
+        self._flush()
+        out = (self._feature_rows, self._final_rows)
+        self._feature_rows, self._final_rows = [], []
         return out
-
-    def _prims_now(
-        self, count: float, volume: float, notional: float, buy: float, sell: float,
-        sample: tuple[float, ...] | None,
-    ) -> tuple[float, ...]:  # fmt: skip
-        depth = sample if sample is not None else (NAN,) * (2 * len(self.spec.depth_levels))
-        return (
-            count, volume, notional, buy, sell, self._p, self._cs_buy, self._cs_sell, self._cs_r2,
-            *self._bba, *depth, *self._kline,
-        )  # fmt: skip
 
     def _close_step(self) -> None:
         j = self._j + 1
         ts = self.closed_ts + self.step
-        # trades of [ts - step, ts), in (event_ts, trade_id) order, summed left to right
-        count = volume = notional = buy = sell = 0.0
+        # trades of [ts - step, ts), in (event_ts, trade_id) order; sizes as exact limbs
+        count = notional = 0.0
+        buy_w = buy_f = sell_w = sell_f = 0
         bucket = self._buckets.pop(j, None)
-        p_prev = self._p
         if bucket:
             bucket.sort()
             for _, tid, px, q, ibm in bucket:
                 count += 1.0
-                volume += q
                 notional += px * q
+                w, f = qty_limbs_one(q)
                 if ibm:
-                    sell += q
+                    sell_w += w
+                    sell_f += f
                 else:
-                    buy += q
+                    buy_w += w
+                    buy_f += f
                 self._open_ids.discard(tid)
             self._p = bucket[-1][2]
-        self._cs_buy += buy
-        self._cs_sell += sell
-        r2 = r_squared(np.array([self._p]), np.array([p_prev]))[0]
-        self._cs_r2 += float(r2)
+            self._p_t = bucket[-1][0]
+        gap = self._cover[TRADE_SOURCE].gap_end_at(ts)
+        p = self._p if self._p_t is not None and self._p_t >= gap else NAN
+        seen = 0.0 if self._p_t is None else 1.0
+        cov = 1.0 if gap <= ts - self.step else 0.0
         # BBA in force: the largest (event_ts, update_id) with event_ts < ts
         if self._bba_pending:
             keep = []
@@ -255,9 +296,21 @@ class OnlineFeatureEngine:
                 else:
                     keep.append(item)
             self._bba_pending = keep
-        # book with every diff of E < ts applied
+        bba = self._bba
+        if self._bba_key is None or self._bba_key[0] < self._cover[BBA_SOURCE].gap_end_at(ts):
+            bba = _NAN4
+        # book with every diff of E < ts applied, while no uncovered diff time lies since
         self.book.close(ts)
         sample = self.book.samples.pop(ts)
+        before = [E for E in self._diff_times if E < ts]
+        if before:
+            newest = max(before)
+            if self._book_t is None or newest > self._book_t:
+                self._book_t = newest
+            self._diff_times = [E for E in self._diff_times if E >= ts]
+        depth_gap = self._cover[DEPTH_SOURCE].gap_end_at(ts)
+        if sample is None or self._book_t is None or self._book_t < depth_gap:
+            sample = (NAN,) * (2 * len(self.spec.depth_levels))
         # kline: the last with close_time < ts
         if self._kline_pending:
             for open_time in [o for o, k in self._kline_pending.items() if k["close_time"] < ts]:
@@ -268,60 +321,60 @@ class OnlineFeatureEngine:
                         k["open_price"], k["high_price"], k["low_price"], k["close_price"],
                         k["volume"], k["taker_buy_base_volume"],
                     )  # fmt: skip
-        self._hist.append(self._prims_now(count, volume, notional, buy, sell, sample))
+        kline = self._kline
+        if self._kline_close < self._cover[KLINE_SOURCE].gap_end_at(ts):
+            kline = _NAN6
+        self._hist.append((count, notional, p, seen, cov, *bba, *sample, *kline))
+        self._hist_ints.append((buy_w, buy_f, sell_w, sell_f))
         self._j = j
         self.closed_ts = ts
-
-    def _at(self, j: int, fill: tuple[float, ...]) -> tuple[float, ...]:
-        if j < 0 or j > self._j:
-            return fill
-        return self._hist[j - self._base]
 
     def _emit(self, final_until: int, known_until: int) -> None:
         if final_until > self._finalized_j:
             js = list(range(self._finalized_j + 1, final_until + 1))
-            self._rows(js, known_until=known_until, labels=True, out=self.final_rows)
+            for i in range(0, len(js), _BATCH):
+                self._rows(js[i : i + _BATCH], known_until, labels=True, out=self._final_rows)
             self._finalized_j = final_until
         # keep what unfinished rows and future windows still need
-        oldest_needed = min(self._finalized_j + 1, self._j) - self._max_lag
+        oldest_needed = min(self._finalized_j + 1, self._j) - self._lag
         while len(self._hist) > self._keep and self._base < oldest_needed:
             self._hist.popleft()
+            self._hist_ints.popleft()
             self._base += 1
+
+    def _block(self, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+        """Primitives of steps ``first..last``; steps before the start or not closed yet are
+        padding (NaN floats, zero ints), exactly as the offline form pads its grid."""
+        floats, ints = [], []
+        for j in range(first, last + 1):
+            if 0 <= j - self._base and j <= self._j:
+                floats.append(self._hist[j - self._base])
+                ints.append(self._hist_ints[j - self._base])
+            else:
+                floats.append(self._nan_row)
+                ints.append(_ZERO_INTS)
+        return (
+            np.array(floats, dtype=np.float64).reshape(len(floats), len(self._names)),
+            np.array(ints, dtype=np.int64).reshape(len(ints), len(INT_PRIMS)),
+        )
 
     def _rows(
         self, js: list[int], known_until: int, labels: bool, out: list[dict[str, Any]]
     ) -> None:
         spec = self.spec
-        idx = self._idx
-
-        def cols(rows: list[tuple[float, ...]], names: tuple[str, ...]) -> dict[str, np.ndarray]:
-            a = np.array(rows, dtype=np.float64).reshape(len(rows), len(self._names))
-            return {n: a[:, idx[n]] for n in names}
-
-        cur = cols([self._at(j, self._nan_row) for j in js], self._names)
-        lag = {
-            w: cols(
-                [self._at(j - n, self._lag_fill) for j in js], ("p", "cs_buy", "cs_sell", "cs_r2")
-            )
-            for w, n in self._lags.items()
-        }
-        fwd = {
-            h: cols(
-                [self._at(j + n, self._nan_row) if labels else self._nan_row for j in js],
-                ("p", "bid_px", "ask_px"),
-            )
-            for h, n in self._leads.items()
-        }
+        fa, ia = self._block(js[0] - self._lag, js[-1] + self._lead)
+        floats = {n: fa[:, i] for i, n in enumerate(self._names)}
+        ints = {n: ia[:, i] for i, n in enumerate(INT_PRIMS)}
         ts = np.array([self.known_from + j * self.step for j in js], dtype=np.int64)
-        values = derive_rows(spec, ts, cur, lag, fwd, self.known_from, known_until)
-        names = spec.columns()[2:]
-        lists = {c: values[c].tolist() for c in names}
-        ts_list = ts.tolist()
-        for i in range(len(js)):
-            row: dict[str, Any] = {"symbol": self.symbol, "ts": ts_list[i]}
-            for c in names:
-                row[c] = lists[c][i]
-            out.append(row)
+        values = derive_block(spec, ts, floats, ints, self._lag, self.known_from, known_until)
+        if not labels:
+            # A feature row is emitted before its horizons have passed: labels not yet known.
+            for c in spec.label_columns():
+                values[c] = np.full(len(js), NAN)
+            values["complete"] = np.zeros(len(js), np.bool_)
+        names = spec.columns()
+        columns = [[self.symbol] * len(js), ts.tolist(), *(values[c].tolist() for c in names[2:])]
+        out.extend(dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True))
 
 
 def rows_to_frame(rows: list[dict[str, Any]], spec: FeatureSpec = DEFAULT_SPEC) -> pd.DataFrame:

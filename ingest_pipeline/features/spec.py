@@ -107,52 +107,80 @@ class FeatureSpec:
         return frozenset({"vwap", "kline_taker_buy_ratio"})
 
     def descriptions(self) -> dict[str, str]:
-        """Column descriptions, written into the silver parquet schema."""
+        """Column descriptions, written into the silver parquet schema.
+
+        "Not covered" means time the source was not listened to: outside the hours in bronze,
+        outside the spans a bronze object records as covered (a capture's ends, streamer
+        downtime), before an online engine started. Bucket and window columns are null when
+        any of their time is not covered; a state (last price, BBA, book, kline) is null from
+        the first uncovered moment after it until the source's next record: nothing is carried
+        across a hole. Sizes are summed as exact decimals (Binance's 8-decimal strings) and
+        rounded to float once.
+        """
         d: dict[str, str] = {
             "symbol": "Binance symbol",
             "ts": "grid time, epoch ms UTC; the row sees only records with event time < ts "
             "(labels excepted)",
             "trade_count": "number of trade records (of the trade source) in [ts - step, ts), "
-            "trade time T; null before the first trade",
-            "volume": "sum of qty in [ts - step, ts)",
-            "vwap": "sum(price*qty)/sum(qty) in [ts - step, ts); null when volume is 0",
-            "buy_volume": "taker-buy qty (is_buyer_maker false) in [ts - step, ts)",
-            "sell_volume": "taker-sell qty (is_buyer_maker true) in [ts - step, ts)",
+            "trade time T; null before the first trade and when the bucket is not wholly "
+            "covered",
+            "volume": "sum of qty in [ts - step, ts), exact decimal sum rounded once; null as "
+            "trade_count",
+            "vwap": "sum(price*qty)/sum(qty) in [ts - step, ts); null when volume is 0 or null",
+            "buy_volume": "taker-buy qty (is_buyer_maker false) in [ts - step, ts), exact; "
+            "null as trade_count",
+            "sell_volume": "taker-sell qty (is_buyer_maker true) in [ts - step, ts), exact; "
+            "null as trade_count",
             "spread": "ask - bid of the last BBA with event_ts < ts; BBA event_ts is the "
-            "receive time (spot bookTicker has no exchange time)",
-            "spread_bps": "(ask - bid)/mid * 1e4 from the BBA at ts (receive time)",
-            "mid": "(bid + ask)/2 from the BBA at ts (receive time)",
+            "receive time (spot bookTicker has no exchange time); null before the first BBA "
+            "and after uncovered BBA time until the next BBA",
+            "spread_bps": "(ask - bid)/mid * 1e4 from the BBA at ts (receive time); null as spread",
+            "mid": "(bid + ask)/2 from the BBA at ts (receive time); null as spread",
             "microprice": "(bid_px*ask_sz + ask_px*bid_sz)/(bid_sz + ask_sz), BBA at ts "
-            "(receive time)",
-            "obi_1": "(bid_sz - ask_sz)/(bid_sz + ask_sz), BBA at ts (receive time)",
-            "kline_ret": "ln(close/open) of the last kline with close_time < ts",
-            "kline_range": "(high - low)/open of the kline at ts",
+            "(receive time); null as spread",
+            "obi_1": "(bid_sz - ask_sz)/(bid_sz + ask_sz), BBA at ts (receive time); null as "
+            "spread",
+            "kline_ret": "ln(close/open) of the last kline with close_time < ts; null before "
+            "the first and after uncovered kline time until the next close",
+            "kline_range": "(high - low)/open of the kline at ts; null as kline_ret",
             "kline_taker_buy_ratio": "taker_buy_base_volume/volume of the kline at ts; null "
-            "when volume is 0",
+            "when volume is 0, and as kline_ret",
             "complete": "true when every input of every column existed: warm-up and label "
-            "horizons inside the known data, and no value missing for lack of input",
+            "horizons inside the known data and covered, no value missing for lack of input",
         }
         for w in self.windows_ms:
             s = duration_suffix(w)
-            d[f"signed_volume_{s}"] = f"sum(buy qty - sell qty) over trades in [ts - {s}, ts)"
-            d[f"trade_imbalance_{s}"] = (
-                f"(buy - sell)/(buy + sell) qty over [ts - {s}, ts); 0 when no volume"
+            d[f"signed_volume_{s}"] = (
+                f"sum(buy qty - sell qty) over trades in [ts - {s}, ts), exact decimal sum "
+                "rounded once; null before the first trade and when the window is not wholly "
+                "covered"
             )
-            d[f"ret_{s}"] = f"ln(p_ts / p_(ts-{s})), p = price of the last trade with T < t"
+            d[f"trade_imbalance_{s}"] = (
+                f"(buy - sell)/(buy + sell) qty over [ts - {s}, ts); 0 when no volume; null as "
+                f"signed_volume_{s}"
+            )
+            d[f"ret_{s}"] = (
+                f"ln(p_ts / p_(ts-{s})), p = price of the last trade with T < t; p is null "
+                "before the first trade and after uncovered trade time until the next trade"
+            )
             d[f"rv_{s}"] = (
-                f"sqrt(sum of r^2 over the steps ending at ts within {s}), r = ln(p_t/p_(t-step))"
+                f"sqrt(sum of r^2 over the steps ending at ts within {s}), r = ln(p_t/p_(t-step)),"
+                " summed oldest step first; null unless the window is wholly covered and "
+                f"p_(ts-{s}) known"
             )
         for k in self.depth_levels:
             d[f"depth_imbalance_{k}"] = (
                 f"(sum bid qty - sum ask qty)/(sum of both) over the top {k} levels of the book "
                 "rebuilt from snapshot + diffs with exchange time E < ts; null while the book "
-                "is not synced (before the first snapshot bridge or after a gap until resync)"
+                "is not synced (before the first snapshot bridge or after a gap until resync) "
+                "and after uncovered diff time until the next diff"
             )
         for n in self.horizons_ms:
             s = duration_suffix(n)
-            d[f"fwd_ret_{s}"] = f"label: ln(p_(ts+{s}) / p_ts)"
+            d[f"fwd_ret_{s}"] = f"label: ln(p_(ts+{s}) / p_ts); null when either price is"
             d[f"fwd_mid_move_{s}_bps"] = (
-                f"label: (mid_(ts+{s}) - mid_ts)/mid_ts * 1e4, BBA mids (receive time)"
+                f"label: (mid_(ts+{s}) - mid_ts)/mid_ts * 1e4, BBA mids (receive time); null "
+                "when either mid is"
             )
         return {c: d[c] for c in self.columns()}
 

@@ -11,6 +11,7 @@ from types import TracebackType
 
 from aiohttp import web
 
+from ingest_pipeline.simulator.archive import ArchiveSettings, BinanceArchive
 from ingest_pipeline.simulator.market import GENESIS_MS, Market, SymbolSpec, default_universe
 from ingest_pipeline.simulator.replay import Replayer, load_captures, spec_of
 from ingest_pipeline.simulator.rest import FAULT_KINDS, BinanceRest, wall_clock_ms
@@ -50,6 +51,8 @@ class SimulatorConfig:
     ws_max_pending: int = 1_000_000  # frames queued for one client before it is dropped
     ws_emitted_log: int = 200_000  # ids kept per stream by GET /_sim/ws/emitted
     clock: Callable[[], int] = wall_clock_ms  # epoch ms; "now" of the market
+    # The public data archive (data.binance.vision layout) served beside REST.
+    archive: ArchiveSettings = field(default_factory=ArchiveSettings)
 
     def all_symbols(self) -> list[SymbolSpec]:
         extra = default_universe(self.extra_symbols)[len(default_universe()) :]
@@ -83,6 +86,7 @@ class SimulatorServer:
             self.market = Market(self.config.all_symbols(), self.config.genesis_ms)
         self.rest = BinanceRest(self.config, self.market, self.config.clock)
         self.ws = BinanceWs(self.config, self.market, self.config.clock)
+        self.archive = BinanceArchive(self.market, self.config.clock, self.config.archive)
         if self.replay is not None:
             self.replay.hub = self.ws
             self.ws.replay = self.replay
@@ -96,6 +100,7 @@ class SimulatorServer:
         """REST and WebSocket endpoints on one aiohttp app, as Binance's hosts serve them."""
         app = self.rest.app()
         self.ws.install(app)
+        self.archive.install(app)
         return app
 
     @property

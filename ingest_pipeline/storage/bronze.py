@@ -1,9 +1,18 @@
 """Bronze objects (SPEC §3): deterministic keys, sorted and deduplicated gzip JSONL, one PUT.
 
 Idempotence rests on a content fingerprint kept in the object's metadata: the SHA-256 of the
-records without ``ingest_ts``. A re-run whose records have the same fingerprint leaves the
-stored object alone (same bytes, first ``ingest_ts`` kept); one that differs replaces the object
-in a single PUT and reports what changed.
+records without ``ingest_ts``. A re-run whose records have the same fingerprint (and the same
+coverage) leaves the stored object alone (same bytes, first ``ingest_ts`` kept); one that
+differs replaces the object in a single PUT and reports what changed.
+
+Coverage is data: an object also says which spans of its hour its source covered, in the
+``coverage`` metadata entry (read with a HEAD, without the body): a JSON list of
+``[start, end)`` offsets in ms from the start of the hour, in the clock the records are placed
+by (trade time, diff ``E``, BBA receive time). No entry means the whole hour (REST history
+always covers it); a capture that ends at 00:05:05 writes ``[[0,305000]]``; streamer downtime
+not filled, or a source cut short, leaves the corresponding holes. At most
+``MAX_COVERAGE_SPANS`` spans are kept (S3 metadata is limited to 2 KB): beyond that the
+shortest covered spans are dropped, i.e. counted as not covered - never the other way round.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from typing import Any
 import orjson
 
 from ingest_pipeline.records import KLINES_PREFIX, Record, id_field, record_key, time_field
+from ingest_pipeline.spans import Span, Spans, clip
 from ingest_pipeline.storage.s3objects import get_bytes_or_none, head_or_none
 from ingest_pipeline.symbols import check_symbol
 from ingest_pipeline.timeutil import HOUR_MS, from_ms
@@ -35,6 +45,8 @@ CHUNK_RECORDS = 10_000
 DEFAULT_GZIP_LEVEL = 3
 FINGERPRINT_META = "content-sha256"
 RECORDS_META = "records"
+COVERAGE_META = "coverage"
+MAX_COVERAGE_SPANS = 100
 _IGNORED_IN_FINGERPRINT = "ingest_ts"
 # ingest_ts is an integer and no other field can hold this text (symbols are alphanumeric,
 # prices and sizes are numbers or numeric strings), so masking it in the JSON is exact.
@@ -79,7 +91,7 @@ def prepare_records(
         strays |= {r["interval"] for r in records} - {data_type[len(KLINES_PREFIX) :]}
     if strays:
         raise ValueError(f"{data_type} object of {symbol} given records of {sorted(strays)}")
-    ids = [r[id_field(data_type)] for r in records]
+    ids = list(map(operator.itemgetter(id_field(data_type)), records))
     # REST pages arrive in key order: checking is far cheaper than sorting a million records.
     if all(map(operator.lt, ids, islice(ids, 1, None))):
         return records, 0
@@ -144,6 +156,29 @@ def encode_with_fingerprint(
     return b"".join(parts), digest.hexdigest()
 
 
+def encode_coverage(spans: Iterable[Sequence[int]] | None, hour_ms: int) -> str | None:
+    """The ``coverage`` metadata value of an hour's object (None: the whole hour)."""
+    if spans is None:
+        return None
+    covered = clip(spans, hour_ms, hour_ms + HOUR_MS)
+    if covered == ((hour_ms, hour_ms + HOUR_MS),):
+        return None
+    if len(covered) > MAX_COVERAGE_SPANS:
+        longest = sorted(covered, key=lambda sp: (sp[0] - sp[1], sp[0]))[:MAX_COVERAGE_SPANS]
+        covered = tuple(sorted(longest))
+    return orjson.dumps([[a - hour_ms, b - hour_ms] for a, b in covered]).decode()
+
+
+def decode_coverage(metadata: dict[str, str], hour_ms: int) -> Spans:
+    """Covered spans (epoch ms) of an object from its S3 metadata."""
+    value = metadata.get(COVERAGE_META)
+    if value is None:
+        return ((hour_ms, hour_ms + HOUR_MS),)
+    return clip(
+        ((hour_ms + a, hour_ms + b) for a, b in orjson.loads(value)), hour_ms, hour_ms + HOUR_MS
+    )
+
+
 def decode_jsonl_gz(data: bytes) -> list[Record]:
     return [orjson.loads(line) for line in gzip.decompress(data).splitlines() if line]
 
@@ -178,10 +213,16 @@ class WriteResult:
     changes: dict[str, int] = field(default_factory=dict)
     first_key: Any = None
     last_key: Any = None
+    # Covered spans of the hour (epoch ms): the whole hour unless the writer said otherwise.
+    coverage: Spans = ()
 
     @property
     def uri(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
+
+    @property
+    def partial(self) -> bool:
+        return len(self.coverage) != 1 or self.coverage[0][1] - self.coverage[0][0] != HOUR_MS
 
 
 class BronzeStore:
@@ -206,22 +247,40 @@ class BronzeStore:
         body = get_bytes_or_none(self._s3, self.bucket, self.key(symbol, data_type, hour_ms))
         return None if body is None else decode_jsonl_gz(body)
 
+    def coverage(self, symbol: str, data_type: str, hour_ms: int) -> Spans | None:
+        """The covered spans of an object (one HEAD), or None when it does not exist."""
+        head = self.head(symbol, data_type, hour_ms)
+        return None if head is None else decode_coverage(head.get("Metadata", {}), hour_ms)
+
     def write_hour(
-        self, symbol: str, data_type: str, hour_ms: int, records: Iterable[Record]
+        self,
+        symbol: str,
+        data_type: str,
+        hour_ms: int,
+        records: Iterable[Record],
+        coverage: Iterable[Span] | None = None,
     ) -> WriteResult:
-        """Write one hour's records as one object, idempotently (see the module docstring)."""
+        """Write one hour's records as one object, idempotently (see the module docstring).
+        ``coverage``: the spans of the hour the source covered (None: all of it)."""
         key = self.key(symbol, data_type, hour_ms)
         ordered, duplicates = prepare_records(records, data_type, hour_ms, symbol)
         body, fingerprint = encode_with_fingerprint(ordered, self.gzip_level)
+        covered = encode_coverage(coverage, hour_ms)
+        metadata = {FINGERPRINT_META: fingerprint, RECORDS_META: str(len(ordered))}
+        if covered is not None:
+            metadata[COVERAGE_META] = covered
         rkey = record_key(data_type)
         bounds = {
             "first_key": rkey(ordered[0]) if ordered else None,
             "last_key": rkey(ordered[-1]) if ordered else None,
+            "coverage": decode_coverage(metadata, hour_ms),
         }
         existing = self.head(symbol, data_type, hour_ms)
+        stored = existing.get("Metadata", {}) if existing is not None else {}
         if (
             existing is not None
-            and existing.get("Metadata", {}).get(FINGERPRINT_META) == fingerprint
+            and stored.get(FINGERPRINT_META) == fingerprint
+            and stored.get(COVERAGE_META) == covered
         ):
             return WriteResult(
                 self.bucket,
@@ -245,7 +304,7 @@ class BronzeStore:
             # No Content-Encoding: HTTP clients would inflate the body and break `.gz` readers.
             ContentType="application/gzip",
             ChecksumAlgorithm="SHA256",
-            Metadata={FINGERPRINT_META: fingerprint, RECORDS_META: str(len(ordered))},
+            Metadata=metadata,
         )
         return WriteResult(
             self.bucket,

@@ -69,6 +69,8 @@ def assert_every_check_passed(
         assert {r.partition for r in history} == {*partitions, None}, key
 
 
+# The backfill itself may take up to 420 s (wait_backfill below): more than the default 300 s.
+@pytest.mark.timeout(600)
 def test_ui_backfill_over_two_days_and_two_symbols(
     aws: EmbeddedAWS, quiet_simulator: SimulatorServer, tmp_path: Path
 ) -> None:
@@ -143,8 +145,10 @@ def test_backfill_under_faults_matches_a_clean_one_and_reruns_change_no_byte(
     aws: EmbeddedAWS, tmp_path: Path
 ) -> None:
     first, last = "2024-08-10-00:00", "2024-08-10-23:00"
-    clean = dataclasses.replace(aws.settings, bucket="clean-" + tmp_path.name[-20:].lower())
-    faulty = dataclasses.replace(aws.settings, bucket="faulty-" + tmp_path.name[-20:].lower())
+    # REST faults are what this test is about: the archive would serve these closed days.
+    rest = dataclasses.replace(aws.settings, history_source="rest")
+    clean = dataclasses.replace(rest, bucket="clean-" + tmp_path.name[-20:].lower())
+    faulty = dataclasses.replace(rest, bucket="faulty-" + tmp_path.name[-20:].lower())
     for s in (clean, faulty):
         aws_client("s3", s).create_bucket(Bucket=s.bucket)
     faults = SimulatorConfig(

@@ -24,7 +24,7 @@ from ingest_pipeline.defs.silver import (
     silver_asset_key,
 )
 from ingest_pipeline.features import DEFAULT_SPEC, SymbolInputs, hour_features
-from ingest_pipeline.records import AGG_TRADES, BBA, TRADES, klines_type
+from ingest_pipeline.records import AGG_TRADES, BBA, TRADE, TRADES, klines_type
 from ingest_pipeline.settings import Settings
 from ingest_pipeline.storage.bronze import BronzeStore
 from ingest_pipeline.timeutil import HOUR_MS, parse_hour
@@ -50,7 +50,12 @@ def bronze_assets(settings: Settings, symbol: str = SYMBOL) -> list[dg.AssetsDef
 
 
 def silver_assets(settings: Settings, symbol: str = SYMBOL) -> list[dg.AssetsDefinition]:
-    return [a for a in build_silver_assets(settings) if a.key.path[1] == symbol]
+    """The symbol's silver multi-asset (every table)."""
+    return [a for a in build_silver_assets(settings) if symbol in {k.path[1] for k in a.keys}]
+
+
+def silver_keys(*tables: str, symbol: str = SYMBOL) -> list[dg.AssetKey]:
+    return [silver_asset_key(symbol, t) for t in tables]
 
 
 def store_of(settings: Settings) -> BronzeStore:
@@ -104,7 +109,10 @@ def test_silver_hour_equals_the_engine_and_reads_as_one_dataset(
         silver, resources=res, instance=instance, partition_key="2024-08-09-01:00"
     )
     assert result.success
-    assert all(c.passed for c in result.get_asset_check_evaluations())
+    # every check passes but one: the training set has no book, so no row is complete (WARN)
+    failed = {(c.asset_key.path[-1], c.check_name) for c in result.get_asset_check_evaluations()
+              if not c.passed}  # fmt: skip
+    assert failed == {("training_set", "all_rows_complete")}
 
     by_key = {
         e.asset_key: e.materialization.metadata for e in result.get_asset_materialization_events()
@@ -115,7 +123,11 @@ def test_silver_hour_equals_the_engine_and_reads_as_one_dataset(
     assert trade_meta["hourly_realized_vol"].value > 0
     assert trade_meta["trade_source"].value == AGG_TRADES
     assert trade_meta["preview"].value.startswith("| ts |")
-    assert by_key[silver_asset_key(SYMBOL, "book_features")]["dagster/row_count"].value == 0
+    assert trade_meta["input_coverage"].value == {AGG_TRADES: 1.0}
+    # no archived bba / depth_delta at all: nothing written, not materialized
+    assert silver_asset_key(SYMBOL, "book_features") not in by_key
+    warn = {c.check_name: c for c in result.get_asset_check_evaluations()}["all_rows_complete"]
+    assert warn.severity == dg.AssetCheckSeverity.WARN
 
     # The engine on the same bronze records.
     store = store_of(settings)
@@ -148,14 +160,13 @@ def test_ranged_silver_run_writes_every_hour_with_per_hour_checks(
         "dagster/asset_partition_range_end": "2024-08-09-02:00",
     }
     assert dg.materialize(bronze_assets(settings), resources=res, instance=instance, tags=hours)
-    trade = next(a for a in silver_assets(settings) if a.key.path[-1] == "trade_features")
-    result = dg.materialize([trade], resources=res, instance=instance, tags=hours)
+    [trade] = silver_keys("trade_features")
+    result = dg.materialize(
+        silver_assets(settings), selection=[trade], resources=res, instance=instance, tags=hours
+    )
     assert result.success
-    assert instance.get_materialized_partitions(trade.key) == {
-        "2024-08-09-00:00",
-        "2024-08-09-01:00",
-        "2024-08-09-02:00",
-    }
+    partitions = {"2024-08-09-00:00", "2024-08-09-01:00", "2024-08-09-02:00"}
+    assert instance.get_materialized_partitions(trade) == partitions
     frame = read_table(download_silver(settings, tmp_path), "trade_features")
     assert len(frame) == 3 * 3600
     assert frame["ts"].is_monotonic_increasing and frame["ts"].is_unique
@@ -166,12 +177,69 @@ def test_ranged_silver_run_writes_every_hour_with_per_hour_checks(
     # 300 rows without a 300 s window (ret_300s at h0 + 300 s needs a price before h0), 60
     # without the 60 s horizon
     assert frame["complete"].sum() == 3 * 3600 - 300 - 60
-    observations = instance.fetch_observations(trade.key, limit=10).records
-    assert {o.partition_key for o in observations} == {
-        "2024-08-09-00:00",
-        "2024-08-09-01:00",
-        "2024-08-09-02:00",
+    # one materialization per hour, with that hour's own numbers
+    records = instance.fetch_materializations(trade, limit=10).records
+    by_hour = {r.partition_key: r.asset_materialization.metadata for r in records}
+    assert set(by_hour) == partitions
+    assert by_hour["2024-08-09-00:00"]["complete_rows"].value == 3600 - 300
+    assert by_hour["2024-08-09-01:00"]["complete_rows"].value == 3600
+    # per-hour check results, each counted as the partition's current result
+    key = dg.AssetCheckKey(trade, "all_rows_complete")
+    history = instance.event_log_storage.get_asset_check_execution_history(key, limit=10)
+    assert {(r.partition, r.status.value) for r in history} == {
+        ("2024-08-09-00:00", "FAILED"),
+        ("2024-08-09-01:00", "SUCCEEDED"),
+        ("2024-08-09-02:00", "FAILED"),
     }
+    infos = instance.event_log_storage.get_asset_check_partition_info([key])
+    assert {i.partition_key for i in infos if i.is_current} == partitions
+
+
+def test_hours_without_input_write_nothing_and_are_not_materialized(
+    aws_settings: Settings, instance: dg.DagsterInstance
+) -> None:
+    """Twelve hours of trades and no book input: book_features stays missing, in a ranged
+    run and in one-hour runs alike, while the trade hours land."""
+    store = store_of(aws_settings)
+    first = parse_hour("2024-08-09-00:00")
+    for i in range(12):
+        hour = first + i * HOUR_MS
+        store.write_hour(
+            SYMBOL, TRADE, hour, [_trade(hour + 5_000 * k, hour // 1000 + k) for k in range(1, 40)]
+        )
+    [book, trade, training] = silver_keys("book_features", "trade_features", "training_set")
+    res = resources(aws_settings)
+    ranged = {
+        "dagster/asset_partition_range_start": "2024-08-09-00:00",
+        "dagster/asset_partition_range_end": "2024-08-09-11:00",
+    }
+    selection = [book, trade, training]
+    result = dg.materialize(
+        silver_assets(aws_settings), selection=selection, resources=res, instance=instance,
+        tags=ranged,
+    )  # fmt: skip
+    assert result.success
+    assert instance.get_materialized_partitions(book) == set()
+    assert len(instance.get_materialized_partitions(trade)) == 12
+    assert len(instance.get_materialized_partitions(training)) == 12
+    single = dg.materialize(
+        silver_assets(aws_settings), selection=[book], resources=res, instance=instance,
+        partition_key="2024-08-09-05:00",
+    )  # fmt: skip
+    assert single.success and not single.get_asset_materialization_events()
+    assert instance.get_materialized_partitions(book) == set()
+    s3 = aws_client("s3", aws_settings)
+    listed = s3.list_objects_v2(Bucket=aws_settings.bucket, Prefix=f"{aws_settings.silver_prefix}/")
+    keys = [o["Key"] for o in listed.get("Contents", [])]
+    assert len([k for k in keys if "/trade_features/" in k]) == 12
+    assert not [k for k in keys if "/book_features/" in k]
+
+
+def _trade(ts: int, tid: int) -> dict:
+    return {
+        "symbol": SYMBOL, "event_ts": ts, "ingest_ts": ts, "trade_id": tid, "price": 100.0,
+        "qty": 0.5, "is_buyer_maker": tid % 2 == 0, "source": "sbe",
+    }  # fmt: skip
 
 
 def test_checks_catch_defects() -> None:
@@ -217,18 +285,15 @@ def test_crossed_book_fails_a_blocking_check_and_stops_the_training_set(
     crossed = good[3000]
     good[3000] = _bba(crossed["event_ts"], crossed["update_id"], 101.0, 100.5)  # bid > ask
     store.write_hour(SYMBOL, BBA, H, good)
-    silver = [
-        a
-        for a in silver_assets(aws_settings)
-        if a.key.path[-1] in ("book_features", "training_set")
-    ]
     result = dg.materialize(
-        silver,
+        silver_assets(aws_settings),
+        selection=silver_keys("book_features", "training_set"),
         resources=resources(aws_settings),
         instance=instance,
         partition_key="2024-08-09-01:00",
         raise_on_error=False,
     )
+    assert not result.success  # a blocking check failed
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert checks["spread_non_negative"] is False and checks["bid_le_mid_le_ask"] is False
     assert checks["obi_bounded"] is True

@@ -259,8 +259,12 @@ def test_without_neighbours(alone: pd.DataFrame) -> None:
     assert null(r.kline_ret)
     assert not r.complete
     r = at(alone, 2000)
-    assert r.trade_count == 3.0 and r.signed_volume_10s == 0.0 and r.trade_imbalance_10s == 0.0
+    assert r.trade_count == 3.0 and r.volume == 3.0
+    # the window reaches back before the known data: its sum is unknown, not a partial sum
+    assert null(r.signed_volume_10s) and null(r.trade_imbalance_10s)
     assert null(r.ret_10s) and null(r.rv_10s)  # p 10 s earlier does not exist
+    r = at(alone, 11_000)  # the first window inside the hour: [+1 s, +11 s)
+    assert r.signed_volume_10s == 0.0 and r.trade_imbalance_10s == 0.0
     r = at(alone, 12_000)  # p(+2 s) = p(+12 s) = 104, and r(+2 s) is undefined (p(+1 s) null)
     assert r.ret_10s == 0.0 and r.rv_10s == 0.0
     r = at(alone, HOUR_MS - 10_000)
