@@ -27,13 +27,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from ingest_pipeline.records import DEPTH_DELTA, DEPTH_SNAPSHOT, PRODUCER_EPOCH, Record, record_key
+from ingest_pipeline.spans import Spans
 from ingest_pipeline.storage.bronze import BronzeStore, WriteResult
 from ingest_pipeline.timeutil import HOUR_MS
 
@@ -282,6 +283,8 @@ class ArchivedHour:
     result: WriteResult
     snapshots: list[Record] = dataclasses.field(default_factory=list)
     snapshot_result: WriteResult | None = None
+    # Trade id ranges the streamer recorded as never put on the stream (its gap records).
+    known_gaps: list[tuple[int, int]] = dataclasses.field(default_factory=list)
 
 
 def dedup_in_order(records: list[Record], data_type: str) -> tuple[list[Record], int]:
@@ -305,9 +308,13 @@ def archive_hour(
     data_type: str,
     hour_ms: int,
     cutoff_ms: int,
+    coverage: Spans | None = None,
+    known_gaps: Sequence[tuple[int, int]] = (),
 ) -> ArchivedHour:
     """Read ``symbol``'s records of the hour from ``stream`` (arrived before ``cutoff_ms``) and
-    write them to bronze (sorted, deduplicated, idempotent: ``BronzeStore.write_hour``).
+    write them to bronze (sorted, deduplicated, idempotent: ``BronzeStore.write_hour``), with
+    ``coverage``: the spans of the hour the stream holds (None: all of it; the caller derives
+    it from the streamer's gap records, ``known_gaps`` their id ranges).
 
     The depth stream also carries the streamer's depth snapshots (resync points after a
     restart or a gap): they join the hour's ``depth_snapshot`` object, next to the hourly REST
@@ -330,9 +337,11 @@ def archive_hour(
         else:
             mine.append(r)
     records, duplicates = dedup_in_order(mine, data_type)
-    result = store.write_hour(symbol, data_type, hour_ms, records)
+    result = store.write_hour(symbol, data_type, hour_ms, records, coverage)
     snapshot_result = None
     if snapshots:
         captured = store.read_hour(symbol, DEPTH_SNAPSHOT, hour_ms) or []
         snapshot_result = store.write_hour(symbol, DEPTH_SNAPSHOT, hour_ms, captured + snapshots)
-    return ArchivedHour(records, duplicates, read, result, snapshots, snapshot_result)
+    return ArchivedHour(
+        records, duplicates, read, result, snapshots, snapshot_result, list(known_gaps)
+    )

@@ -39,6 +39,8 @@ from typing import Any
 
 import orjson
 
+from ingest_pipeline.timeutil import HOUR_MS
+
 log = logging.getLogger(__name__)
 
 Range = tuple[int, int]  # inclusive
@@ -91,18 +93,24 @@ class Resume:
     present: list[Range] = dataclasses.field(default_factory=list)
     depth_u: int | None = None
     source: str = "none"  # "checkpoint", "tail", "checkpoint+tail" or "none"
+    # The trade time of the frontier's trade, when known: where a gap after it begins.
+    frontier_ts: int | None = None
 
 
 def resume_points(
-    checkpoint: dict[str, Any] | None, tail: dict[str, list[int]], symbols: Iterable[str]
+    checkpoint: dict[str, Any] | None,
+    tail: dict[str, dict[int, int]],
+    symbols: Iterable[str],
 ) -> dict[str, Resume]:
-    """Join the checkpoint's frontiers with the trade ids found on the stream's tail."""
+    """Join the checkpoint's frontiers with the trades found on the stream's tail (per symbol:
+    trade id -> trade time)."""
     entries = (checkpoint or {}).get("symbols", {})
     out: dict[str, Resume] = {}
     for sym in symbols:
         entry = entries.get(sym) or {}
         frontier = entry.get("trade_id")
-        ranges = to_ranges(tail.get(sym, ()))
+        times = tail.get(sym, {})
+        ranges = to_ranges(times)
         source = "checkpoint" if frontier is not None else "none"
         if ranges:
             source = "checkpoint+tail" if frontier is not None else "tail"
@@ -116,19 +124,23 @@ def resume_points(
                 else:
                     above.append((a, b))
             ranges = above
-        out[sym] = Resume(frontier, ranges, entry.get("depth_u"), source)
+        ts = times.get(frontier) if frontier is not None else None
+        if ts is None and frontier is not None and frontier == entry.get("trade_id"):
+            ts = entry.get("trade_ts")
+        out[sym] = Resume(frontier, ranges, entry.get("depth_u"), source, ts)
     return out
 
 
-def tail_trade_ids(
+def tail_trades(
     records: Iterable[dict[str, Any]], symbols: Iterable[str]
-) -> dict[str, list[int]]:
+) -> dict[str, dict[int, int]]:
+    """Per symbol, trade id -> trade time of the trades in ``records``."""
     wanted = set(symbols)
-    out: dict[str, list[int]] = {s: [] for s in wanted}
+    out: dict[str, dict[int, int]] = {s: {} for s in wanted}
     for r in records:
-        sym, tid = r.get("symbol"), r.get("trade_id")
-        if sym in wanted and isinstance(tid, int):
-            out[sym].append(tid)
+        sym, tid, ts = r.get("symbol"), r.get("trade_id"), r.get("event_ts")
+        if sym in wanted and isinstance(tid, int) and isinstance(ts, int):
+            out[sym][tid] = ts
     return out
 
 
@@ -160,6 +172,7 @@ class AckTracker:
         self._gate = gate
         self._lock = threading.Lock()
         self.frontier: dict[str, int] = {}
+        self.frontier_ts: dict[str, int | None] = {}
         self.refused_calls = 0
         events = getattr(getattr(client, "meta", None), "events", None)
         if gate is not None and events is not None:
@@ -186,7 +199,7 @@ class AckTracker:
         return resp
 
     def _note(self, sent: list[dict[str, Any]], results: list[dict[str, Any]]) -> None:
-        acked: dict[str, int] = {}
+        acked: dict[str, tuple[int, int | None]] = {}
         refused: dict[str, int] = {}
         for entry, res in zip(sent, results, strict=False):
             try:
@@ -196,25 +209,28 @@ class AckTracker:
                 continue
             if res.get("ErrorCode"):
                 refused[sym] = min(tid, refused.get(sym, tid))
-            else:
-                acked[sym] = max(tid, acked.get(sym, tid))
+            elif sym not in acked or tid > acked[sym][0]:
+                acked[sym] = (tid, rec.get("event_ts"))
         with self._lock:
-            for sym, tid in acked.items():
-                if sym in refused:
-                    tid = min(tid, refused[sym] - 1)
+            for sym, (tid, ts) in acked.items():
+                if sym in refused and refused[sym] <= tid:
+                    tid, ts = refused[sym] - 1, None
                 if tid > self.frontier.get(sym, -1):
                     self.frontier[sym] = tid
+                    self.frontier_ts[sym] = ts
 
-    def seed(self, frontiers: dict[str, int]) -> None:
-        """Frontiers known at start (from the checkpoint and the tail)."""
+    def seed(self, frontiers: dict[str, tuple[int, int | None]]) -> None:
+        """Frontiers known at start (from the checkpoint and the tail), with their times."""
         with self._lock:
-            for sym, tid in frontiers.items():
+            for sym, (tid, ts) in frontiers.items():
                 if tid > self.frontier.get(sym, -1):
                     self.frontier[sym] = tid
+                    self.frontier_ts[sym] = ts
 
-    def snapshot(self) -> dict[str, int]:
+    def snapshot(self) -> dict[str, tuple[int, int | None]]:
+        """Per symbol: (frontier id, its trade time or None)."""
         with self._lock:
-            return dict(self.frontier)
+            return {s: (t, self.frontier_ts.get(s)) for s, t in self.frontier.items()}
 
 
 class FencedError(RuntimeError):
@@ -237,6 +253,8 @@ class GapStore:
         return f"{self.prefix}/gaps/{symbol}/trade/{first_id:020d}-{last_id:020d}.json"
 
     def write(self, symbol: str, first_id: int, last_id: int, **detail: Any) -> str:
+        """``detail``: at least ``from_ts`` (trade time of the last trade before the gap) and
+        ``to_ts`` (of the first after it), either None when unknown."""
         body = {"symbol": symbol, "data_type": "trade", "first_id": first_id, "last_id": last_id,
                 "ids": last_id - first_id + 1, "recorded_at_ms": int(time.time() * 1000),
                 **detail}  # fmt: skip
@@ -253,6 +271,17 @@ class GapStore:
                 body = self.s3.get_object(Bucket=self.bucket, Key=obj["Key"])["Body"].read()
                 out.append(orjson.loads(body))
         return sorted(out, key=lambda g: g["first_id"])
+
+
+def gap_span(gap: dict[str, Any], hour_ms: int) -> tuple[int, int]:
+    """The time ``[start, end)`` within the hour a gap record leaves uncovered: from the trade
+    time of the last trade before it to that of the first after it, both included (trades of
+    the gap may share those milliseconds); an unknown bound reaches the hour's edge."""
+    start = gap.get("from_ts")
+    end = gap.get("to_ts")
+    lo = hour_ms if start is None else max(hour_ms, start)
+    hi = hour_ms + HOUR_MS if end is None else min(hour_ms + HOUR_MS, end + 1)
+    return lo, hi
 
 
 # --- REST pacing -------------------------------------------------------------------------

@@ -108,7 +108,7 @@ from ingest_pipeline.streaming.continuity import (
     covered,
     missing_ranges,
     resume_points,
-    tail_trade_ids,
+    tail_trades,
 )
 from ingest_pipeline.streaming.deadletter import DeadLetterWriter
 from ingest_pipeline.streaming.lease import LeaseLost, LeaseUnavailable, S3Lease, holder_identity
@@ -228,9 +228,12 @@ class _Trades:
     Kinesis; ``held`` the live trades waiting for a fill, sorted by id."""
 
     last: int | None = None
+    last_ts: int | None = None  # trade time of ``last``, when known
     present: list[Range] = dataclasses.field(default_factory=list)
     held: list[tuple[int, Record, Any, int, Link | None]] = dataclasses.field(default_factory=list)
     fill: asyncio.Future[None] | None = None
+    # Gap records waiting for the time of the first trade after them.
+    open_gaps: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -288,6 +291,7 @@ class Streamer:
         self._depth: dict[str, _DepthSync] = {s: _DepthSync() for s in self.symbols}
         self._depth_started: set[str] = set()
         self._tasks: set[asyncio.Future[None]] = set()
+        self._gap_writes: set[asyncio.Future[None]] = set()  # awaited at stop, never cancelled
         self._rest: BinanceRestClient | None = None
         self._rest_stop = threading.Event()
         self.pacer = WeightPacer(cfg.rest_weight_per_minute, cfg.rest_burst_weight)
@@ -434,6 +438,9 @@ class Streamer:
         put = self._emit(TRADE, self._routes[TRADE], record, symbol, raw, ingest_ts, link)
         if st.last is None or tid > st.last:
             self._advance(st, tid)
+            st.last_ts = record["event_ts"]
+            if st.open_gaps:
+                self._close_gaps(st, tid, record["event_ts"])
         return put
 
     @staticmethod
@@ -604,19 +611,31 @@ class Streamer:
         return n
 
     def _unfilled(self, symbol: str, first: int, last: int, reason: str) -> None:
-        """Ids that will not reach Kinesis: counted, logged, and written down as a gap record."""
+        """Ids that will not reach Kinesis: counted, logged, and written down as a gap record
+        once the first trade after them gives its end in time."""
         n = last - first + 1
         self.counts["trade_ids_unfilled"] += n
         log.error("%s: trade ids %d..%d (%d) not on Kinesis: %s", symbol, first, last, n, reason)
-        gap = {"symbol": symbol, "first_id": first, "last_id": last, "ids": n, "reason": reason}
+        st = self._trades[symbol]
+        gap = {"symbol": symbol, "first_id": first, "last_id": last, "ids": n, "reason": reason,
+               "from_ts": st.last_ts, "to_ts": None}  # fmt: skip
         self.gap_records.append(gap)
-        if self._gap_store is not None and self._loop is not None:
-            self._spawn(self._write_gap(gap))
+        st.open_gaps.append(gap)
+
+    def _close_gaps(self, st: _Trades, tid: int, ts: int | None) -> None:
+        for gap in [g for g in st.open_gaps if tid > g["last_id"]]:
+            st.open_gaps.remove(gap)
+            gap["to_ts"] = ts
+            if self._gap_store is not None and self._loop is not None:
+                task = asyncio.ensure_future(self._write_gap(gap))
+                self._gap_writes.add(task)
+                task.add_done_callback(self._gap_writes.discard)
 
     async def _write_gap(self, gap: dict[str, Any]) -> None:
         store = self._gap_store
         assert store is not None
-        detail = {"reason": gap["reason"], "epoch": self.epoch, "streamer": self.cfg.name}
+        detail = {"reason": gap["reason"], "epoch": self.epoch, "streamer": self.cfg.name,
+                  "from_ts": gap["from_ts"], "to_ts": gap["to_ts"]}  # fmt: skip
         try:
             gap["uri"] = await asyncio.to_thread(
                 store.write, gap["symbol"], gap["first_id"], gap["last_id"], **detail
@@ -976,15 +995,16 @@ class Streamer:
         t0 = time.monotonic()
         reader = KinesisReader(aws_client("kinesis", settings))
         tail = await asyncio.to_thread(reader.read_tail, self._routes[TRADE], from_ms, now + 1)
-        ids = tail_trade_ids(tail.records, self.symbols)
-        self.resume = resume_points(checkpoint, ids, self.symbols)
+        self.resume = resume_points(checkpoint, tail_trades(tail.records, self.symbols),
+                                    self.symbols)  # fmt: skip
         for sym, r in self.resume.items():
             self._trades[sym].last = r.frontier
+            self._trades[sym].last_ts = r.frontier_ts
             self._trades[sym].present = list(r.present)
             if r.depth_u is not None:
                 self._last_u[sym] = r.depth_u
         if self._acks is not None:
-            self._acks.seed({s: r.frontier for s, r in self.resume.items()
+            self._acks.seed({s: (r.frontier, r.frontier_ts) for s, r in self.resume.items()
                              if r.frontier is not None})  # fmt: skip
         self.takeover = {
             "epoch": self.epoch,
@@ -1011,7 +1031,7 @@ class Streamer:
         for sym in self.symbols:
             entry = dict(entries.get(sym, {}))
             if sym in acked:
-                entry["trade_id"] = acked[sym]
+                entry["trade_id"], entry["trade_ts"] = acked[sym]
             if sym in last_u:
                 entry["depth_u"] = last_u[sym]
             if entry:
@@ -1059,6 +1079,11 @@ class Streamer:
         for t in pending:
             t.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        # Gaps whose next trade never came: written with an open end.
+        for st in self._trades.values():
+            if st.open_gaps:
+                self._close_gaps(st, max(g["last_id"] for g in st.open_gaps) + 1, None)
+        await asyncio.gather(*list(self._gap_writes), return_exceptions=True)
         producer = self._producer
         if producer is None:
             self.flushed_clean = True  # stopped before streaming: nothing was put

@@ -34,22 +34,25 @@ def test_ranges() -> None:
 
 
 def test_resume_joins_checkpoint_and_tail() -> None:
-    checkpoint = {"written_at_ms": 1, "symbols": {"A": {"trade_id": 100, "depth_u": 7},
-                                                  "B": {"trade_id": 50}}}  # fmt: skip
+    checkpoint = {"written_at_ms": 1, "symbols": {
+        "A": {"trade_id": 100, "trade_ts": 5000, "depth_u": 7},
+        "B": {"trade_id": 50, "trade_ts": 900},
+    }}  # fmt: skip
     tail = {
         # The checkpoint lags: the tail holds what was acked after it (and a bit before).
-        "A": [98, 99, 100, 101, 102, 103, 107, 108],
+        "A": {i: 4000 + i * 10 for i in (98, 99, 100, 101, 102, 103, 107, 108)},
         # Nothing of B since the checkpoint.
-        "B": [],
+        "B": {},
         # C has no checkpoint entry: the tail's first id is where its record starts.
-        "C": [20, 21, 23],
+        "C": {20: 1, 21: 2, 23: 3},
     }
     r = resume_points(checkpoint, tail, ["A", "B", "C", "D"])
     assert (r["A"].frontier, r["A"].present, r["A"].depth_u) == (103, [(107, 108)], 7)
-    assert r["A"].source == "checkpoint+tail"
+    assert r["A"].source == "checkpoint+tail" and r["A"].frontier_ts == 5030
     assert (r["B"].frontier, r["B"].present, r["B"].source) == (50, [], "checkpoint")
+    assert r["B"].frontier_ts == 900
     assert (r["C"].frontier, r["C"].present, r["C"].source) == (21, [(23, 23)], "tail")
-    assert (r["D"].frontier, r["D"].source) == (None, "none")
+    assert (r["D"].frontier, r["D"].source, r["D"].frontier_ts) == (None, "none", None)
     # A lost checkpoint write: the tail alone carries the state forward.
     assert resume_points(None, tail, ["A"])["A"].frontier == 103
 
@@ -70,24 +73,24 @@ class FakeKinesis:
 
 
 def entries(sym: str, ids: list[int]) -> list[dict[str, Any]]:
-    return [{"Data": orjson.dumps({"symbol": sym, "trade_id": i}), "PartitionKey": sym}
-            for i in ids]  # fmt: skip
+    return [{"Data": orjson.dumps({"symbol": sym, "trade_id": i, "event_ts": i * 100}),
+             "PartitionKey": sym} for i in ids]  # fmt: skip
 
 
 def test_ack_frontier_stops_below_a_refused_entry() -> None:
     client = FakeKinesis(refuse={13})
     t = AckTracker(client, "trades")
-    t.seed({"A": 9})
+    t.seed({"A": (9, 900)})
     t.put_records(StreamName="trades", Records=entries("A", [10, 11, 12, 13, 14, 15]))
-    # 14 and 15 are stored but 13 is not (yet): the frontier stays at 12.
-    assert t.snapshot() == {"A": 12}
+    # 14 and 15 are stored but 13 is not (yet): the frontier stays at 12 (its time unknown).
+    assert t.snapshot() == {"A": (12, None)}
     client.refuse = set()
     t.put_records(StreamName="trades", Records=entries("A", [13]))
     t.put_records(StreamName="trades", Records=entries("A", [16]))
-    assert t.snapshot() == {"A": 16}
+    assert t.snapshot() == {"A": (16, 1600)}
     # Other streams are passed through untouched.
     t.put_records(StreamName="depth", Records=entries("A", [99]))
-    assert t.snapshot() == {"A": 16}
+    assert t.snapshot() == {"A": (16, 1600)}
 
 
 def test_gate_is_asked_right_before_the_request_leaves(stream_settings: Settings) -> None:
@@ -101,7 +104,7 @@ def test_gate_is_asked_right_before_the_request_leaves(stream_settings: Settings
     held[0] = False
     with pytest.raises(FencedError):
         t.put_records(StreamName=stream, Records=entries("A", [3]))
-    assert t.refused_calls == 1 and t.snapshot() == {"A": 2}
+    assert t.refused_calls == 1 and t.snapshot() == {"A": (2, 200)}
     assert [r["trade_id"] for r in read_stream(stream_settings, stream)] == [1, 2]
 
 
@@ -227,8 +230,10 @@ def test_hole_longer_than_the_maximum_becomes_a_gap_record(tmp_path: Path) -> No
     # The newest 30 ids before the live ones are filled; 101..169 are reported, not hidden.
     assert ids == list(range(170, 202))
     reason = "hole longer than 30 ids (backfill_max_trades)"
+    # Its span in time: from the frontier's trade (unknown here) to the first trade after it.
     assert s.gap_records == [
-        {"symbol": "BTCUSDT", "first_id": 101, "last_id": 169, "ids": 69, "reason": reason}
-    ]
+        {"symbol": "BTCUSDT", "first_id": 101, "last_id": 169, "ids": 69, "reason": reason,
+         "from_ts": None, "to_ts": 5}
+    ]  # fmt: skip
     assert s.counts["trade_ids_unfilled"] == 69
     assert s.health()["continuity"]["gap_ids"] == 69

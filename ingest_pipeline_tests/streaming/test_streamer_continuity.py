@@ -215,6 +215,10 @@ def test_downtime_beyond_the_fill_maximum_is_a_gap_record(
         in_gap = set(range(gap["first_id"], gap["last_id"] + 1))
         assert set(ids) | in_gap == set(truth) and not set(ids) & in_gap
         assert gap["first_id"] - 1 in ids
+        # Its span in time: the trades on either side of it (the archive's coverage).
+        times = {r["trade_id"]: r["event_ts"] for r, _ in records if r["symbol"] == sym}
+        assert stored["from_ts"] == times[gap["first_id"] - 1]
+        assert stored["to_ts"] == times[gap["last_id"] + 1]
         (fill,) = [f for f in b.fills if f["symbol"] == sym and f["at_start"]]
         assert fill["filled"] == 3 and fill["from_id"] == gap["first_id"]
     assert final["trade_ids_unfilled"] == sum(g["ids"] for g in gaps.values())
