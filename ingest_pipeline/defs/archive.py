@@ -21,6 +21,10 @@ bronze ``depth_snapshot`` object, merged with the hourly REST captures already t
 accumulate as resync points), so offline silver resyncs its books where the online engine did.
 The ``epoch`` the streamer stamps on each record (which process produced it) is dropped.
 
+Trades the streamer could not put on the stream are in its gap records
+(``streaming.continuity.GapStore``): the ``trade`` asset leaves their time out of the hour's
+coverage, and its id check accepts the holes they explain.
+
 Each asset reads the whole stream of its type for the hour and keeps its symbol's records
 (partition key = symbol): with S symbols a stream is read S times an hour. Fine for a handful of
 symbols; beyond that, one multi_asset per type reading each stream once is the next step.
