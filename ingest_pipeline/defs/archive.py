@@ -15,6 +15,16 @@ and Kinesis keeps them for the stream's retention (24 h by default). So:
 Records arriving after the cutoff are not in the archive; a re-run within retention picks them
 up and the bronze writer reports what changed.
 
+The depth stream also carries the streamer's ``DepthSnapshot`` records (one after each restart
+and each gap in a symbol's diff chain): the ``depth_delta`` asset writes them into the hour's
+bronze ``depth_snapshot`` object, merged with the hourly REST captures already there (captures
+accumulate as resync points), so offline silver resyncs its books where the online engine did.
+The ``epoch`` the streamer stamps on each record (which process produced it) is dropped.
+
+Trades the streamer could not put on the stream are in its gap records
+(``streaming.continuity.GapStore``): the ``trade`` asset leaves their time out of the hour's
+coverage, and its id check accepts the holes they explain.
+
 Each asset reads the whole stream of its type for the hour and keeps its symbol's records
 (partition key = symbol): with S symbols a stream is read S times an hour. Fine for a handful of
 symbols; beyond that, one multi_asset per type reading each stream once is the next step.
@@ -27,7 +37,7 @@ from typing import Any
 import dagster as dg
 from pydantic import PrivateAttr
 
-from ingest_pipeline import quality
+from ingest_pipeline import quality, spans
 from ingest_pipeline.aws import EMULATOR_CREDENTIALS, is_loopback
 from ingest_pipeline.defs.bronze import (
     BRONZE_GROUP,
@@ -42,12 +52,15 @@ from ingest_pipeline.defs.partitions import hourly_partitions, partition_hours
 from ingest_pipeline.defs.resources import BronzeResource
 from ingest_pipeline.records import BBA, DEPTH_DELTA, TRADE, Record
 from ingest_pipeline.settings import Settings
+from ingest_pipeline.spans import Spans
 from ingest_pipeline.storage.kinesis_reader import (
     ArchivedHour,
     KinesisReader,
     WindowNotReadable,
     archive_hour,
 )
+from ingest_pipeline.streaming import StreamerConfig
+from ingest_pipeline.streaming.continuity import GapStore, gap_span
 from ingest_pipeline.timeutil import HOUR_MS, from_ms, now_ms
 
 ARCHIVE_TYPES = (TRADE, BBA, DEPTH_DELTA)
@@ -110,9 +123,10 @@ ARCHIVE_KINDS = {
         (
             Check(
                 "ids_contiguous",
-                "Trade ids of the hour form one contiguous range (gaps listed with their ranges: "
-                "trades the streamer missed and could not backfill).",
-                lambda a: quality.check_contiguous_ids(a.records, "trade_id"),
+                "Trade ids of the hour form one contiguous range, except spans the streamer "
+                "recorded as gaps (their time is outside the object's coverage); other gaps "
+                "are listed with their ranges.",
+                lambda a: _trade_ids_rule(a),
                 blocking=True,
             ),
         ),
@@ -145,6 +159,44 @@ ARCHIVE_KINDS = {
         ),
     ),
 }
+
+
+def _trade_ids_rule(archived: ArchivedHour) -> quality.Verdict:
+    """Contiguous trade ids; holes the streamer recorded (gap records) are known, not bad."""
+    verdict = quality.check_contiguous_ids(archived.records, "trade_id")
+    if verdict.passed or not archived.known_gaps:
+        return verdict
+    ids = sorted(r["trade_id"] for r in archived.records)
+    if len(ids) != len(set(ids)):
+        return verdict
+    holes = quality.id_gaps(ids)
+    unknown = [(a, b) for a, b in holes
+               if not any(g0 <= a and b <= g1 for g0, g1 in archived.known_gaps)]  # fmt: skip
+    if unknown:
+        return verdict
+    n = sum(b - a + 1 for a, b in holes)
+    return quality.Verdict(
+        True,
+        f"{len(ids)} trade_ids, contiguous but for {n} id(s) in recorded streamer gaps",
+        {"recorded_gaps": [f"{a}..{b}" for a, b in holes]},
+    )
+
+
+def stream_gaps(
+    bronze: BronzeResource, symbol: str, hours: list[int]
+) -> dict[int, tuple[Spans | None, list[tuple[int, int]]]]:
+    """Per hour: the coverage of the trade stream (None: the whole hour) and the id ranges
+    of the streamer's gap records (``streaming.continuity.GapStore``) that reach into it."""
+    store = GapStore(bronze.s3.get_client(), bronze.bucket, StreamerConfig().state_prefix)
+    records = store.list(symbol)
+    out: dict[int, tuple[Spans | None, list[tuple[int, int]]]] = {}
+    for hour in hours:
+        inside = [(g, gap_span(g, hour)) for g in records]
+        inside = [(g, (lo, hi)) for g, (lo, hi) in inside if lo < hi]
+        uncovered = [span for _, span in inside]
+        coverage = spans.gaps(uncovered, hour, hour + HOUR_MS) if uncovered else None
+        out[hour] = (coverage, [(g["first_id"], g["last_id"]) for g, _ in inside])
+    return out
 
 
 def stream_of(settings: Settings, data_type: str) -> str:
@@ -198,27 +250,37 @@ def build_archive_asset(symbol: str, kind: ArchiveType, settings: Settings) -> d
                 metadata={"retention_hours": reader.retention_hours(stream)},
             ) from None
         store = bronze.get_store()
+        # Trades the streamer recorded as never put: outside the hour's coverage.
+        gaps = stream_gaps(bronze, symbol, hours) if kind.data_type == TRADE else {}
         rows: list[dict[str, Any]] = []
         changes: dict[str, int] = {}
         reads: dict[str, Any] = {}
         verdicts: dict[str, list[tuple[int, quality.Verdict]]] = {c.name: [] for c in kind.checks}
         last: list[Record] = []
+        snapshots: dict[str, Any] = {}
         for hour in hours:
+            coverage, known = gaps.get(hour, (None, []))
             archived = archive_hour(
-                reader, store, stream, symbol, kind.data_type, hour, hour + HOUR_MS + grace_ms
-            )
+                reader, store, stream, symbol, kind.data_type, hour, hour + HOUR_MS + grace_ms,
+                coverage, known,
+            )  # fmt: skip
             _log_hour(context, bronze, symbol, kind.data_type, hour, archived)
-            rows.append(_hour_row(hour, archived.result, len(archived.read.malformed)))
+            rows.append(_hour_row(hour, archived.result, len(archived.read.malformed), "kinesis"))
             changes = archived.result.changes or changes
-            reads[f"{from_ms(hour):%Y-%m-%d %H}h"] = {
-                **archived.read.summary(),
-                "kinesis_duplicates": archived.duplicates,
-            }
+            label = f"{from_ms(hour):%Y-%m-%d %H}h"
+            reads[label] = {**archived.read.summary(), "kinesis_duplicates": archived.duplicates}
+            if archived.snapshot_result is not None:
+                snap = archived.snapshot_result
+                snapshots[label] = {"from_stream": len(archived.snapshots),
+                                    "object_records": snap.records, "uri": snap.uri,
+                                    "write_action": snap.action}  # fmt: skip
             for check in kind.checks:
                 verdicts[check.name].append((hour, check.rule(archived)))
             last = archived.records
         meta = _metadata(rows, kind.id_name, changes, last)
         meta["kinesis_read"] = dg.MetadataValue.json(reads)
+        if snapshots:
+            meta["stream_depth_snapshots"] = dg.MetadataValue.json(snapshots)
         meta["retention_hours"] = dg.MetadataValue.int(retention)
         yield dg.MaterializeResult(
             asset_key=key,
@@ -248,6 +310,12 @@ def _log_hour(
     result = archived.result
     if result.changes:
         context.log.warning(f"{result.uri} replaced, records changed: {result.changes}")
+    snap = archived.snapshot_result
+    if snap is not None:
+        context.log.info(
+            f"{snap.uri}: {len(archived.snapshots)} depth snapshots from the stream merged with "
+            f"the hour's captures: {snap.records} snapshots, {snap.action}"
+        )
     context.log.info(
         f"{result.uri}: {result.records} records ({archived.duplicates} Kinesis duplicates "
         f"dropped), {result.bytes} B, {result.action}; shards: {read.summary()['shards']}"
