@@ -239,6 +239,10 @@ def test_real_capture_replay_lands_exactly_the_capture(
         timeout=60,
         what="the whole capture",
     )
+    # Stop only once Kinesis took everything: a stop's flush is bounded and leaves the rest in
+    # the spill for the next run, which is not what this test is about. Waits as long as the
+    # acknowledgements progress, since a loaded machine's moto server is slow but not stuck.
+    _wait_acknowledged(streamer, stall_s=60.0)
     final = run.stop(timeout=240)
     trades = [r["trade_id"] for r in read_stream(settings, settings.kinesis_trade_stream)]
     depth = [
@@ -257,6 +261,18 @@ def test_real_capture_replay_lands_exactly_the_capture(
         final["streams"]["bba"]["records_out"],
         "bba",
     )
+
+
+def _wait_acknowledged(streamer: Streamer, stall_s: float) -> None:
+    last, since = -1, time.monotonic()
+    while True:
+        k = streamer.health()["kinesis"]
+        if k["acknowledged"] >= k["put"] and not k["buffer_records"]:
+            return
+        if k["acknowledged"] != last:
+            last, since = k["acknowledged"], time.monotonic()
+        assert time.monotonic() - since < stall_s, f"Kinesis acknowledgements stalled: {k}"
+        time.sleep(0.2)
 
 
 def test_watchdog_replaces_a_stalled_connection(
