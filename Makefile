@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo test test-ui test-deploy lint format dev clean audit
+.PHONY: install demo test test-fast test-ui test-deploy lint format dev clean audit
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ lint: install
 
 test: lint
 	$(BIN)/pytest
+
+# The unit tier: offline, no sockets, no daemon; under a minute (tiers in ingest_pipeline_tests/tiers.py).
+test-fast: install
+	$(BIN)/pytest -m unit
 
 # The browser test of the Dagster UI (needs Debian's chromium + chromium-driver; screenshots in
 # test-artifacts/ui/) and the deployment tests (deploy/; a throwaway PostgreSQL cluster).

@@ -13,6 +13,8 @@ from ingest_pipeline.aws import aws_client
 from ingest_pipeline.localstack import EmbeddedAWS
 from ingest_pipeline.settings import Settings, load_settings
 
+pytest_plugins = ("ingest_pipeline_tests.tiers",)
+
 # Dagster's telemetry has no timeout; offline it stalls shutdown.
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import requests
 
 from ingest_pipeline.aws import aws_client
@@ -27,6 +28,7 @@ def _first_line(cmd: list[str]) -> tuple[subprocess.Popen[str], str]:
     return proc, line
 
 
+@pytest.mark.integration  # serves on a socket
 def test_simulator_command_prints_its_url_and_serves() -> None:
     proc, url = _first_line([str(BIN / "ingest-pipeline"), "simulator", "--port", "0"])
     try:
@@ -37,6 +39,7 @@ def test_simulator_command_prints_its_url_and_serves() -> None:
         assert proc.wait(timeout=15) == 0
 
 
+@pytest.mark.integration  # serves on a socket
 def test_local_aws_command_prints_a_provisioned_endpoint(local_settings: Settings) -> None:
     proc, url = _first_line([str(BIN / "ingest-pipeline"), "local-aws", "--port", "0"])
     try:

@@ -168,6 +168,7 @@ def _a_file(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.integration  # the CLI as a process; one case holds a port
 @pytest.mark.parametrize("case", list(CASES))
 def test_each_cli_error_is_one_line_with_its_exit_code(
     case: str, request: pytest.FixtureRequest, tmp_path: Path

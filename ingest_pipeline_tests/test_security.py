@@ -26,6 +26,7 @@ def test_redaction_masks_secrets_in_formatted_messages() -> None:
     assert record.getMessage() == "auth ***"
 
 
+@pytest.mark.slow
 def test_no_secret_in_any_log_line_of_a_debug_run() -> None:
     env = {
         **os.environ,
@@ -59,6 +60,7 @@ def test_listed_non_ascii_symbol_is_kept_as_utf8_in_keys() -> None:
     assert hour_path("币安人生USDT", "agg_trades", 0).startswith("币安人生USDT/agg_trades/")
 
 
+@pytest.mark.integration  # serves on a socket
 def test_health_and_metrics_listen_on_loopback_only_by_default() -> None:
     import asyncio
     import socket

@@ -24,6 +24,9 @@ from ingest_pipeline.records import Record
 from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
 from ingest_pipeline.timeutil import HOUR_MS, parse_hour
 
+# Servers over real sockets (see ingest_pipeline_tests/tiers.py).
+pytestmark = pytest.mark.integration
+
 SYMBOL = "SYM0001USDT"
 DAY = parse_hour("2024-12-30-00:00")
 HOURS = [DAY + i * HOUR_MS for i in range(24)]

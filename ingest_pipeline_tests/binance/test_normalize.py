@@ -354,6 +354,7 @@ def btc_session() -> list[tuple[int, bytes]]:
     return _read_hftbacktest("btcusdt_20240808.gz") + _read_hftbacktest("btcusdt_20240809.gz")
 
 
+@pytest.mark.slow
 def test_every_btcusdt_message_parses(btc_session: list[tuple[int, bytes]]) -> None:
     by_type: dict[str, list[dict[str, Any]]] = {TRADE: [], BBA: [], DEPTH_DELTA: []}
     snapshots = []
@@ -788,6 +789,7 @@ def _check_ws(raw: bytes | str) -> None:
         _assert_valid(record)
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_damaged_ws_messages_never_raise_anything_else(data: st.DataObject) -> None:
@@ -807,6 +809,7 @@ def test_truncated_or_garbled_bytes_never_raise_anything_else(
     _check_ws(seed[:cut] + flip + seed[cut + len(flip) :])
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(data=st.data())
 def test_damaged_rest_items_never_raise_anything_else(data: st.DataObject) -> None:

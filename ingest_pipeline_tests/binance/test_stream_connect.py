@@ -27,6 +27,9 @@ from ingest_pipeline.binance.stream import AttemptLimiter, ShardConnection, Stre
 from ingest_pipeline.localstack import EmbeddedAWS
 from ingest_pipeline.settings import InvalidEndpoint
 
+# Servers over real sockets (see ingest_pipeline_tests/tiers.py).
+pytestmark = pytest.mark.integration
+
 BIN = Path(sys.executable).parent
 # Generous: the point is "about the timeout", not 30 s (aiohttp's socket default) or 300 s.
 SLACK_S = 3.0

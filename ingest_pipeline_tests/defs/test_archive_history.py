@@ -125,6 +125,7 @@ def assert_every_check_passed_per_hour(
 
 # Seven daily runs of three steps each, two at a time (the binance pool): minutes, mostly
 # Dagster's process starts and event log; 12 min measured on a 2-core machine at load 12.
+@pytest.mark.daemon
 @pytest.mark.timeout(1800)
 def test_ui_backfill_over_a_week_uses_the_archive_and_every_check_passes(
     aws: EmbeddedAWS, sim: SimulatorServer, tmp_path: Path

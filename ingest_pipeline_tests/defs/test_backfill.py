@@ -70,6 +70,7 @@ def assert_every_check_passed(
 
 
 # The backfill itself may take up to 420 s (wait_backfill below): more than the default 300 s.
+@pytest.mark.daemon
 @pytest.mark.timeout(600)
 def test_ui_backfill_over_two_days_and_two_symbols(
     aws: EmbeddedAWS, quiet_simulator: SimulatorServer, tmp_path: Path

@@ -23,6 +23,9 @@ from ingest_pipeline.settings import Settings
 from ingest_pipeline.storage.bronze import BronzeStore
 from ingest_pipeline.timeutil import parse_hour
 
+# Servers over real sockets (see ingest_pipeline_tests/tiers.py).
+pytestmark = pytest.mark.integration
+
 PARTITION = "2024-08-09-03:00"
 SMALL = {"connect_timeout_s": 1.0, "read_timeout_s": 1.0, "max_attempts": 2}
 SLACK_S = 3.0

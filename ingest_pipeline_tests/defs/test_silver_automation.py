@@ -83,6 +83,7 @@ def requested(result: dg.EvaluateAutomationConditionsResult, key: dg.AssetKey) -
     return set(result.get_requested_partitions(key))
 
 
+@pytest.mark.slow
 def test_an_hour_is_requested_once_it_and_the_next_hour_landed_with_checks_passed(
     defs: dg.Definitions,
 ) -> None:
@@ -132,6 +133,7 @@ def test_an_hour_is_requested_once_it_and_the_next_hour_landed_with_checks_passe
         assert requested(step(), TRADE_F) == {H3}  # H4 waits for the hour after it
 
 
+@pytest.mark.slow
 def test_a_sensor_started_after_bronze_landed_catches_up(defs: dg.Definitions) -> None:
     agg = bronze_key(SYMBOL, AGG_TRADES)
     with dg.DagsterInstance.ephemeral() as instance:
@@ -144,6 +146,7 @@ def test_a_sensor_started_after_bronze_landed_catches_up(defs: dg.Definitions) -
         assert second.total_requested == 0
 
 
+@pytest.mark.slow
 def test_symbols_are_split_over_sensors_under_dagsters_limit(local_settings: Settings) -> None:
     symbols = tuple(f"SYM{i:04d}USDT" for i in range(300))
     settings = dataclasses.replace(local_settings, symbols=symbols)

@@ -91,6 +91,7 @@ def silver_runs(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) 
 
 # dagster dev takes ~30 s to come up and the backfill daemon iterates every 30 s: two bronze
 # backfills and the sensor's runs need a few minutes on a busy machine.
+@pytest.mark.daemon
 @pytest.mark.timeout(900)
 def test_silver_runs_itself_once_bronze_landed_and_not_past_a_failed_blocking_check(
     aws: EmbeddedAWS, quiet_simulator: SimulatorServer, tmp_path: Path

@@ -129,6 +129,7 @@ def own_aws(local_settings: Settings) -> Any:
         yield server
 
 
+@pytest.mark.daemon
 def test_supervised_streamer_loses_no_trade_across_kills_termination_and_a_freeze(
     own_aws: EmbeddedAWS, tmp_path: Path
 ) -> None:

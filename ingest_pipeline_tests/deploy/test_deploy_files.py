@@ -180,6 +180,7 @@ def test_shards_needed_takes_the_binding_limit() -> None:
         sizing.shards_needed(1, 1, utilization=0)
 
 
+@pytest.mark.slow
 def test_shard_sizing_from_the_real_captures() -> None:
     sizing = load_sizing()
     files = sizing.capture_files(CAPTURES)

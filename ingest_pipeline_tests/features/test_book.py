@@ -62,6 +62,7 @@ def test_top_sums_and_removal() -> None:
     assert not book.crossed()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("symbol", ["BTCUSDT", "ETHUSDT"])
 def test_capture_rebuild(symbol: str) -> None:
     records = capture_records(symbol)
@@ -85,6 +86,7 @@ def test_capture_rebuild(symbol: str) -> None:
     assert (U == L + 1) == (symbol == "ETHUSDT")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("symbol", ["BTCUSDT", "ETHUSDT"])
 def test_capture_gap_and_resync(symbol: str) -> None:
     """Drop one diff mid-session: the gap is detected, rows go null, and a later snapshot

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
@@ -55,6 +56,7 @@ def as_ticks(side: dict[str, str]) -> dict[int, float]:
     return {price_ticks(p): float(q) for p, q in side.items()}
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(history=exchange_history(), data=st.data())
 def test_synced_book_is_the_exchange_book_and_never_crossed(history: Any, data: Any) -> None:

@@ -196,6 +196,7 @@ def three_days():
     return feed, hole, online
 
 
+@pytest.mark.slow
 def test_three_days_online_equals_offline_over_the_whole_range(three_days) -> None:
     feed, hole, online = three_days
     rng = GridRange(D0, D0 + 3 * DAY_MS, D0, D0 + 3 * DAY_MS)
@@ -215,6 +216,7 @@ def test_three_days_online_equals_offline_over_the_whole_range(three_days) -> No
     assert after["complete"].sum() > 80_000
 
 
+@pytest.mark.slow
 def test_three_days_online_equals_silver_hours_started_anywhere(three_days) -> None:
     """Silver's hours start at the previous hour; the engine started three days earlier."""
     feed, hole, online = three_days
@@ -238,6 +240,7 @@ def test_three_days_online_equals_silver_hours_started_anywhere(three_days) -> N
         assert_bit_identical(frame, rows, columns)
 
 
+@pytest.mark.slow
 def test_three_days_quantity_sums_are_the_exact_decimal_sums(three_days) -> None:
     feed, hole, online = three_days
     trades = [rec for dt, rec in feed if dt == "trade"]
@@ -301,6 +304,7 @@ def eth_day():
     return {c: v[keep] for c, v in cols.items()}
 
 
+@pytest.mark.slow
 def test_capture_repeated_for_a_day_online_equals_offline_and_the_exact_sums(eth_day) -> None:
     c = eth_day
     n = len(c["event_ts"])

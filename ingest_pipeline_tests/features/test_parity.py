@@ -175,6 +175,7 @@ def synthetic_records():
     return synthetic()
 
 
+@pytest.mark.slow
 def test_synthetic_hour_parity(synthetic_records) -> None:
     records = synthetic_records
     result = hour_features(
@@ -208,6 +209,7 @@ def test_synthetic_late_records_are_counted(synthetic_records) -> None:
     assert engine.late["trade"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("symbol", ["BTCUSDT", "ETHUSDT"])
 def test_capture_parity(symbol: str) -> None:
     """The real session (crossing 00:00 UTC) through both forms, over both hours' grid."""

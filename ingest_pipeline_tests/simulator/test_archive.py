@@ -14,6 +14,9 @@ import requests
 from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
 from ingest_pipeline.timeutil import HOUR_MS, parse_hour
 
+# Servers over real sockets (see ingest_pipeline_tests/tiers.py).
+pytestmark = pytest.mark.integration
+
 NOW = parse_hour("2025-01-03-12:00")
 BASE = "data/spot/daily"
 

@@ -34,6 +34,7 @@ def _digest(model: SymbolModel, h: int) -> str:
     return hashlib.sha256(b"".join(a.tobytes() for a in arrays)).hexdigest()
 
 
+@pytest.mark.slow
 def test_hour_is_identical_in_another_process(market: Market) -> None:
     code = (
         "from ingest_pipeline.simulator.market import Market, default_universe\n"

@@ -11,6 +11,9 @@ import requests
 from ingest_pipeline.simulator.market import HOUR_MS, Market, default_universe
 from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
 
+# Servers over real sockets (see ingest_pipeline_tests/tiers.py).
+pytestmark = pytest.mark.integration
+
 T0 = 1_704_067_200_000  # 2024-01-01T00:00Z
 H_2024 = (T0 - 1_499_990_400_000) // HOUR_MS
 MODEL = Market(default_universe())

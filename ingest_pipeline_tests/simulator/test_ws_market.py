@@ -14,6 +14,9 @@ import requests
 from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
 from ingest_pipeline_tests.simulator.ws_helpers import collect, run, ws_url
 
+# Servers over real sockets (see ingest_pipeline_tests/tiers.py).
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[SimulatorServer]:

@@ -25,6 +25,9 @@ from ingest_pipeline.timeutil import to_ms
 from ingest_pipeline_tests.paths import CAPTURES
 from ingest_pipeline_tests.simulator.ws_helpers import run, ws_url
 
+# Servers over real sockets (see ingest_pipeline_tests/tiers.py).
+pytestmark = pytest.mark.integration
+
 BTC_FIRST_TRADE, BTC_LAST_TRADE = 3735683259, 3735703162
 MIDNIGHT = to_ms(datetime(2024, 8, 9, tzinfo=UTC))
 

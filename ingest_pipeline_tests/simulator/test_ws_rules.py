@@ -21,6 +21,9 @@ from ingest_pipeline_tests.simulator.ws_helpers import (
     ws_url,
 )
 
+# Servers over real sockets (see ingest_pipeline_tests/tiers.py).
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[SimulatorServer]:
