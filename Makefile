@@ -9,6 +9,7 @@ export DAGSTER_DISABLE_TELEMETRY := 1
 
 install: $(VENV)/.installed
 
+# [dev] includes [standins] (simulator, moto server, fault proxy): demo, dev and test need them.
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip

@@ -34,8 +34,8 @@ from typing import Any
 import orjson
 
 from ingest_pipeline.settings import load_settings
-from ingest_pipeline.simulator.market import Market, SymbolSpec, default_universe
-from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
+from ingest_pipeline.standins.simulator.market import Market, SymbolSpec, default_universe
+from ingest_pipeline.standins.simulator.server import SimulatorConfig, SimulatorServer
 from ingest_pipeline.storage.kinesis import NoopKinesisClient, producer_client
 from ingest_pipeline.streaming import Streamer, StreamerConfig
 
@@ -107,7 +107,7 @@ def run_streamer(
                                            "BINANCE_REST_URL": url})  # fmt: skip
     aws = None
     if sink == "moto":
-        from ingest_pipeline.localstack import EmbeddedAWS
+        from ingest_pipeline.standins.moto_server import EmbeddedAWS
 
         aws = EmbeddedAWS(base).__enter__()
         settings = aws.settings
@@ -179,8 +179,8 @@ def report(label: str, r: dict) -> None:
 
 def simcost(n: int = 3000) -> None:
     """The simulator's cost per depth batch and symbol, old (full diff) vs new, same run."""
-    from ingest_pipeline.simulator.market import format_units
-    from ingest_pipeline.simulator.ws import _levels, _SymbolState
+    from ingest_pipeline.standins.simulator.market import format_units
+    from ingest_pipeline.standins.simulator.ws import _levels, _SymbolState
 
     m = Market(default_universe(3))
     for sym in ("BTCUSDT", "SYM0001USDT"):

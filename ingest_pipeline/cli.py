@@ -31,6 +31,7 @@ EXIT_STATE_DIR = 4
 EXIT_SPILL_LOCKED = 5
 EXIT_HEALTH_PORT = 6
 EXIT_AWS = 7
+EXIT_STANDINS = 8
 EXIT_INTERRUPTED = 130
 EXIT_CODES = {
     EXIT_OK: "success",
@@ -45,6 +46,8 @@ EXIT_CODES = {
     EXIT_SPILL_LOCKED: "another streamer holds the spill directory's lock",
     EXIT_HEALTH_PORT: "the /health and /metrics server cannot listen on --health-host/port",
     EXIT_AWS: "AWS (S3 or Kinesis) refused the call or could not be reached",
+    EXIT_STANDINS: "a local stand-in (embedded AWS, simulator) needs the [standins] extra, "
+    "which is not installed",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C) outside a graceful stop",
 }
 
@@ -150,6 +153,7 @@ def _classify(exc: BaseException) -> tuple[str, int] | None:
     """(one-line message, exit code) of an error the user can act on; None for a bug."""
     from botocore.exceptions import BotoCoreError, ClientError
 
+    from ingest_pipeline.standins import StandinsMissing
     from ingest_pipeline.streaming.health import HealthServerError
 
     if isinstance(exc, CliError):
@@ -162,6 +166,8 @@ def _classify(exc: BaseException) -> tuple[str, int] | None:
         return str(exc), EXIT_HEALTH_PORT
     if isinstance(exc, BotoCoreError | ClientError):
         return f"AWS: {exc}", EXIT_AWS
+    if isinstance(exc, StandinsMissing):
+        return str(exc), EXIT_STANDINS
     return None
 
 
@@ -199,7 +205,7 @@ def _wait_for_signal() -> None:
 
 
 def cmd_simulator(args: argparse.Namespace) -> int:
-    from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
+    from ingest_pipeline.standins.simulator.server import SimulatorConfig, SimulatorServer
 
     config = SimulatorConfig(
         replay_path=args.replay,
@@ -219,7 +225,7 @@ def cmd_simulator(args: argparse.Namespace) -> int:
 
 
 def cmd_local_aws(args: argparse.Namespace) -> int:
-    from ingest_pipeline.localstack import EmbeddedAWS
+    from ingest_pipeline.standins.moto_server import EmbeddedAWS
 
     settings = load_settings()
     with EmbeddedAWS(settings, host=args.host, port=args.port) as aws:
@@ -234,8 +240,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from ingest_pipeline.defs.bronze import build_agg_trades_asset
     from ingest_pipeline.defs.resources import build_resources
-    from ingest_pipeline.localstack import EmbeddedAWS
-    from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
+    from ingest_pipeline.standins.moto_server import EmbeddedAWS
+    from ingest_pipeline.standins.simulator.server import SimulatorConfig, SimulatorServer
 
     base = load_settings()
     symbols = args.symbols or ("BTCUSDT", "ETHUSDT")

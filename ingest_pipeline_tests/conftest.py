@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from ingest_pipeline.aws import aws_client
-from ingest_pipeline.localstack import EmbeddedAWS
 from ingest_pipeline.settings import Settings, load_settings
+from ingest_pipeline.standins.moto_server import EmbeddedAWS
 
 # Dagster's telemetry has no timeout; offline it stalls shutdown.
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
@@ -31,7 +31,7 @@ def aws(local_settings: Settings) -> Iterator[EmbeddedAWS]:
 
 @pytest.fixture(scope="session")
 def simulator_url() -> Iterator[str]:
-    from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
+    from ingest_pipeline.standins.simulator.server import SimulatorConfig, SimulatorServer
 
     with SimulatorServer(SimulatorConfig()) as sim:
         yield sim.url

@@ -24,8 +24,8 @@ import aiohttp
 import pytest
 
 from ingest_pipeline.binance.stream import AttemptLimiter, ShardConnection, StreamConfig
-from ingest_pipeline.localstack import EmbeddedAWS
 from ingest_pipeline.settings import InvalidEndpoint
+from ingest_pipeline.standins.moto_server import EmbeddedAWS
 
 BIN = Path(sys.executable).parent
 # Generous: the point is "about the timeout", not 30 s (aiohttp's socket default) or 300 s.

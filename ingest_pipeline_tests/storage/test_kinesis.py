@@ -19,7 +19,7 @@ import orjson
 import pytest
 from botocore.config import Config
 
-from ingest_pipeline.faultproxy import FaultProxy
+from ingest_pipeline.standins.faultproxy import FaultProxy
 from ingest_pipeline.storage.kinesis import (
     MAX_BATCH_BYTES,
     MAX_RECORD_BYTES,

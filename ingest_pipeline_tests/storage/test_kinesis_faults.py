@@ -28,9 +28,9 @@ import pytest
 from prometheus_client import generate_latest
 
 import ingest_pipeline.storage.kinesis as kinesis_module
-from ingest_pipeline.faultproxy import FaultProxy
-from ingest_pipeline.localstack import EmbeddedAWS
 from ingest_pipeline.settings import load_settings
+from ingest_pipeline.standins.faultproxy import FaultProxy
+from ingest_pipeline.standins.moto_server import EmbeddedAWS
 from ingest_pipeline.storage.kinesis import (
     PRODUCER_CLIENT_CONFIG,
     KinesisProducer,

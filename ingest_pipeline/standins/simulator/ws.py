@@ -63,7 +63,7 @@ import numpy as np
 import orjson
 from aiohttp import WSMsgType, web
 
-from ingest_pipeline.simulator.market import (
+from ingest_pipeline.standins.simulator.market import (
     DepthDiff,
     Market,
     SymbolModel,
@@ -73,8 +73,8 @@ from ingest_pipeline.simulator.market import (
 )
 
 if TYPE_CHECKING:
-    from ingest_pipeline.simulator.replay import Replayer
-    from ingest_pipeline.simulator.server import SimulatorConfig
+    from ingest_pipeline.standins.simulator.replay import Replayer
+    from ingest_pipeline.standins.simulator.server import SimulatorConfig
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,16 @@ from types import TracebackType
 
 from aiohttp import web
 
-from ingest_pipeline.simulator.archive import ArchiveSettings, BinanceArchive
-from ingest_pipeline.simulator.market import GENESIS_MS, Market, SymbolSpec, default_universe
-from ingest_pipeline.simulator.replay import Replayer, load_captures, spec_of
-from ingest_pipeline.simulator.rest import FAULT_KINDS, BinanceRest, wall_clock_ms
-from ingest_pipeline.simulator.ws import BinanceWs
+from ingest_pipeline.standins.simulator.archive import ArchiveSettings, BinanceArchive
+from ingest_pipeline.standins.simulator.market import (
+    GENESIS_MS,
+    Market,
+    SymbolSpec,
+    default_universe,
+)
+from ingest_pipeline.standins.simulator.replay import Replayer, load_captures, spec_of
+from ingest_pipeline.standins.simulator.rest import FAULT_KINDS, BinanceRest, wall_clock_ms
+from ingest_pipeline.standins.simulator.ws import BinanceWs
 
 
 @dataclass

@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from aiohttp import web
 
-from ingest_pipeline.simulator.market import (
+from ingest_pipeline.standins.simulator.market import (
     HOUR_MS,
     KLINE_INTERVALS,
     PRICE_DECIMALS,

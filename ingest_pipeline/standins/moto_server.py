@@ -1,4 +1,5 @@
-"""The embedded AWS: moto in server mode on a loopback port, provisioned from the settings.
+"""The embedded AWS (the ``[standins]`` extra): moto in server mode on a loopback port,
+provisioned from the settings.
 
 Everything that talks to S3 or Kinesis locally goes through a real socket to this server, the
 same way it would talk to LocalStack or AWS.
@@ -16,6 +17,7 @@ import requests
 
 from ingest_pipeline.aws import aws_client
 from ingest_pipeline.settings import Settings
+from ingest_pipeline.standins import require
 
 STARTUP_TIMEOUT_S = 30.0
 
@@ -64,6 +66,7 @@ class EmbeddedAWS:
         return dataclasses.replace(self._settings, aws_endpoint_url=self.endpoint_url)
 
     def start(self) -> EmbeddedAWS:
+        require("moto")
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
             stdout=subprocess.DEVNULL,

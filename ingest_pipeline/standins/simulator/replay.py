@@ -68,7 +68,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
-from ingest_pipeline.simulator.market import (
+from ingest_pipeline.standins.simulator.market import (
     KLINE_INTERVALS,
     PRICE_DECIMALS,
     AggTrades,
@@ -80,10 +80,10 @@ from ingest_pipeline.simulator.market import (
     _kline_open_at_or_after,
     _kline_prev,
 )
-from ingest_pipeline.simulator.rest import wall_clock_ms
+from ingest_pipeline.standins.simulator.rest import wall_clock_ms
 
 if TYPE_CHECKING:
-    from ingest_pipeline.simulator.ws import BinanceWs
+    from ingest_pipeline.standins.simulator.ws import BinanceWs
 
 _FILE_RE = re.compile(r"^([A-Za-z0-9]+)_\d{8}\.gz$")
 _QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "BTC", "ETH", "BNB", "EUR", "TRY", "BRL")

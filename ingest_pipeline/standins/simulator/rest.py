@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from ingest_pipeline.simulator.market import (
+from ingest_pipeline.standins.simulator.market import (
     HOUR_MS,
     KLINE_INTERVALS,
     MAX_BOOK_LEVELS,
@@ -42,8 +42,8 @@ from ingest_pipeline.simulator.market import (
 )
 
 if TYPE_CHECKING:
-    from ingest_pipeline.simulator.replay import Replayer, ReplaySymbol
-    from ingest_pipeline.simulator.server import SimulatorConfig
+    from ingest_pipeline.standins.simulator.replay import Replayer, ReplaySymbol
+    from ingest_pipeline.standins.simulator.server import SimulatorConfig
 
 FAULT_KINDS: tuple[str, ...] = ("429", "5xx", "slow", "truncated", "malformed")
 _JSON = "application/json;charset=UTF-8"

@@ -4,8 +4,13 @@ It writes Binance's wire format on its own and imports nothing else from ``inges
 so a bug in our client or normalizers cannot hide itself on both sides of the wire.
 """
 
-from ingest_pipeline.simulator.market import Market, SymbolModel, SymbolSpec, default_universe
-from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
+from ingest_pipeline.standins.simulator.market import (
+    Market,
+    SymbolModel,
+    SymbolSpec,
+    default_universe,
+)
+from ingest_pipeline.standins.simulator.server import SimulatorConfig, SimulatorServer
 
 __all__ = [
     "Market",

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from ingest_pipeline.simulator.market import (
+from ingest_pipeline.standins.simulator.market import (
     BATCHES_PER_HOUR,
     HOUR_MS,
     Market,
@@ -36,8 +36,8 @@ def _digest(model: SymbolModel, h: int) -> str:
 
 def test_hour_is_identical_in_another_process(market: Market) -> None:
     code = (
-        "from ingest_pipeline.simulator.market import Market, default_universe\n"
-        "from ingest_pipeline_tests.simulator.test_market import _digest\n"
+        "from ingest_pipeline.standins.simulator.market import Market, default_universe\n"
+        "from ingest_pipeline_tests.standins.simulator.test_market import _digest\n"
         f"print(_digest(Market(default_universe())['BTCUSDT'], {H_2024}))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
