@@ -34,8 +34,8 @@ from typing import Any
 import orjson
 
 from ingest_pipeline.settings import load_settings
+from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
 from ingest_pipeline.standins.simulator.market import Market, SymbolSpec, default_universe
-from ingest_pipeline.standins.simulator.server import SimulatorConfig, SimulatorServer
 from ingest_pipeline.storage.kinesis import NoopKinesisClient, producer_client
 from ingest_pipeline.streaming import Streamer, StreamerConfig
 

@@ -83,14 +83,33 @@ def is_loopback(url: str | None) -> bool:
         return False
 
 
-def aws_client(service: str, settings: Settings, config: Config | None = None) -> Any:
-    """A boto3 client for ``service`` at the configured endpoint and region (default config:
-    ``S3_CLIENT_CONFIG`` for S3, ``CLIENT_CONFIG`` otherwise)."""
+def boto3_client(
+    service: str,
+    *,
+    region: str,
+    endpoint_url: str | None = None,
+    config: Config | None = None,
+    session: boto3.session.Session | None = None,
+    **kwargs: Any,
+) -> Any:
+    """The one place a boto3 client is made: ``service`` in ``region`` at ``endpoint_url`` (None:
+    AWS's own), with ``config`` (default ``S3_CLIENT_CONFIG`` for S3, ``CLIENT_CONFIG``
+    otherwise). A loopback endpoint gets the emulator's placeholder credentials unless others
+    are given. ``kwargs`` go to ``client()`` as they are, None meaning boto3's default."""
     if config is None:
         config = S3_CLIENT_CONFIG if service == "s3" else CLIENT_CONFIG
-    kwargs: dict[str, Any] = {"region_name": settings.region, "config": config}
-    if settings.aws_endpoint_url:
-        kwargs["endpoint_url"] = settings.aws_endpoint_url
-        if is_loopback(settings.aws_endpoint_url):
-            kwargs.update(EMULATOR_CREDENTIALS)
-    return boto3.client(service, **kwargs)
+    args: dict[str, Any] = {k: v for k, v in kwargs.items() if v is not None}
+    args.update(region_name=region, config=config)
+    if endpoint_url:
+        args["endpoint_url"] = endpoint_url
+        if is_loopback(endpoint_url):
+            for name, value in EMULATOR_CREDENTIALS.items():
+                args.setdefault(name, value)
+    return (session or boto3).client(service, **args)
+
+
+def aws_client(service: str, settings: Settings, config: Config | None = None) -> Any:
+    """``boto3_client`` for ``service`` at the endpoint and region of ``settings``."""
+    return boto3_client(
+        service, region=settings.region, endpoint_url=settings.aws_endpoint_url, config=config
+    )

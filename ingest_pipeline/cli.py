@@ -205,7 +205,7 @@ def _wait_for_signal() -> None:
 
 
 def cmd_simulator(args: argparse.Namespace) -> int:
-    from ingest_pipeline.standins.simulator.server import SimulatorConfig, SimulatorServer
+    from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
 
     config = SimulatorConfig(
         replay_path=args.replay,
@@ -241,7 +241,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ingest_pipeline.defs.bronze import build_agg_trades_asset
     from ingest_pipeline.defs.resources import build_resources
     from ingest_pipeline.standins.moto_server import EmbeddedAWS
-    from ingest_pipeline.standins.simulator.server import SimulatorConfig, SimulatorServer
+    from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
 
     base = load_settings()
     symbols = args.symbols or ("BTCUSDT", "ETHUSDT")

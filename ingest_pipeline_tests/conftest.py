@@ -31,7 +31,7 @@ def aws(local_settings: Settings) -> Iterator[EmbeddedAWS]:
 
 @pytest.fixture(scope="session")
 def simulator_url() -> Iterator[str]:
-    from ingest_pipeline.standins.simulator.server import SimulatorConfig, SimulatorServer
+    from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
 
     with SimulatorServer(SimulatorConfig()) as sim:
         yield sim.url

@@ -15,6 +15,7 @@ from ingest_pipeline.aws import (
     EMULATOR_CREDENTIALS,
     MAX_ATTEMPTS,
     READ_TIMEOUT_S,
+    boto3_client,
     call_bound_s,
     client_config,
     is_loopback,
@@ -98,10 +99,10 @@ class BoundedS3Resource(S3Resource):
         config = client_config(self.connect_timeout_s, self.read_timeout_s, self.max_attempts)
         if self.use_unsigned_session:
             config = config.merge(Config(signature_version=UNSIGNED))
-        session = boto3.session.Session(profile_name=self.profile_name)
-        return session.client(
+        return boto3_client(
             "s3",
-            region_name=self.region_name,
+            session=boto3.session.Session(profile_name=self.profile_name),
+            region=self.region_name,
             endpoint_url=self.endpoint_url,
             use_ssl=self.use_ssl,
             verify=self.verify,

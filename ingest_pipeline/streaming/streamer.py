@@ -87,8 +87,8 @@ from ingest_pipeline.records import (
     record_key,
 )
 from ingest_pipeline.settings import Settings
+from ingest_pipeline.storage.circuit import CircuitState
 from ingest_pipeline.storage.kinesis import (
-    CircuitState,
     KinesisProducer,
     ProducerClosedError,
     ProducerConfig,
@@ -111,6 +111,7 @@ from ingest_pipeline.streaming.continuity import (
     tail_trades,
 )
 from ingest_pipeline.streaming.deadletter import DeadLetterWriter
+from ingest_pipeline.streaming.health import HealthServer
 from ingest_pipeline.streaming.lease import LeaseLost, LeaseUnavailable, S3Lease, holder_identity
 from ingest_pipeline.streaming.metrics import StreamerMetrics
 from ingest_pipeline.symbols import parse_symbols
@@ -873,8 +874,6 @@ class Streamer:
         """Stream until ``stop_event`` is set (or SIGTERM/SIGINT when asked to handle them),
         then stop reading, flush the producer and return. Raises ``UnknownSymbolError`` before
         streaming anything, and ``LeaseLost`` after stopping when another process took over."""
-        from ingest_pipeline.streaming.health import HealthServer
-
         if self.state != "created":
             raise RuntimeError("a Streamer runs once")
         self._loop = loop = asyncio.get_running_loop()

@@ -18,7 +18,7 @@ from ingest_pipeline.defs.resources import build_resources
 from ingest_pipeline.records import AGG_TRADES, TRADES, klines_type
 from ingest_pipeline.settings import Settings
 from ingest_pipeline.standins.moto_server import EmbeddedAWS
-from ingest_pipeline.standins.simulator.server import SimulatorConfig, SimulatorServer
+from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
 from ingest_pipeline.timeutil import HOUR_MS, from_ms, parse_hour
 from ingest_pipeline_tests.dagster_harness import ROOT, DagsterDev
 from ingest_pipeline_tests.defs.test_backfill import bucket_records, bucket_state

@@ -63,11 +63,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
 
+from ingest_pipeline.standins.simulator.config import wall_clock_ms
 from ingest_pipeline.standins.simulator.market import (
     KLINE_INTERVALS,
     PRICE_DECIMALS,
@@ -80,10 +81,6 @@ from ingest_pipeline.standins.simulator.market import (
     _kline_open_at_or_after,
     _kline_prev,
 )
-from ingest_pipeline.standins.simulator.rest import wall_clock_ms
-
-if TYPE_CHECKING:
-    from ingest_pipeline.standins.simulator.ws import BinanceWs
 
 _FILE_RE = re.compile(r"^([A-Za-z0-9]+)_\d{8}\.gz$")
 _QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "BTC", "ETH", "BNB", "EUR", "TRY", "BRL")
@@ -421,9 +418,15 @@ class ReplaySymbol:
         return self.book.answer(limit)
 
 
+class Hub(Protocol):
+    """Where the replay publishes frames: the WebSocket server (``ws.BinanceWs``)."""
+
+    def publish(self, stream: str, payload: str, ident: Any) -> None: ...
+
+
 class Replayer:
-    """Plays the captures into a :class:`BinanceWs` hub and keeps the REST answers of the
-    replayed symbols at the replay's position (see the module docstring)."""
+    """Plays the captures into a :class:`Hub` (the WebSocket server) and keeps the REST answers
+    of the replayed symbols at the replay's position (see the module docstring)."""
 
     def __init__(
         self,
@@ -458,7 +461,7 @@ class Replayer:
         ]
         if not self.plan:
             raise ValueError(f"no recorded frame in the replay slice [{from_ms}, {until_ms})")
-        self.hub: BinanceWs | None = None
+        self.hub: Hub | None = None
         self.task: asyncio.Task[None] | None = None
         self.offset_ms: int | None = None  # chosen when playback starts
         self.position_ms: int | None = None  # receive time of the last frame played

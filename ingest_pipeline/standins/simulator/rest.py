@@ -17,15 +17,15 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
 
+from ingest_pipeline.standins.simulator.config import FAULT_KINDS, SimulatorConfig
 from ingest_pipeline.standins.simulator.market import (
     HOUR_MS,
     KLINE_INTERVALS,
@@ -40,12 +40,8 @@ from ingest_pipeline.standins.simulator.market import (
     mix64,
     stable_u64,
 )
+from ingest_pipeline.standins.simulator.replay import Replayer, ReplaySymbol
 
-if TYPE_CHECKING:
-    from ingest_pipeline.standins.simulator.replay import Replayer, ReplaySymbol
-    from ingest_pipeline.standins.simulator.server import SimulatorConfig
-
-FAULT_KINDS: tuple[str, ...] = ("429", "5xx", "slow", "truncated", "malformed")
 _JSON = "application/json;charset=UTF-8"
 _DIGITS = re.compile(r"^[0-9]{1,20}$")
 
@@ -649,7 +645,3 @@ def _kline_rows(klines: list[Kline], decimals: tuple[int, int]) -> list[list[Any
         ]
         for k in klines
     ]
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000

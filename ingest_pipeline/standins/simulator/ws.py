@@ -57,12 +57,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import orjson
 from aiohttp import WSMsgType, web
 
+from ingest_pipeline.standins.simulator.config import SimulatorConfig
 from ingest_pipeline.standins.simulator.market import (
     DepthDiff,
     Market,
@@ -71,10 +72,7 @@ from ingest_pipeline.standins.simulator.market import (
     mix64,
     stable_u64,
 )
-
-if TYPE_CHECKING:
-    from ingest_pipeline.standins.simulator.replay import Replayer
-    from ingest_pipeline.standins.simulator.server import SimulatorConfig
+from ingest_pipeline.standins.simulator.replay import Replayer
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import pytest
 import requests
 
 from ingest_pipeline.features.book import OrderBook, price_ticks
+from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
 from ingest_pipeline.standins.simulator.replay import Replayer, capture_files, load_captures
-from ingest_pipeline.standins.simulator.server import SimulatorConfig, SimulatorServer
 from ingest_pipeline.timeutil import to_ms
 from ingest_pipeline_tests.paths import CAPTURES
 from ingest_pipeline_tests.standins.simulator.ws_helpers import run, ws_url

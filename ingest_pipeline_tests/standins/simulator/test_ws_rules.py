@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 import requests
 
-from ingest_pipeline.standins.simulator.server import SimulatorConfig, SimulatorServer
+from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
 from ingest_pipeline_tests.standins.simulator.ws_helpers import (
     collect,
     collect_to_close,
