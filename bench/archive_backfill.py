@@ -51,7 +51,7 @@ WEIGHT_LIMIT = 6000
 
 SIMULATOR = """
 import sys
-from ingest_pipeline.standins.simulator.market import SymbolSpec, default_universe
+from ingest_pipeline.standins.simulator.basics import SymbolSpec, default_universe
 from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
 busy = SymbolSpec("BUSYUSDT", "BUSY", "USDT", "0.01", "0.00001", 40_000.0, int(sys.argv[2]))
 cfg = SimulatorConfig(symbols=[busy, *default_universe()[:1]])

@@ -22,7 +22,7 @@ from ingest_pipeline.defs.resources import build_resources
 from ingest_pipeline.settings import load_settings
 from ingest_pipeline.standins.moto_server import EmbeddedAWS
 from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
-from ingest_pipeline.standins.simulator.market import SymbolSpec
+from ingest_pipeline.standins.simulator.basics import SymbolSpec
 from ingest_pipeline.timeutil import HOUR_MS, from_ms, parse_hour
 
 SYMBOL = "BUSYUSDT"

@@ -5,13 +5,9 @@ It writes Binance's wire format on its own and imports nothing else from ``inges
 so a bug in our client or normalizers cannot hide itself on both sides of the wire.
 """
 
+from ingest_pipeline.standins.simulator.basics import SymbolSpec, default_universe
 from ingest_pipeline.standins.simulator.config import SimulatorConfig
-from ingest_pipeline.standins.simulator.market import (
-    Market,
-    SymbolModel,
-    SymbolSpec,
-    default_universe,
-)
+from ingest_pipeline.standins.simulator.market import Market, SymbolModel
 from ingest_pipeline.standins.simulator.server import SimulatorServer
 
 __all__ = [

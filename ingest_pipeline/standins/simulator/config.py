@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ingest_pipeline.standins.simulator.archive import ArchiveSettings
-from ingest_pipeline.standins.simulator.market import GENESIS_MS, SymbolSpec, default_universe
+from ingest_pipeline.standins.simulator.basics import GENESIS_MS, SymbolSpec, default_universe
 
 # The REST faults ``/_sim/faults`` (and ``fault_rate``) can switch on.
 FAULT_KINDS: tuple[str, ...] = ("429", "5xx", "slow", "truncated", "malformed")

@@ -9,7 +9,8 @@ import pytest
 import requests
 
 from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
-from ingest_pipeline.standins.simulator.market import HOUR_MS, Market, default_universe
+from ingest_pipeline.standins.simulator.basics import HOUR_MS, default_universe
+from ingest_pipeline.standins.simulator.market import Market
 
 T0 = 1_704_067_200_000  # 2024-01-01T00:00Z
 H_2024 = (T0 - 1_499_990_400_000) // HOUR_MS
