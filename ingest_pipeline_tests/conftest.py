@@ -15,6 +15,10 @@ from ingest_pipeline.standins.moto_server import EmbeddedAWS
 
 # Dagster's telemetry has no timeout; offline it stalls shutdown.
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+# The tests' AWS is the session's moto server: a developer's per-service endpoint variables
+# would take precedence over it (ingest_pipeline.aws.resolve_endpoint).
+for _name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_KINESIS"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(scope="session")

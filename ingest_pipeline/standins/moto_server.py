@@ -12,10 +12,11 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Any
 
 import requests
 
-from ingest_pipeline.aws import aws_client
+from ingest_pipeline.aws import boto3_client
 from ingest_pipeline.settings import Settings
 from ingest_pipeline.standins import require
 
@@ -28,9 +29,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def _client(service: str, settings: Settings) -> Any:
+    # This server, whatever AWS_ENDPOINT_URL_<SERVICE> in the environment says.
+    return boto3_client(
+        service, region=settings.region, endpoint_url=settings.aws_endpoint_url, environ={}
+    )
+
+
 def provision(settings: Settings) -> None:
     """Create the bucket and the three Kinesis streams of ``settings`` if they do not exist."""
-    s3 = aws_client("s3", settings)
+    s3 = _client("s3", settings)
     existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
     if settings.bucket not in existing:
         if settings.region == "us-east-1":
@@ -40,7 +48,7 @@ def provision(settings: Settings) -> None:
                 Bucket=settings.bucket,
                 CreateBucketConfiguration={"LocationConstraint": settings.region},
             )
-    kinesis = aws_client("kinesis", settings)
+    kinesis = _client("kinesis", settings)
     streams = set(kinesis.list_streams().get("StreamNames", []))
     for name in settings.kinesis_streams:
         if name not in streams:
