@@ -44,6 +44,9 @@ setup(
             "pytest-timeout>=2.2",
             "hypothesis>=6.100",
             "ruff>=0.6",
+            # `make lint`: the walls between layers (.importlinter) and types over the core.
+            "import-linter>=2.0",
+            "mypy>=1.10",
         ],
     },
     entry_points={"console_scripts": ["ingest-pipeline=ingest_pipeline.cli:main"]},
