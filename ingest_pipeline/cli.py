@@ -136,17 +136,10 @@ def _time_or_now(value: str) -> int | None:
 
 
 def _is_spill_dir_locked(exc: BaseException) -> bool:
-    """Another producer holds the spill directory. ``storage.kinesis`` raises
-    ``SpillDirLockedError`` for it (added on the producer's branch); until that lands it raises a
-    RuntimeError with this message, matched here and nowhere else."""
-    from ingest_pipeline.storage import kinesis
+    """Another producer holds the spill directory (``storage.spill.SpillDirLockedError``)."""
+    from ingest_pipeline.storage.spill import SpillDirLockedError
 
-    locked = getattr(kinesis, "SpillDirLockedError", None)
-    if locked is not None:
-        return isinstance(exc, locked)
-    return isinstance(exc, RuntimeError) and str(exc).startswith(
-        "another producer holds the spill dir"
-    )
+    return isinstance(exc, SpillDirLockedError)
 
 
 def _classify(exc: BaseException) -> tuple[str, int] | None:
