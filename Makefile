@@ -9,6 +9,7 @@ export DAGSTER_DISABLE_TELEMETRY := 1
 
 install: $(VENV)/.installed
 
+# [dev] includes [standins] (simulator, moto server, fault proxy): demo, dev and test need them.
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -18,9 +19,13 @@ $(VENV)/.installed: setup.py
 demo: install
 	$(BIN)/ingest-pipeline demo
 
+# ruff, then the walls between layers (.importlinter: who may import dagster, the stand-ins
+# apart, pure features) and the type checker over the core (mypy.ini).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 test: lint
 	$(BIN)/pytest

@@ -5,6 +5,11 @@ from setuptools import find_packages, setup
 DAGSTER = "1.13.27"
 DAGSTER_LIBS = "0.29.27"
 
+# The local stand-ins (ingest_pipeline/standins: simulator, moto server, fault proxy) for the
+# demo, `make dev` and the tests; a production image installs none of it. The simulator and the
+# fault proxy run on aiohttp, numpy and pyarrow, which the product needs anyway.
+STANDINS = ["moto[server]>=5.0"]
+
 setup(
     name="ingest_pipeline",
     version="0.1.0",
@@ -23,13 +28,14 @@ setup(
         "numpy>=1.26",
         "pyarrow>=15",
         "pyyaml>=6",
-        "moto[server]>=5.0",
         "prometheus-client>=0.20",
     ],
     extras_require={
         # What deploy/dagster.yaml needs on top: Postgres instance storage.
         "deploy": [f"dagster-postgres=={DAGSTER_LIBS}"],
+        "standins": STANDINS,
         "dev": [
+            *STANDINS,
             f"dagster-webserver=={DAGSTER}",
             f"dagster-postgres=={DAGSTER_LIBS}",
             # Drives Debian's chromium through its chromedriver (never downloads a browser).
@@ -38,6 +44,9 @@ setup(
             "pytest-timeout>=2.2",
             "hypothesis>=6.100",
             "ruff>=0.6",
+            # `make lint`: the walls between layers (.importlinter) and types over the core.
+            "import-linter>=2.0",
+            "mypy>=1.10",
         ],
     },
     entry_points={"console_scripts": ["ingest-pipeline=ingest_pipeline.cli:main"]},

@@ -39,8 +39,8 @@ from ingest_pipeline.binance.rest import (
     WEIGHT_KLINES,
     BinanceRestClient,
 )
-from ingest_pipeline.localstack import free_port
 from ingest_pipeline.records import AGG_TRADES, TRADES, klines_type
+from ingest_pipeline.standins.moto_server import free_port
 from ingest_pipeline.storage.bronze import DEFAULT_GZIP_LEVEL, BronzeStore
 from ingest_pipeline.timeutil import HOUR_MS, parse_hour
 
@@ -51,8 +51,8 @@ WEIGHT_LIMIT = 6000
 
 SIMULATOR = """
 import sys
-from ingest_pipeline.simulator.market import SymbolSpec, default_universe
-from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
+from ingest_pipeline.standins.simulator.basics import SymbolSpec, default_universe
+from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
 busy = SymbolSpec("BUSYUSDT", "BUSY", "USDT", "0.01", "0.00001", 40_000.0, int(sys.argv[2]))
 cfg = SimulatorConfig(symbols=[busy, *default_universe()[:1]])
 SimulatorServer(cfg, port=int(sys.argv[1])).run_forever()

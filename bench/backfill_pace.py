@@ -19,10 +19,10 @@ import requests
 
 from ingest_pipeline.defs.bronze import build_agg_trades_asset
 from ingest_pipeline.defs.resources import build_resources
-from ingest_pipeline.localstack import EmbeddedAWS
 from ingest_pipeline.settings import load_settings
-from ingest_pipeline.simulator.market import SymbolSpec
-from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
+from ingest_pipeline.standins.moto_server import EmbeddedAWS
+from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
+from ingest_pipeline.standins.simulator.basics import SymbolSpec
 from ingest_pipeline.timeutil import HOUR_MS, from_ms, parse_hour
 
 SYMBOL = "BUSYUSDT"

@@ -16,8 +16,8 @@ from pathlib import Path
 import requests
 
 from ingest_pipeline.binance.rest import BinanceRestClient
-from ingest_pipeline.simulator.market import SymbolSpec
-from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
+from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
+from ingest_pipeline.standins.simulator.basics import SymbolSpec
 from ingest_pipeline.timeutil import HOUR_MS, parse_hour
 
 REF_ENV = Path(__file__).parent / ".refenv"

@@ -34,8 +34,9 @@ from typing import Any
 import orjson
 
 from ingest_pipeline.settings import load_settings
-from ingest_pipeline.simulator.market import Market, SymbolSpec, default_universe
-from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
+from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
+from ingest_pipeline.standins.simulator.basics import SymbolSpec, default_universe
+from ingest_pipeline.standins.simulator.market import Market
 from ingest_pipeline.storage.kinesis import NoopKinesisClient, producer_client
 from ingest_pipeline.streaming import Streamer, StreamerConfig
 
@@ -107,7 +108,7 @@ def run_streamer(
                                            "BINANCE_REST_URL": url})  # fmt: skip
     aws = None
     if sink == "moto":
-        from ingest_pipeline.localstack import EmbeddedAWS
+        from ingest_pipeline.standins.moto_server import EmbeddedAWS
 
         aws = EmbeddedAWS(base).__enter__()
         settings = aws.settings
@@ -179,14 +180,14 @@ def report(label: str, r: dict) -> None:
 
 def simcost(n: int = 3000) -> None:
     """The simulator's cost per depth batch and symbol, old (full diff) vs new, same run."""
-    from ingest_pipeline.simulator.market import format_units
-    from ingest_pipeline.simulator.ws import _levels, _SymbolState
+    from ingest_pipeline.standins.simulator.basics import format_units
+    from ingest_pipeline.standins.simulator.ws_market import SymbolState, _levels
 
     m = Market(default_universe(3))
     for sym in ("BTCUSDT", "SYM0001USDT"):
         model = m[sym]
         pd, qd = model.spec.price_decimals, model.spec.qty_decimals
-        st = _SymbolState(model, sym.lower(), f'"{sym}"')
+        st = SymbolState(model, sym.lower(), f'"{sym}"')
         b0 = model.batch_of(int(time.time() * 1000)) - 2 * n
         figures = {}
         for label, diff_fn, fmt in (

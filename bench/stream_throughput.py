@@ -11,8 +11,8 @@ import tempfile
 import time
 
 from ingest_pipeline.capture_loader import CAPTURES_DIR
-from ingest_pipeline.localstack import EmbeddedAWS
 from ingest_pipeline.settings import load_settings
+from ingest_pipeline.standins.moto_server import EmbeddedAWS
 from ingest_pipeline.storage.kinesis import NoopKinesisClient, producer_client
 from ingest_pipeline.streaming import Streamer, StreamerConfig
 

@@ -21,9 +21,9 @@ from collections.abc import Callable
 
 from ingest_pipeline.aws import aws_client
 from ingest_pipeline.binance.normalize import agg_trade_from_rest, normalize_page
-from ingest_pipeline.localstack import EmbeddedAWS
 from ingest_pipeline.records import AGG_TRADES
 from ingest_pipeline.settings import load_settings
+from ingest_pipeline.standins.moto_server import EmbeddedAWS
 from ingest_pipeline.storage.bronze import (
     DEFAULT_GZIP_LEVEL,
     BronzeStore,

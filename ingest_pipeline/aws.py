@@ -9,13 +9,15 @@ included: botocore's ``max_attempts`` counts retries, so ``max_attempts=5`` is s
 from __future__ import annotations
 
 import ipaddress
+import os
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
 
-from ingest_pipeline.settings import Settings
+from ingest_pipeline.settings import HTTP_SCHEMES, InvalidEndpoint, Settings, check_url
 
 CONNECT_TIMEOUT_S = 5.0
 # S3 answers a PUT or GET within a second or two once the body is sent; 15 s of silence is a
@@ -83,14 +85,55 @@ def is_loopback(url: str | None) -> bool:
         return False
 
 
-def aws_client(service: str, settings: Settings, config: Config | None = None) -> Any:
-    """A boto3 client for ``service`` at the configured endpoint and region (default config:
-    ``S3_CLIENT_CONFIG`` for S3, ``CLIENT_CONFIG`` otherwise)."""
+def resolve_endpoint(
+    service: str, configured: str | None, environ: Mapping[str, str] = os.environ
+) -> str | None:
+    """The endpoint of ``service``'s clients, in the order boto3 (>= 1.28) and the AWS CLI use:
+    boto3's per-service variable ``AWS_ENDPOINT_URL_<SERVICE>`` (``AWS_ENDPOINT_URL_S3``,
+    ``AWS_ENDPOINT_URL_KINESIS``), then ``configured`` (the settings' ``aws_endpoint_url``:
+    ``AWS_ENDPOINT_URL`` or the config file), then None (AWS's own endpoint).
+    ``AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true`` turns the per-service variables off, as in
+    boto3. A malformed per-service URL is ``InvalidEndpoint`` naming its variable."""
+    name = f"AWS_ENDPOINT_URL_{service.upper().replace('-', '_')}"
+    own = environ.get(name)
+    if own and environ.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").lower() != "true":
+        try:
+            return check_url(own, HTTP_SCHEMES).rstrip("/")
+        except InvalidEndpoint as exc:
+            raise InvalidEndpoint(f"{name}: {exc}") from None
+    return configured
+
+
+def boto3_client(
+    service: str,
+    *,
+    region: str,
+    endpoint_url: str | None = None,
+    config: Config | None = None,
+    session: boto3.session.Session | None = None,
+    environ: Mapping[str, str] = os.environ,
+    **kwargs: Any,
+) -> Any:
+    """The one place a boto3 client is made: ``service`` in ``region`` at
+    ``resolve_endpoint(service, endpoint_url, environ)`` (a per-service variable first), with
+    ``config`` (default ``S3_CLIENT_CONFIG`` for S3, ``CLIENT_CONFIG`` otherwise). A loopback
+    endpoint gets the emulator's placeholder credentials unless others are given. ``kwargs`` go
+    to ``client()`` as they are, None meaning boto3's default."""
     if config is None:
         config = S3_CLIENT_CONFIG if service == "s3" else CLIENT_CONFIG
-    kwargs: dict[str, Any] = {"region_name": settings.region, "config": config}
-    if settings.aws_endpoint_url:
-        kwargs["endpoint_url"] = settings.aws_endpoint_url
-        if is_loopback(settings.aws_endpoint_url):
-            kwargs.update(EMULATOR_CREDENTIALS)
-    return boto3.client(service, **kwargs)
+    args: dict[str, Any] = {k: v for k, v in kwargs.items() if v is not None}
+    args.update(region_name=region, config=config)
+    url = resolve_endpoint(service, endpoint_url, environ)
+    if url:
+        args["endpoint_url"] = url
+        if is_loopback(url):
+            for name, value in EMULATOR_CREDENTIALS.items():
+                args.setdefault(name, value)
+    return (session or boto3).client(service, **args)
+
+
+def aws_client(service: str, settings: Settings, config: Config | None = None) -> Any:
+    """``boto3_client`` for ``service`` at the endpoint and region of ``settings``."""
+    return boto3_client(
+        service, region=settings.region, endpoint_url=settings.aws_endpoint_url, config=config
+    )

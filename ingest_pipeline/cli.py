@@ -31,6 +31,7 @@ EXIT_STATE_DIR = 4
 EXIT_SPILL_LOCKED = 5
 EXIT_HEALTH_PORT = 6
 EXIT_AWS = 7
+EXIT_STANDINS = 8
 EXIT_INTERRUPTED = 130
 EXIT_CODES = {
     EXIT_OK: "success",
@@ -45,6 +46,8 @@ EXIT_CODES = {
     EXIT_SPILL_LOCKED: "another streamer holds the spill directory's lock",
     EXIT_HEALTH_PORT: "the /health and /metrics server cannot listen on --health-host/port",
     EXIT_AWS: "AWS (S3 or Kinesis) refused the call or could not be reached",
+    EXIT_STANDINS: "a local stand-in (embedded AWS, simulator) needs the [standins] extra, "
+    "which is not installed",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C) outside a graceful stop",
 }
 
@@ -133,23 +136,17 @@ def _time_or_now(value: str) -> int | None:
 
 
 def _is_spill_dir_locked(exc: BaseException) -> bool:
-    """Another producer holds the spill directory. ``storage.kinesis`` raises
-    ``SpillDirLockedError`` for it (added on the producer's branch); until that lands it raises a
-    RuntimeError with this message, matched here and nowhere else."""
-    from ingest_pipeline.storage import kinesis
+    """Another producer holds the spill directory (``storage.spill.SpillDirLockedError``)."""
+    from ingest_pipeline.storage.spill import SpillDirLockedError
 
-    locked = getattr(kinesis, "SpillDirLockedError", None)
-    if locked is not None:
-        return isinstance(exc, locked)
-    return isinstance(exc, RuntimeError) and str(exc).startswith(
-        "another producer holds the spill dir"
-    )
+    return isinstance(exc, SpillDirLockedError)
 
 
 def _classify(exc: BaseException) -> tuple[str, int] | None:
     """(one-line message, exit code) of an error the user can act on; None for a bug."""
     from botocore.exceptions import BotoCoreError, ClientError
 
+    from ingest_pipeline.standins import StandinsMissing
     from ingest_pipeline.streaming.health import HealthServerError
 
     if isinstance(exc, CliError):
@@ -162,6 +159,8 @@ def _classify(exc: BaseException) -> tuple[str, int] | None:
         return str(exc), EXIT_HEALTH_PORT
     if isinstance(exc, BotoCoreError | ClientError):
         return f"AWS: {exc}", EXIT_AWS
+    if isinstance(exc, StandinsMissing):
+        return str(exc), EXIT_STANDINS
     return None
 
 
@@ -199,7 +198,7 @@ def _wait_for_signal() -> None:
 
 
 def cmd_simulator(args: argparse.Namespace) -> int:
-    from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
+    from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
 
     config = SimulatorConfig(
         replay_path=args.replay,
@@ -219,7 +218,7 @@ def cmd_simulator(args: argparse.Namespace) -> int:
 
 
 def cmd_local_aws(args: argparse.Namespace) -> int:
-    from ingest_pipeline.localstack import EmbeddedAWS
+    from ingest_pipeline.standins.moto_server import EmbeddedAWS
 
     settings = load_settings()
     with EmbeddedAWS(settings, host=args.host, port=args.port) as aws:
@@ -234,8 +233,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from ingest_pipeline.defs.bronze import build_agg_trades_asset
     from ingest_pipeline.defs.resources import build_resources
-    from ingest_pipeline.localstack import EmbeddedAWS
-    from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
+    from ingest_pipeline.standins.moto_server import EmbeddedAWS
+    from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
 
     base = load_settings()
     symbols = args.symbols or ("BTCUSDT", "ETHUSDT")

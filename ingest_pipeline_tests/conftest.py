@@ -10,13 +10,17 @@ from collections.abc import Iterator
 import pytest
 
 from ingest_pipeline.aws import aws_client
-from ingest_pipeline.localstack import EmbeddedAWS
 from ingest_pipeline.settings import Settings, load_settings
+from ingest_pipeline.standins.moto_server import EmbeddedAWS
 
 pytest_plugins = ("ingest_pipeline_tests.tiers",)
 
 # Dagster's telemetry has no timeout; offline it stalls shutdown.
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+# The tests' AWS is the session's moto server: a developer's per-service endpoint variables
+# would take precedence over it (ingest_pipeline.aws.resolve_endpoint).
+for _name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_KINESIS"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +37,7 @@ def aws(local_settings: Settings) -> Iterator[EmbeddedAWS]:
 
 @pytest.fixture(scope="session")
 def simulator_url() -> Iterator[str]:
-    from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
+    from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
 
     with SimulatorServer(SimulatorConfig()) as sim:
         yield sim.url

@@ -16,7 +16,7 @@ from typing import Any
 
 import requests
 
-from ingest_pipeline.localstack import free_port
+from ingest_pipeline.standins.moto_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -12,9 +12,9 @@ import pytest
 import requests
 
 from ingest_pipeline.aws import aws_client
-from ingest_pipeline.localstack import EmbeddedAWS
 from ingest_pipeline.records import AGG_TRADES
 from ingest_pipeline.settings import Settings
+from ingest_pipeline.standins.moto_server import EmbeddedAWS
 from ingest_pipeline.storage.bronze import BronzeStore
 from ingest_pipeline.timeutil import parse_hour
 

@@ -225,3 +225,16 @@ def test_every_unsafe_symbol_is_refused_by_the_streamer_constructor(
     with pytest.raises(UnsafeSymbol) as refused:
         Streamer(local_settings, StreamerConfig(symbols=symbols))
     assert NAMED[kind].replace(" at position 2", "") in str(refused.value)
+
+
+@pytest.mark.parametrize("command", ["local-aws", "demo"])
+def test_a_stand_in_without_its_extra_is_one_line_naming_the_extra(
+    command: str, tmp_path: Path
+) -> None:
+    """An install without ``[standins]``: moto made unimportable in the real subprocess, as
+    ``pip install .`` leaves it (checked against a real install in the issue 13 report)."""
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['moto'] = None\n")
+    run = run_cli([command], {"PYTHONPATH": str(tmp_path)})
+    assert_one_line(
+        run, cli.EXIT_STANDINS, "'moto'", "[standins] extra", "ingest_pipeline[standins]"
+    )

@@ -38,7 +38,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from ingest_pipeline import quality, spans
-from ingest_pipeline.aws import EMULATOR_CREDENTIALS, is_loopback
+from ingest_pipeline.aws import boto3_client
 from ingest_pipeline.defs.bronze import (
     BRONZE_GROUP,
     _asset_metadata,
@@ -81,16 +81,9 @@ class KinesisResource(dg.ConfigurableResource):
 
     def get_client(self) -> Any:
         if self._client is None:
-            import boto3
-
-            from ingest_pipeline.aws import CLIENT_CONFIG
-
-            kwargs: dict[str, Any] = {"region_name": self.region_name, "config": CLIENT_CONFIG}
-            if self.endpoint_url:
-                kwargs["endpoint_url"] = self.endpoint_url
-                if is_loopback(self.endpoint_url):
-                    kwargs.update(EMULATOR_CREDENTIALS)
-            self._client = boto3.client("kinesis", **kwargs)
+            self._client = boto3_client(
+                "kinesis", region=self.region_name, endpoint_url=self.endpoint_url
+            )
         return self._client
 
     def get_reader(self) -> KinesisReader:

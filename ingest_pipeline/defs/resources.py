@@ -12,12 +12,11 @@ from pydantic import Field, PrivateAttr
 
 from ingest_pipeline.aws import (
     CONNECT_TIMEOUT_S,
-    EMULATOR_CREDENTIALS,
     MAX_ATTEMPTS,
     READ_TIMEOUT_S,
+    boto3_client,
     call_bound_s,
     client_config,
-    is_loopback,
 )
 from ingest_pipeline.binance.rest import BinanceRestClient
 from ingest_pipeline.settings import Settings
@@ -98,10 +97,10 @@ class BoundedS3Resource(S3Resource):
         config = client_config(self.connect_timeout_s, self.read_timeout_s, self.max_attempts)
         if self.use_unsigned_session:
             config = config.merge(Config(signature_version=UNSIGNED))
-        session = boto3.session.Session(profile_name=self.profile_name)
-        return session.client(
+        return boto3_client(
             "s3",
-            region_name=self.region_name,
+            session=boto3.session.Session(profile_name=self.profile_name),
+            region=self.region_name,
             endpoint_url=self.endpoint_url,
             use_ssl=self.use_ssl,
             verify=self.verify,
@@ -113,11 +112,9 @@ class BoundedS3Resource(S3Resource):
 
 
 def s3_resource(settings: Settings) -> BoundedS3Resource:
-    """S3 at the configured endpoint; credentials from the AWS chain, except on an emulator."""
-    emulator = EMULATOR_CREDENTIALS if is_loopback(settings.aws_endpoint_url) else {}
-    return BoundedS3Resource(
-        region_name=settings.region, endpoint_url=settings.aws_endpoint_url, **emulator
-    )
+    """S3 at the configured endpoint; credentials from the AWS chain, except on an emulator
+    (``aws.boto3_client`` decides on the endpoint it resolves, ``AWS_ENDPOINT_URL_S3`` first)."""
+    return BoundedS3Resource(region_name=settings.region, endpoint_url=settings.aws_endpoint_url)
 
 
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:

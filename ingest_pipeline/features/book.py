@@ -219,6 +219,7 @@ class BookTracker:
             return
         E = diff["event_ts"]
         if self.state == SYNCED:
+            assert self.last_u is not None  # SYNCED: a snapshot set it
             if final <= self.last_u:  # a re-delivered diff (at-least-once): already applied
                 self.stats.duplicates += 1
                 return

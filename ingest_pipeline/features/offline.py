@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -48,8 +48,8 @@ from ingest_pipeline.features.spec import (
 from ingest_pipeline.spans import Span, clip
 from ingest_pipeline.timeutil import HOUR_MS
 
-Records = Sequence[Mapping[str, Any]]
-TradeInput = Records | pd.DataFrame | Mapping[str, np.ndarray]
+Records: TypeAlias = Sequence[Mapping[str, Any]]
+TradeInput: TypeAlias = Records | pd.DataFrame | Mapping[str, np.ndarray]
 # Covered spans per source (``coverage.SOURCES``); a source left out is covered wherever the
 # computation's input is known.
 CoverageMap = Mapping[str, Sequence[Span]]

@@ -92,7 +92,9 @@ class OnlineFeatureEngine:
         self.late: Counter[str] = Counter()
         self.duplicates: Counter[str] = Counter()
         # What the engine has listened to: everything from its start, until told otherwise.
-        self._covered = {s: ((start_ms, NEVER),) for s in SOURCES}
+        self._covered: dict[str, tuple[tuple[int, int], ...]] = {
+            s: ((start_ms, NEVER),) for s in SOURCES
+        }
         self._cover = {s: CoverageIndex(v) for s, v in self._covered.items()}
         # trades of open buckets: row index j -> [(event_ts, trade_id, price, qty, ibm)]
         self._buckets: dict[int, list[tuple[int, int, float, float, bool]]] = {}

@@ -270,7 +270,7 @@ class BronzeStore:
         if covered is not None:
             metadata[COVERAGE_META] = covered
         rkey = record_key(data_type)
-        bounds = {
+        bounds: dict[str, Any] = {
             "first_key": rkey(ordered[0]) if ordered else None,
             "last_key": rkey(ordered[-1]) if ordered else None,
             "coverage": decode_coverage(metadata, hour_ms),

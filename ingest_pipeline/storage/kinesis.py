@@ -73,25 +73,35 @@ from __future__ import annotations
 import bisect
 import collections
 import dataclasses
-import enum
-import errno
 import fcntl
 import logging
 import os
 import random
-import struct
 import threading
 import time
-import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-import boto3
 from botocore.config import Config
 
-from ingest_pipeline.aws import EMULATOR_CREDENTIALS, is_loopback
+from ingest_pipeline.aws import aws_client
 from ingest_pipeline.settings import Settings
+from ingest_pipeline.storage.circuit import CircuitBreaker, CircuitState
+from ingest_pipeline.storage.spill import (
+    LOCK_NAME,
+    PROBE_NAME,
+    SPILL_GLOB,
+    SpillRecord,
+    SpillRef,
+    SpillWriter,
+    by_name,
+    describe_error,
+    encode_spill_record,
+    fsync_dir,
+    lock_dir,
+    read_spill_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,19 +124,6 @@ PRODUCER_CLIENT_CONFIG = Config(
 _CALL_BOUND_S = 2 + 10 + 1
 
 _IDLE_WAIT_S = 1.0
-_SPILL_GLOB = "spill-*.bin"
-_LOCK_NAME = ".lock"
-_PROBE_NAME = ".probe"
-# A record: magic, crc32 of everything after it, stream / partition key / data lengths, then
-# the three byte strings. 0xFF never occurs in UTF-8, so the magic is not found inside the
-# JSON payloads; the reader looks for it to resynchronise after a damaged region.
-_SPILL_MAGIC = b"\xffKSP"
-_SPILL_HEADER = struct.Struct(">4sIHHI")
-_SPILL_LENGTHS = struct.Struct(">HHI")
-# The format before the magic: crc32 of the body, the three lengths. Still read, never written.
-_LEGACY_HEADER = struct.Struct(">IHHI")
-# A producer starting in a directory an adopter is just emptying waits this long for its lock.
-_LOCK_TRIES, _LOCK_RETRY_S = 10, 0.05
 
 
 class RecordTooLargeError(ValueError):
@@ -139,73 +136,6 @@ class ProducerClosedError(RuntimeError):
 
 class ProducerFencedError(ProducerClosedError):
     """``put`` after the gate refused: another producer owns the output now."""
-
-
-class SpillDirLockedError(RuntimeError):
-    """Another live producer holds the spill directory's lock."""
-
-
-class CircuitState(enum.StrEnum):
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half_open"
-
-
-class CircuitBreaker:
-    """Consecutive-failure breaker: OPEN for ``cooldown_s`` after ``failure_threshold`` failed
-    calls in a row, then HALF_OPEN, where the next call is the probe: success closes it, failure
-    re-opens it. Not thread-safe; the producer uses it under its lock, with one call in flight,
-    so HALF_OPEN admits exactly one probe."""
-
-    def __init__(
-        self,
-        failure_threshold: int = 5,
-        cooldown_s: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
-        on_change: Callable[[CircuitState, CircuitState], None] | None = None,
-    ) -> None:
-        self.failure_threshold = failure_threshold
-        self.cooldown_s = cooldown_s
-        self._clock = clock
-        self._on_change = on_change
-        self._state = CircuitState.CLOSED
-        self._opened_at = 0.0
-        self.consecutive_failures = 0
-        self.opens = 0
-
-    @property
-    def state(self) -> CircuitState:
-        self.retry_after()
-        return self._state
-
-    def retry_after(self) -> float:
-        """Seconds until a call may be made; 0 when one may be made now."""
-        if self._state is CircuitState.OPEN:
-            remaining = self._opened_at + self.cooldown_s - self._clock()
-            if remaining > 0:
-                return remaining
-            self._set(CircuitState.HALF_OPEN)
-        return 0.0
-
-    def record_success(self) -> None:
-        self.consecutive_failures = 0
-        if self._state is not CircuitState.CLOSED:
-            self._set(CircuitState.CLOSED)
-
-    def record_failure(self) -> None:
-        self.consecutive_failures += 1
-        if self._state is CircuitState.HALF_OPEN or (
-            self._state is CircuitState.CLOSED
-            and self.consecutive_failures >= self.failure_threshold
-        ):
-            self._opened_at = self._clock()
-            self.opens += 1
-            self._set(CircuitState.OPEN)
-
-    def _set(self, new: CircuitState) -> None:
-        old, self._state = self._state, new
-        if self._on_change is not None:
-            self._on_change(old, new)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -331,170 +261,12 @@ class NoopKinesisClient:
 
 def producer_client(settings: Settings, config: Config = PRODUCER_CLIENT_CONFIG) -> Any:
     """A Kinesis client for the producer: ``aws_client`` with single-attempt calls."""
-    kwargs: dict[str, Any] = {"region_name": settings.region, "config": config}
-    if settings.aws_endpoint_url:
-        kwargs["endpoint_url"] = settings.aws_endpoint_url
-        if is_loopback(settings.aws_endpoint_url):
-            kwargs.update(EMULATOR_CREDENTIALS)
-    return boto3.client("kinesis", **kwargs)
-
-
-# --- spill files -------------------------------------------------------------------------
-
-
-def encode_spill_record(stream: str, partition_key: str, data: bytes) -> bytes:
-    s, k = stream.encode(), partition_key.encode()
-    tail = _SPILL_LENGTHS.pack(len(s), len(k), len(data)) + s + k + data
-    return _SPILL_MAGIC + zlib.crc32(tail).to_bytes(4, "big") + tail
-
-
-SpillRecord = tuple[str, str, bytes]
-
-
-@dataclasses.dataclass(frozen=True)
-class SpillContents:
-    """The readable records of a spill file and the (offset, length) of each damaged region."""
-
-    records: list[SpillRecord]
-    damaged: list[tuple[int, int]]
-
-    @property
-    def unreadable_bytes(self) -> int:
-        return sum(n for _, n in self.damaged)
-
-
-def _record_at(buf: bytes, pos: int) -> tuple[SpillRecord, int] | None:
-    """The record starting at ``pos`` and where it ends, or None if none valid starts there."""
-    if not buf.startswith(_SPILL_MAGIC, pos) or len(buf) - pos < _SPILL_HEADER.size:
-        return None
-    _, crc, ls, lk, ld = _SPILL_HEADER.unpack_from(buf, pos)
-    body = pos + _SPILL_HEADER.size
-    end = body + ls + lk + ld
-    if end > len(buf) or zlib.crc32(buf[pos + 8 : end]) != crc:
-        return None
-    try:
-        stream, key = buf[body : body + ls].decode(), buf[body + ls : body + ls + lk].decode()
-    except UnicodeDecodeError:
-        return None
-    return (stream, key, buf[body + ls + lk : end]), end
-
-
-def _parse_framed(buf: bytes) -> SpillContents:
-    out: list[SpillRecord] = []
-    damaged: list[tuple[int, int]] = []
-    pos, n = 0, len(buf)
-    while pos < n:
-        got = _record_at(buf, pos)
-        if got is not None:
-            out.append(got[0])
-            pos = got[1]
-            continue
-        nxt = buf.find(_SPILL_MAGIC, pos + 1)
-        while nxt != -1 and _record_at(buf, nxt) is None:
-            nxt = buf.find(_SPILL_MAGIC, nxt + 1)
-        end = n if nxt == -1 else nxt
-        damaged.append((pos, end - pos))
-        pos = end
-    return SpillContents(out, damaged)
-
-
-def _parse_legacy(buf: bytes) -> SpillContents:
-    # No magic to resynchronise on: the records up to the first damaged one.
-    out: list[SpillRecord] = []
-    pos, n, hsize = 0, len(buf), _LEGACY_HEADER.size
-    while pos < n:
-        if n - pos < hsize:
-            break
-        crc, ls, lk, ld = _LEGACY_HEADER.unpack_from(buf, pos)
-        end = pos + hsize + ls + lk + ld
-        body = buf[pos + hsize : end]
-        if end > n or zlib.crc32(body) != crc:
-            break
-        out.append((body[:ls].decode(), body[ls : ls + lk].decode(), body[ls + lk :]))
-        pos = end
-    return SpillContents(out, [(pos, n - pos)] if pos < n else [])
-
-
-def read_spill_file(path: Path) -> SpillContents:
-    """The records of a spill file, resynchronising past damaged regions."""
-    buf = path.read_bytes()
-    framed = _parse_framed(buf)
-    if framed.records or not buf:
-        return framed
-    # A file written before the framing (left over across an upgrade).
-    legacy = _parse_legacy(buf)
-    return legacy if legacy.records else framed
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _describe(exc: Exception) -> str:
-    if isinstance(exc, OSError) and exc.errno:
-        return f"{errno.errorcode.get(exc.errno, str(exc.errno))}: {exc.strerror or exc}"
-    return f"{type(exc).__name__}: {exc}"
-
-
-class _SpillWriter:
-    """An append-only spill file. Each ``append`` is written and fsync'd, or cut back to where
-    it started and raised: a short write (ENOSPC, EFBIG, EIO) leaves no torn record. If the cut
-    fails too the file is ``broken``: it keeps its whole records and gets no more."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        self.bytes = 0
-        self.broken = False
-        self._new = True
-
-    def append(self, buf: bytes) -> None:
-        try:
-            view = memoryview(buf)
-            while view:
-                view = view[os.write(self.fd, view) :]
-            os.fsync(self.fd)
-            if self._new:
-                # The file's directory entry must survive a crash too.
-                _fsync_dir(self.path.parent)
-                self._new = False
-        except OSError:
-            try:
-                os.ftruncate(self.fd, self.bytes)
-            except OSError:
-                self.broken = True
-            raise
-        self.bytes += len(buf)
-
-    def close(self) -> None:
-        try:
-            os.close(self.fd)
-        except OSError as exc:
-            # Every append was fsync'd: nothing is lost with a failing close.
-            log.warning("closing spill file %s: %s", self.path, _describe(exc))
-
-
-class _SpillRef:
-    """A spill file whose records are queued in memory: a file loaded for replay, or a journal
-    file holding copies of records put in this process. Deleted at its last acknowledgement."""
-
-    __slots__ = ("journal", "outstanding", "path", "writing")
-
-    def __init__(self, path: Path, outstanding: int, journal: bool) -> None:
-        self.path = path
-        self.outstanding = outstanding
-        self.journal = journal
-        # Being written by the spill thread: it deletes the file if all got acked meanwhile.
-        self.writing = journal
+    return aws_client("kinesis", settings, config)
 
 
 # An entry is (partition_key, data, size, enqueue_monotonic, ref); ref is the spill file that
 # holds the record too (a replayed or journaled record), None while it is only in memory.
-_Entry = tuple[str, bytes, int, float, "_SpillRef | None"]
+_Entry = tuple[str, bytes, int, float, "SpillRef | None"]
 # A record waiting for the disk: (stream, partition_key, data, size, enqueue_monotonic).
 _Unspilled = tuple[str, str, bytes, int, float]
 
@@ -533,43 +305,6 @@ def _call_hook(hook: Callable[..., None], *args: Any) -> None:
         hook(*args)
     except Exception:
         log.exception("kinesis producer hook %r failed", hook)
-
-
-def _lock_dir(path: Path) -> int:
-    """Create ``path`` and hold its lock file; the fd keeps the lock until closed."""
-    lock = path / _LOCK_NAME
-    for attempt in range(_LOCK_TRIES):
-        path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            os.close(fd)
-            if attempt + 1 < _LOCK_TRIES:
-                # Possibly an adopter checking whether this directory is orphaned: it lets go
-                # within milliseconds; a live producer does not.
-                time.sleep(_LOCK_RETRY_S)
-                continue
-            who = f"pid {holder}" if holder.isdigit() else "holder unknown"
-            raise SpillDirLockedError(
-                f"spill dir {path} is locked by another live producer ({who})"
-            ) from None
-        try:
-            linked = os.stat(lock).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            linked = False
-        if linked:
-            try:
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            except OSError as exc:
-                # Only names the holder in an error message: a full disk must not stop us here.
-                log.warning("could not write our pid into %s: %s", lock, exc)
-            return fd
-        # An adopter removed the directory between our open and our lock: start again.
-        os.close(fd)
-    raise SpillDirLockedError(f"spill dir {path} kept being removed while locking it")
 
 
 # --- the producer --------------------------------------------------------------------------
@@ -643,17 +378,17 @@ class KinesisProducer:
         self._load_retry_at = 0.0
 
         self._spill_dir = Path(spill_dir)
-        self._lock_fd = _lock_dir(self._spill_dir)
+        self._lock_fd = lock_dir(self._spill_dir)
         self._name_ns = 0
         self._name_seq = 0
-        self._writer: _SpillWriter | None = None
-        self._refs: set[_SpillRef] = set()
+        self._writer: SpillWriter | None = None
+        self._refs: set[SpillRef] = set()
         self._sealed: list[Path] = []
         self._adopt_from = Path(adopt_from) if adopt_from is not None else None
         if self._adopt_from is not None:
             self._adopt()
         # Sorted by name, which is creation order: the replay order, now and after a restart.
-        self._sealed = sorted(self._spill_dir.glob(_SPILL_GLOB), key=_name)
+        self._sealed = sorted(self._spill_dir.glob(SPILL_GLOB), key=by_name)
         # Leftover files hold the oldest records: new ones queue behind them on disk until the
         # replay has caught up, which keeps them in order.
         self._spilling = bool(self._sealed)
@@ -897,19 +632,19 @@ class KinesisProducer:
 
     def _journal_locked(
         self, now: float, everything: bool
-    ) -> list[tuple[_SpillRef, list[SpillRecord]]]:
+    ) -> list[tuple[SpillRef, list[SpillRecord]]]:
         """Mark the records held only in memory that must reach the disk now (all of them, or
         those older than ``spill_after_s``) as backed by new journal files; they keep their
         place in the queues. Returns what to write, file by file."""
         cutoff = float("inf") if everything else now - self._cfg.spill_after_s
         limit = self._cfg.spill_file_max_bytes
-        chunks: list[tuple[_SpillRef, list[SpillRecord]]] = []
+        chunks: list[tuple[SpillRef, list[SpillRecord]]] = []
         nbytes = limit
 
         def tag(stream: str, e: _Entry) -> _Entry:
             nonlocal nbytes
             if nbytes + e[2] > limit:
-                ref = _SpillRef(self._new_spill_path(), 0, journal=True)
+                ref = SpillRef(self._new_spill_path(), 0, journal=True)
                 self._refs.add(ref)
                 chunks.append((ref, []))
                 nbytes = 0
@@ -932,7 +667,7 @@ class KinesisProducer:
                 st.backed.append(tag(st.name, e))
         return chunks
 
-    def _untag_locked(self, failed: list[_SpillRef]) -> None:
+    def _untag_locked(self, failed: list[SpillRef]) -> None:
         """Journal files that could not be written: their records are memory-only again."""
         gone = set(failed)
         held = [self._inflight[1]] if self._inflight else []
@@ -976,7 +711,7 @@ class KinesisProducer:
             self._spill_busy = True
             writer = self._writer
         error: Exception | None = None
-        written: list[_SpillRef] = []
+        written: list[SpillRef] = []
         sealed: list[Path] = []
         n_spilled = 0
         try:
@@ -992,7 +727,7 @@ class KinesisProducer:
                         writer.close()
                         sealed.append(writer.path)
                         writer = None
-                    writer = _SpillWriter(self._new_spill_path())
+                    writer = SpillWriter(self._new_spill_path())
                 parts: list[bytes] = []
                 room = max(limit - writer.bytes, 1)
                 for stream, pk, data, _, _ in pending[n_spilled:]:
@@ -1034,7 +769,7 @@ class KinesisProducer:
 
     def _write_new(self, path: Path, recs: list[SpillRecord]) -> None:
         """Write and fsync a new file; on failure nothing of it is left (if the disk allows)."""
-        w = _SpillWriter(path)
+        w = SpillWriter(path)
         try:
             w.append(b"".join(encode_spill_record(*r) for r in recs))
         except OSError:
@@ -1045,9 +780,9 @@ class KinesisProducer:
 
     def _probe_disk(self) -> None:
         """Nothing to write, but the disk failed last time: does a small write work now?"""
-        path = self._spill_dir / _PROBE_NAME
+        path = self._spill_dir / PROBE_NAME
         path.unlink(missing_ok=True)
-        w = _SpillWriter(path)
+        w = SpillWriter(path)
         try:
             w.append(b"\0" * 4096)
         finally:
@@ -1055,7 +790,7 @@ class KinesisProducer:
             path.unlink(missing_ok=True)
 
     def _disk_failed_locked(self, exc: Exception, doing: str) -> None:
-        what = _describe(exc)
+        what = describe_error(exc)
         self._counts["disk_errors"] += 1
         self._disk_retry_at = self._clock() + self._cfg.disk_retry_s
         if what != self._disk_error:
@@ -1069,7 +804,7 @@ class KinesisProducer:
             )
         self._disk_error = what
 
-    def _unlink_ref_locked(self, ref: _SpillRef) -> None:
+    def _unlink_ref_locked(self, ref: SpillRef) -> None:
         self._refs.discard(ref)
         try:
             ref.path.unlink(missing_ok=True)
@@ -1096,7 +831,7 @@ class KinesisProducer:
             with self._cv:
                 for p in moved:
                     # Replayed in name order with the other files not yet loaded.
-                    bisect.insort(self._sealed, p, key=_name)
+                    bisect.insort(self._sealed, p, key=by_name)
                 if moved:
                     self._spilling = True
                 self._counts["adopted_dirs"] += 1
@@ -1107,7 +842,7 @@ class KinesisProducer:
         """Move ``d``'s spill files into our directory if its lock is free, then remove it (or
         just its lock); the moved files, or None if ``d`` is not an orphaned spill directory."""
         try:
-            fd = os.open(d / _LOCK_NAME, os.O_RDWR)
+            fd = os.open(d / LOCK_NAME, os.O_RDWR)
         except OSError:
             return None  # not a producer's directory, or one being removed
         moved: list[Path] = []
@@ -1116,17 +851,17 @@ class KinesisProducer:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return None  # its owner is alive
-            for src in sorted(d.glob(_SPILL_GLOB), key=_name):
+            for src in sorted(d.glob(SPILL_GLOB), key=by_name):
                 dst = self._spill_dir / src.name
                 while dst.exists():
                     dst = dst.with_name(dst.stem + "-a" + dst.suffix)
                 os.rename(src, dst)
                 moved.append(dst)
             if moved:
-                _fsync_dir(self._spill_dir)
-                _fsync_dir(d)
-            (d / _PROBE_NAME).unlink(missing_ok=True)
-            (d / _LOCK_NAME).unlink(missing_ok=True)
+                fsync_dir(self._spill_dir)
+                fsync_dir(d)
+            (d / PROBE_NAME).unlink(missing_ok=True)
+            (d / LOCK_NAME).unlink(missing_ok=True)
             if remove:
                 try:
                     d.rmdir()
@@ -1209,7 +944,7 @@ class KinesisProducer:
             st.mem_bytes -= e[2]
         return batch
 
-    def _next_file_locked(self) -> _SpillWriter | Path | None:
+    def _next_file_locked(self) -> SpillWriter | Path | None:
         """The oldest spill file, when nothing else is queued: its records come next."""
         if self._sealed:
             return self._sealed.pop(0) if self._clock() >= self._load_retry_at else None
@@ -1238,8 +973,8 @@ class KinesisProducer:
         self._unspilled, self._unspilled_records, self._unspilled_bytes = [], 0, 0
         return True
 
-    def _load(self, item: _SpillWriter | Path) -> None:
-        if isinstance(item, _SpillWriter):
+    def _load(self, item: SpillWriter | Path) -> None:
+        if isinstance(item, SpillWriter):
             item.close()
             item = item.path
         try:
@@ -1271,7 +1006,7 @@ class KinesisProducer:
                 except OSError as exc:
                     log.warning("could not delete empty spill file %s: %s", item, exc)
                 return
-            ref = _SpillRef(item, len(records), journal=False)
+            ref = SpillRef(item, len(records), journal=False)
             self._refs.add(ref)
             for stream, pk, data in records:
                 st = self._streams.get(stream)
@@ -1283,7 +1018,7 @@ class KinesisProducer:
     def _run(self) -> None:
         try:
             while True:
-                load: _SpillWriter | Path | None = None
+                load: SpillWriter | Path | None = None
                 with self._cv:
                     while True:
                         if self._stop or self._fenced:
@@ -1433,7 +1168,3 @@ class KinesisProducer:
                 self._unlink_ref_locked(ref)
         self._buffer_records -= n
         self._buffer_bytes -= nbytes
-
-
-def _name(p: Path) -> str:
-    return p.name

@@ -102,6 +102,76 @@ def _arrival_ms(record: dict[str, Any]) -> int:
     return int(float(ts) * 1000)
 
 
+def list_shards(client: Any, stream: str) -> list[dict[str, Any]]:
+    """Every shard of the stream, open or closed (parents and children of a reshard)."""
+    resp = client.list_shards(StreamName=stream)
+    shards: list[dict[str, Any]] = list(resp["Shards"])
+    while resp.get("NextToken"):
+        resp = client.list_shards(NextToken=resp["NextToken"])
+        shards.extend(resp["Shards"])
+    return shards
+
+
+def at_timestamp(ms: int) -> dict[str, Any]:
+    """The ``GetShardIterator`` position of the first record that arrived at or after ``ms``."""
+    return {
+        "ShardIteratorType": "AT_TIMESTAMP",
+        "Timestamp": datetime.fromtimestamp(ms / 1000, UTC),
+    }
+
+
+class ShardCursor:
+    """One shard read page by page from ``start`` (``GetShardIterator`` arguments: its type and
+    position), the one GetRecords loop of the archive, the tail read and the online features.
+
+    Iterators live 5 minutes: an expired one is reopened after the last record handed out (at
+    ``start`` before any) and the call made again. Throttling
+    (``ProvisionedThroughputExceededException``) reaches the caller, who knows whether to wait
+    (a window read in one go) or to poll the shard later (a consumer of many shards)."""
+
+    def __init__(self, client: Any, stream: str, shard_id: str, start: dict[str, Any]) -> None:
+        self._client = client
+        self.stream = stream
+        self.shard_id = shard_id
+        self._start = start
+        self._iterator: str | None = None
+        self.last_seq: str | None = None
+        # A closed shard read to its end (no ``NextShardIterator``).
+        self.closed = False
+        # The last page was empty at the stream's tip (``MillisBehindLatest == 0``).
+        self.caught_up = False
+
+    def _open(self) -> str:
+        where = (
+            {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "StartingSequenceNumber": self.last_seq}
+            if self.last_seq is not None
+            else self._start
+        )
+        return self._client.get_shard_iterator(
+            StreamName=self.stream, ShardId=self.shard_id, **where
+        )["ShardIterator"]
+
+    def get_records(self, limit: int = MAX_PAGE) -> dict[str, Any]:
+        """One ``GetRecords`` page (the response as boto3 returns it)."""
+        if self.closed:
+            raise ValueError(f"{self.stream} {self.shard_id} is closed and read to its end")
+        client = self._client
+        if self._iterator is None:
+            self._iterator = self._open()
+        try:
+            resp = client.get_records(ShardIterator=self._iterator, Limit=limit)
+        except client.exceptions.ExpiredIteratorException:
+            self._iterator = self._open()
+            resp = client.get_records(ShardIterator=self._iterator, Limit=limit)
+        records = resp["Records"]
+        if records:
+            self.last_seq = records[-1]["SequenceNumber"]
+        self._iterator = resp.get("NextShardIterator")
+        self.closed = self._iterator is None
+        self.caught_up = not records and resp.get("MillisBehindLatest", 0) == 0
+        return resp
+
+
 class KinesisReader:
     """Reads time windows of a stream. ``client``: a boto3 Kinesis client."""
 
@@ -135,16 +205,6 @@ class KinesisReader:
             )
         return hours
 
-    def list_shards(self, stream: str) -> list[dict[str, Any]]:
-        """Every shard of the stream, open or closed (parents and children of a reshard)."""
-        shards: list[dict[str, Any]] = []
-        resp = self._client.list_shards(StreamName=stream)
-        shards.extend(resp["Shards"])
-        while resp.get("NextToken"):
-            resp = self._client.list_shards(NextToken=resp["NextToken"])
-            shards.extend(resp["Shards"])
-        return shards
-
     def read_window(
         self,
         stream: str,
@@ -161,7 +221,7 @@ class KinesisReader:
         if not start_ms < end_ms <= cutoff_ms:
             raise ValueError(f"need start < end <= cutoff, got {start_ms}, {end_ms}, {cutoff_ms}")
         out = WindowRead(stream, start_ms, end_ms, cutoff_ms)
-        for shard in self.list_shards(stream):
+        for shard in list_shards(self._client, stream):
             read = ShardRead(shard["ShardId"], shard.get("ParentShardId"))
             out.shards.append(read)
             for rec in self._shard_records(stream, read, start_ms - self.lead_ms, cutoff_ms):
@@ -199,7 +259,7 @@ class KinesisReader:
         whatever the records' own times (the streamer's restart reads its predecessor's last
         records this way)."""
         out = WindowRead(stream, from_ms, cutoff_ms, cutoff_ms)
-        for shard in self.list_shards(stream):
+        for shard in list_shards(self._client, stream):
             read = ShardRead(shard["ShardId"], shard.get("ParentShardId"))
             out.shards.append(read)
             for rec in self._shard_records(stream, read, from_ms, cutoff_ms):
@@ -223,52 +283,31 @@ class KinesisReader:
     def _shard_records(
         self, stream: str, read: ShardRead, from_ms: int, cutoff_ms: int
     ) -> Iterator[dict[str, Any]]:
-        iterator: str | None = self._client.get_shard_iterator(
-            StreamName=stream,
-            ShardId=read.shard_id,
-            ShardIteratorType="AT_TIMESTAMP",
-            Timestamp=datetime.fromtimestamp(from_ms / 1000, UTC),
-        )["ShardIterator"]
-        last_seq: str | None = None
-        while iterator:
-            resp = self._get_records(stream, read, iterator, last_seq, from_ms)
+        cursor = ShardCursor(self._client, stream, read.shard_id, at_timestamp(from_ms))
+        while not cursor.closed:
+            resp = self._page(cursor)
             read.calls += 1
             for rec in resp["Records"]:
                 if _arrival_ms(rec) >= cutoff_ms:
                     read.stopped = "cutoff"
                     return
-                last_seq = rec["SequenceNumber"]
                 yield rec
-            iterator = resp.get("NextShardIterator")
-            if iterator is None:
+            if cursor.closed:
                 read.stopped = "closed"
                 return
-            if not resp["Records"] and resp.get("MillisBehindLatest", 0) == 0:
+            if cursor.caught_up:
                 read.stopped = "caught_up"
                 return
 
-    def _get_records(
-        self, stream: str, read: ShardRead, iterator: str, last_seq: str | None, from_ms: int
-    ) -> dict[str, Any]:
-        client = self._client
+    def _page(self, cursor: ShardCursor) -> dict[str, Any]:
+        """One page, throttling backed off here: the window is read in one go."""
+        throttled = self._client.exceptions.ProvisionedThroughputExceededException
         for attempt in range(THROTTLE_MAX_ATTEMPTS):
             try:
-                return client.get_records(ShardIterator=iterator, Limit=self.page_limit)
-            except client.exceptions.ProvisionedThroughputExceededException:
+                return cursor.get_records(self.page_limit)
+            except throttled:
                 self._sleep(THROTTLE_BACKOFF_S * 2**attempt)
-            except client.exceptions.ExpiredIteratorException:
-                # Iterators live 5 minutes: resume after the last record handed out.
-                where: dict[str, Any] = (
-                    {"ShardIteratorType": "AT_TIMESTAMP",
-                     "Timestamp": datetime.fromtimestamp(from_ms / 1000, UTC)}
-                    if last_seq is None
-                    else {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER",
-                          "StartingSequenceNumber": last_seq}
-                )  # fmt: skip
-                iterator = client.get_shard_iterator(
-                    StreamName=stream, ShardId=read.shard_id, **where
-                )["ShardIterator"]
-        return client.get_records(ShardIterator=iterator, Limit=self.page_limit)
+        return cursor.get_records(self.page_limit)
 
 
 @dataclasses.dataclass

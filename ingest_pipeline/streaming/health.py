@@ -11,14 +11,11 @@ the probe into a 500."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-if TYPE_CHECKING:
-    from ingest_pipeline.streaming.streamer import Streamer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 
 class HealthServerError(OSError):
@@ -31,8 +28,21 @@ def health_json(payload: Mapping[str, Any]) -> bytes:
     return orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS, default=str)
 
 
+class _Metrics(Protocol):
+    registry: CollectorRegistry
+
+
+class Observed(Protocol):
+    """What the server asks of the streamer it serves (``streamer.Streamer``)."""
+
+    @property
+    def metrics(self) -> _Metrics: ...
+    def health(self) -> Mapping[str, Any]: ...
+    def refresh_metrics(self) -> None: ...
+
+
 class HealthServer:
-    def __init__(self, streamer: Streamer, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, streamer: Observed, host: str = "127.0.0.1", port: int = 0) -> None:
         self.streamer = streamer
         self.host = host
         self.port = port

@@ -50,7 +50,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -60,7 +59,12 @@ from ingest_pipeline.features.spec import DEFAULT_SPEC, FeatureSpec
 from ingest_pipeline.records import BBA, DEPTH_DELTA, DEPTH_SNAPSHOT, TRADE
 from ingest_pipeline.settings import Settings
 from ingest_pipeline.storage.bronze import BronzeStore
-from ingest_pipeline.storage.kinesis_reader import is_depth_snapshot
+from ingest_pipeline.storage.kinesis_reader import (
+    ShardCursor,
+    at_timestamp,
+    is_depth_snapshot,
+    list_shards,
+)
 from ingest_pipeline.timeutil import HOUR_MS, floor_hour, now_ms
 
 log = logging.getLogger(__name__)
@@ -114,14 +118,9 @@ def check_record(data_type: str, record: Any) -> str | None:
 
 @dataclasses.dataclass
 class _Shard:
-    stream: str
     data_type: str
-    shard_id: str
-    iterator: str | None = None
-    last_seq: str | None = None
+    cursor: ShardCursor
     next_poll: float = 0.0
-    caught_up: bool = False
-    closed: bool = False
     max_event_ts: int | None = None
     records: int = 0
     calls: int = 0
@@ -231,10 +230,10 @@ class OnlineFeatureConsumer:
             self._feed_snapshots()
             self._next_snapshots = mono + self.snapshot_poll
         for shard in list(self._shards.values()):
-            if not shard.closed and shard.next_poll <= mono:
+            if not shard.cursor.closed and shard.next_poll <= mono:
                 self._poll(shard)
         self._advance()
-        open_shards = [s for s in self._shards.values() if not s.closed]
+        open_shards = [s for s in self._shards.values() if not s.cursor.closed]
         if not open_shards:
             return self.poll_interval
         return max(0.0, min(s.next_poll for s in open_shards) - self._mono())
@@ -262,68 +261,45 @@ class OnlineFeatureConsumer:
 
     def _discover(self) -> None:
         for stream, data_type in self._streams.items():
-            resp = self._client.list_shards(StreamName=stream)
-            shards = list(resp["Shards"])
-            while resp.get("NextToken"):
-                resp = self._client.list_shards(NextToken=resp["NextToken"])
-                shards.extend(resp["Shards"])
-            for s in shards:
+            for s in list_shards(self._client, stream):
                 key = (stream, s["ShardId"])
                 if key in self._shards:
                     continue
-                shard = _Shard(stream, data_type, s["ShardId"])
                 # a shard appearing after the first listing is a reshard's child: all of it
-                shard.iterator = self._iterator(shard, initial=not self._listed)
-                self._shards[key] = shard
+                start = self._start() if not self._listed else {"ShardIteratorType": "TRIM_HORIZON"}
+                cursor = ShardCursor(self._client, stream, s["ShardId"], start)
+                self._shards[key] = _Shard(data_type, cursor)
                 log.info("reading %s %s (%s)", stream, s["ShardId"], data_type)
         self._listed = True
 
-    def _iterator(self, shard: _Shard, initial: bool = True) -> str:
-        where: dict[str, Any]
-        if shard.last_seq is not None:
-            where = {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER",
-                     "StartingSequenceNumber": shard.last_seq}  # fmt: skip
-        elif not initial:
-            where = {"ShardIteratorType": "TRIM_HORIZON"}
-        elif self._from_latest:
-            where = {"ShardIteratorType": "LATEST"}
-        else:
-            at = datetime.fromtimestamp((self.start_ms - self.lead) / 1000, UTC)
-            where = {"ShardIteratorType": "AT_TIMESTAMP", "Timestamp": at}
-        return self._client.get_shard_iterator(
-            StreamName=shard.stream, ShardId=shard.shard_id, **where
-        )["ShardIterator"]
+    def _start(self) -> dict[str, Any]:
+        if self._from_latest:
+            return {"ShardIteratorType": "LATEST"}
+        return at_timestamp(self.start_ms - self.lead)
 
     def _poll(self, shard: _Shard) -> None:
-        client = self._client
+        cursor = shard.cursor
         shard.next_poll = self._mono() + self.poll_interval
         try:
-            resp = client.get_records(ShardIterator=shard.iterator, Limit=PAGE_LIMIT)
-        except client.exceptions.ProvisionedThroughputExceededException:
+            resp = cursor.get_records(PAGE_LIMIT)
+        except self._client.exceptions.ProvisionedThroughputExceededException:
             self.stats.throttled += 1
             shard.next_poll = self._mono() + THROTTLE_BACKOFF_S
-            return
-        except client.exceptions.ExpiredIteratorException:
-            shard.iterator = self._iterator(shard)
             return
         shard.calls += 1
         self.stats.calls += 1
         records = resp["Records"]
         for rec in records:
-            shard.last_seq = rec["SequenceNumber"]
             shard.records += 1
             self._route(shard, rec)
-        shard.iterator = resp.get("NextShardIterator")
-        if shard.iterator is None:
-            shard.closed = True
-            log.info("%s %s closed after %d records", shard.stream, shard.shard_id,
+        if cursor.closed:
+            log.info("%s %s closed after %d records", cursor.stream, cursor.shard_id,
                      shard.records)  # fmt: skip
-        shard.caught_up = not records and resp.get("MillisBehindLatest", 0) == 0
         if records and len(records) >= PAGE_LIMIT:
             shard.next_poll = self._mono() + self.poll_interval  # still at most 5/s
 
     def _route(self, shard: _Shard, rec: Mapping[str, Any]) -> None:
-        stream, data_type = shard.stream, shard.data_type
+        stream, data_type = shard.cursor.stream, shard.data_type
         try:
             record = orjson.loads(rec["Data"])
         except orjson.JSONDecodeError as exc:
@@ -432,13 +408,13 @@ class OnlineFeatureConsumer:
     # --- closing steps ---------------------------------------------------------------------
 
     def _advance(self) -> None:
-        open_shards = [s for s in self._shards.values() if not s.closed]
+        open_shards = [s for s in self._shards.values() if not s.cursor.closed]
         if not open_shards:
             return
         now = self._clock()
         marks = []
         for s in open_shards:
-            if s.caught_up:
+            if s.cursor.caught_up:
                 marks.append(now - self.clock_lag)
             elif s.max_event_ts is not None:
                 marks.append(s.max_event_ts)

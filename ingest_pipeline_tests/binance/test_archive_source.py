@@ -21,7 +21,7 @@ from ingest_pipeline.binance.history import (
 )
 from ingest_pipeline.binance.rest import BinanceRestClient
 from ingest_pipeline.records import Record
-from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
+from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
 from ingest_pipeline.timeutil import HOUR_MS, parse_hour
 
 # Servers over real sockets (see ingest_pipeline_tests/tiers.py).

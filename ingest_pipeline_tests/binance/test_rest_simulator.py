@@ -7,7 +7,7 @@ import requests
 
 from ingest_pipeline.binance.history import fetch_agg_trades, fetch_klines, fetch_trades
 from ingest_pipeline.binance.rest import BinanceRestClient
-from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
+from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
 from ingest_pipeline.timeutil import HOUR_MS, parse_hour
 
 HOUR = parse_hour("2024-08-09-03:00")

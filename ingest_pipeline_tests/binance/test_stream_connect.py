@@ -24,8 +24,8 @@ import aiohttp
 import pytest
 
 from ingest_pipeline.binance.stream import AttemptLimiter, ShardConnection, StreamConfig
-from ingest_pipeline.localstack import EmbeddedAWS
 from ingest_pipeline.settings import InvalidEndpoint
+from ingest_pipeline.standins.moto_server import EmbeddedAWS
 
 # Servers over real sockets (see ingest_pipeline_tests/tiers.py).
 pytestmark = pytest.mark.integration

@@ -14,10 +14,10 @@ from dagster._core.storage.asset_check_execution_record import AssetCheckExecuti
 from ingest_pipeline.aws import aws_client
 from ingest_pipeline.defs.bronze import build_bronze_assets
 from ingest_pipeline.defs.resources import BinanceRestResource, build_resources
-from ingest_pipeline.localstack import EmbeddedAWS
 from ingest_pipeline.records import AGG_TRADES, TRADES, klines_type
 from ingest_pipeline.settings import Settings
-from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
+from ingest_pipeline.standins.moto_server import EmbeddedAWS
+from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
 from ingest_pipeline.storage.bronze import BronzeStore, decode_jsonl_gz
 from ingest_pipeline.timeutil import HOUR_MS, from_ms, parse_hour
 from ingest_pipeline_tests.dagster_harness import ROOT, DagsterDev

@@ -16,9 +16,9 @@ from ingest_pipeline.aws import aws_client
 from ingest_pipeline.defs.bronze import build_agg_trades_asset
 from ingest_pipeline.defs.partitions import hourly_partitions, is_whole_hour_key, partition_hours
 from ingest_pipeline.defs.resources import build_resources
-from ingest_pipeline.localstack import EmbeddedAWS
 from ingest_pipeline.records import AGG_TRADES
 from ingest_pipeline.settings import Settings
+from ingest_pipeline.standins.moto_server import EmbeddedAWS
 from ingest_pipeline.storage.bronze import BronzeStore
 from ingest_pipeline.timeutil import parse_hour
 

@@ -17,9 +17,9 @@ from dagster_aws.s3 import S3Resource
 from ingest_pipeline.aws import EMULATOR_CREDENTIALS, aws_client, call_bound_s
 from ingest_pipeline.defs.bronze import build_agg_trades_asset
 from ingest_pipeline.defs.resources import BinanceRestResource, BoundedS3Resource, BronzeResource
-from ingest_pipeline.faultproxy import FaultProxy
 from ingest_pipeline.records import AGG_TRADES
 from ingest_pipeline.settings import Settings
+from ingest_pipeline.standins.faultproxy import FaultProxy
 from ingest_pipeline.storage.bronze import BronzeStore
 from ingest_pipeline.timeutil import parse_hour
 

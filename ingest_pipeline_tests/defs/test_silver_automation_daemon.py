@@ -24,9 +24,9 @@ import pytest
 from ingest_pipeline.aws import aws_client
 from ingest_pipeline.defs.bronze import bronze_key
 from ingest_pipeline.defs.silver import silver_asset_key
-from ingest_pipeline.localstack import EmbeddedAWS
 from ingest_pipeline.records import AGG_TRADES, klines_type
-from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
+from ingest_pipeline.standins.moto_server import EmbeddedAWS
+from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
 from ingest_pipeline.storage.bronze import BronzeStore
 from ingest_pipeline.storage.silver import SilverStore
 from ingest_pipeline.timeutil import HOUR_MS, floor_hour, from_ms, now_ms

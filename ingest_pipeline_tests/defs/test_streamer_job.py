@@ -32,10 +32,10 @@ import pytest
 from ingest_pipeline.aws import aws_client
 from ingest_pipeline.binance.rest import BinanceRestClient
 from ingest_pipeline.defs.streamer import ALIVE, STREAMER_JOB, SUPERVISOR, read_heartbeats
-from ingest_pipeline.localstack import EmbeddedAWS
 from ingest_pipeline.records import PRODUCER_EPOCH
 from ingest_pipeline.settings import Settings
-from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
+from ingest_pipeline.standins.moto_server import EmbeddedAWS
+from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
 from ingest_pipeline.streaming.lease import S3Lease
 from ingest_pipeline_tests.dagster_harness import ROOT, DagsterDev
 from ingest_pipeline_tests.streaming.test_streamer_continuity import read_all

@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ingest_pipeline.localstack import free_port
+from ingest_pipeline.standins.moto_server import free_port
 
 USER = "dagster"
 DB = "dagster"

@@ -49,8 +49,8 @@ BOTO3_ACTIONS = {
     "get_shard_iterator": "kinesis:GetShardIterator",
     "get_records": "kinesis:GetRecords",
 }
-# Code that talks to the embedded emulator only, never to AWS under this policy.
-EMULATOR_ONLY = {"localstack.py", "simulator"}
+# The local stand-ins talk to the embedded emulator only, never to AWS under this policy.
+EMULATOR_ONLY = {"standins"}
 ACCOUNT = r"(?:\d{12}|ACCOUNT_ID)"
 
 

@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from ingest_pipeline.aws import aws_client
-from ingest_pipeline.localstack import EmbeddedAWS
 from ingest_pipeline.records import AGG_TRADES
-from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
+from ingest_pipeline.standins.moto_server import EmbeddedAWS
+from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
 from ingest_pipeline.storage.bronze import BronzeStore
 from ingest_pipeline.timeutil import HOUR_MS, from_ms, parse_hour
 from ingest_pipeline_tests.dagster_harness import ROOT, DagsterDev

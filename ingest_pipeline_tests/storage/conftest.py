@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from ingest_pipeline.aws import aws_client
-from ingest_pipeline.faultproxy import FaultProxy
-from ingest_pipeline.localstack import EmbeddedAWS
+from ingest_pipeline.standins.faultproxy import FaultProxy
+from ingest_pipeline.standins.moto_server import EmbeddedAWS
 
 
 @pytest.fixture

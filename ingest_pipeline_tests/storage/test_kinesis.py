@@ -19,16 +19,17 @@ import orjson
 import pytest
 from botocore.config import Config
 
-from ingest_pipeline.faultproxy import FaultProxy
+from ingest_pipeline.standins.faultproxy import FaultProxy
+from ingest_pipeline.storage.circuit import CircuitBreaker, CircuitState
 from ingest_pipeline.storage.kinesis import (
     MAX_BATCH_BYTES,
     MAX_RECORD_BYTES,
-    CircuitBreaker,
-    CircuitState,
     KinesisProducer,
     NoopKinesisClient,
     ProducerConfig,
     RecordTooLargeError,
+)
+from ingest_pipeline.storage.spill import (
     SpillContents,
     SpillDirLockedError,
     encode_spill_record,

@@ -28,18 +28,17 @@ import pytest
 from prometheus_client import generate_latest
 
 import ingest_pipeline.storage.kinesis as kinesis_module
-from ingest_pipeline.faultproxy import FaultProxy
-from ingest_pipeline.localstack import EmbeddedAWS
+import ingest_pipeline.storage.spill as spill_module
 from ingest_pipeline.settings import load_settings
+from ingest_pipeline.standins.faultproxy import FaultProxy
+from ingest_pipeline.standins.moto_server import EmbeddedAWS
 from ingest_pipeline.storage.kinesis import (
     PRODUCER_CLIENT_CONFIG,
     KinesisProducer,
     NoopKinesisClient,
     ProducerFencedError,
-    SpillContents,
-    encode_spill_record,
-    read_spill_file,
 )
+from ingest_pipeline.storage.spill import SpillContents, encode_spill_record, read_spill_file
 from ingest_pipeline.streaming import Streamer, StreamerConfig
 from ingest_pipeline_tests.storage.test_kinesis import (
     FAST,
@@ -110,6 +109,7 @@ class FaultyDisk:
 def disk(monkeypatch: pytest.MonkeyPatch) -> FaultyDisk:
     d = FaultyDisk()
     monkeypatch.setattr(kinesis_module, "os", d)
+    monkeypatch.setattr(spill_module, "os", d)
     return d
 
 

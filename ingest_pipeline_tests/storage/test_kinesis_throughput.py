@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from ingest_pipeline.aws import aws_client
-from ingest_pipeline.localstack import EmbeddedAWS
+from ingest_pipeline.standins.moto_server import EmbeddedAWS
 from ingest_pipeline.storage.kinesis import KinesisProducer, NoopKinesisClient, ProducerConfig
 from ingest_pipeline_tests.storage.test_kinesis import client_for, read_stream
 

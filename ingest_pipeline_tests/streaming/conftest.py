@@ -18,7 +18,7 @@ import requests
 from ingest_pipeline.aws import aws_client
 from ingest_pipeline.binance.stream import StreamConfig
 from ingest_pipeline.settings import Settings
-from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
+from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
 from ingest_pipeline.storage.kinesis import ProducerConfig
 from ingest_pipeline.streaming import Streamer, StreamerConfig
 

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ingest_pipeline.binance.stream import LinkEnd
 from ingest_pipeline.settings import Settings
-from ingest_pipeline.simulator.server import SimulatorServer
+from ingest_pipeline.standins.simulator import SimulatorServer
 from ingest_pipeline.streaming import Streamer
 from ingest_pipeline.streaming.health import health_json
 from ingest_pipeline_tests.streaming.conftest import (

@@ -30,9 +30,9 @@ from ingest_pipeline.records import PRODUCER_EPOCH
 from ingest_pipeline.settings import Settings
 from ingest_pipeline.storage.kinesis_reader import is_depth_snapshot
 from ingest_pipeline.streaming import Streamer
+from ingest_pipeline.streaming.config import UnknownSymbolError
 from ingest_pipeline.streaming.continuity import GapStore
 from ingest_pipeline.streaming.online_features import OnlineFeatureConsumer
-from ingest_pipeline.streaming.streamer import UnknownSymbolError
 from ingest_pipeline_tests.dagster_harness import ROOT
 from ingest_pipeline_tests.streaming.conftest import Running, make_config, sim_post, with_sim
 from ingest_pipeline_tests.streaming.streamer_proc import spec

@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 import requests
 
-from ingest_pipeline.faultproxy import FaultProxy
-from ingest_pipeline.localstack import EmbeddedAWS
 from ingest_pipeline.settings import Settings
+from ingest_pipeline.standins.faultproxy import FaultProxy
+from ingest_pipeline.standins.moto_server import EmbeddedAWS
 from ingest_pipeline.storage.kinesis_reader import is_depth_snapshot
 from ingest_pipeline.streaming import Streamer
 from ingest_pipeline_tests.streaming.conftest import (
@@ -213,7 +213,7 @@ def _samples(text: str) -> dict[str, float]:
 def test_real_capture_replay_lands_exactly_the_capture(
     sim_factory: Any, stream_settings: Settings, tmp_path: Path
 ) -> None:
-    from ingest_pipeline.simulator.replay import load_captures
+    from ingest_pipeline.standins.simulator.replay import load_captures
     from ingest_pipeline_tests.paths import CAPTURES
 
     path = CAPTURES / "btcusdt_20240808.gz"

@@ -20,7 +20,8 @@ from ingest_pipeline.binance.stream import (
     stream_names,
 )
 from ingest_pipeline.settings import load_settings
-from ingest_pipeline.storage.kinesis import CircuitState, ProducerStats
+from ingest_pipeline.storage.circuit import CircuitState
+from ingest_pipeline.storage.kinesis import ProducerStats
 from ingest_pipeline.streaming import Streamer, StreamerConfig
 from ingest_pipeline.streaming.deadletter import DeadLetterWriter
 from ingest_pipeline.streaming.streamer import DedupWindow

@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 import dagster as dg
 import pytest
 
-from ingest_pipeline.localstack import EmbeddedAWS
-from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
+from ingest_pipeline.standins.moto_server import EmbeddedAWS
+from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
 from ingest_pipeline_tests.dagster_harness import BIN, ROOT, DagsterDev
 from ingest_pipeline_tests.deploy.tools import require
 

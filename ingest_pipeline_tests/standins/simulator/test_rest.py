@@ -8,8 +8,9 @@ from decimal import Decimal
 import pytest
 import requests
 
-from ingest_pipeline.simulator.market import HOUR_MS, Market, default_universe
-from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
+from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
+from ingest_pipeline.standins.simulator.basics import HOUR_MS, default_universe
+from ingest_pipeline.standins.simulator.market import Market
 
 # Servers over real sockets (see ingest_pipeline_tests/tiers.py).
 pytestmark = pytest.mark.integration

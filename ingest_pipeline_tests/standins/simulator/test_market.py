@@ -9,15 +9,14 @@ import time
 import numpy as np
 import pytest
 
-from ingest_pipeline.simulator.market import (
+from ingest_pipeline.standins.simulator.basics import (
     BATCHES_PER_HOUR,
     HOUR_MS,
-    Market,
-    SymbolModel,
     SymbolSpec,
     default_universe,
     format_units,
 )
+from ingest_pipeline.standins.simulator.market import Market, SymbolModel
 
 # 2024-01-01T00:00Z: an ordinary past hour, far from genesis.
 H_2024 = (1_704_067_200_000 - 1_499_990_400_000) // HOUR_MS
@@ -37,8 +36,8 @@ def _digest(model: SymbolModel, h: int) -> str:
 @pytest.mark.slow
 def test_hour_is_identical_in_another_process(market: Market) -> None:
     code = (
-        "from ingest_pipeline.simulator.market import Market, default_universe\n"
-        "from ingest_pipeline_tests.simulator.test_market import _digest\n"
+        "from ingest_pipeline.standins.simulator import Market, default_universe\n"
+        "from ingest_pipeline_tests.standins.simulator.test_market import _digest\n"
         f"print(_digest(Market(default_universe())['BTCUSDT'], {H_2024}))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}

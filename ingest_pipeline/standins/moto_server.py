@@ -1,4 +1,5 @@
-"""The embedded AWS: moto in server mode on a loopback port, provisioned from the settings.
+"""The embedded AWS (the ``[standins]`` extra): moto in server mode on a loopback port,
+provisioned from the settings.
 
 Everything that talks to S3 or Kinesis locally goes through a real socket to this server, the
 same way it would talk to LocalStack or AWS.
@@ -11,11 +12,13 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Any
 
 import requests
 
-from ingest_pipeline.aws import aws_client
+from ingest_pipeline.aws import boto3_client
 from ingest_pipeline.settings import Settings
+from ingest_pipeline.standins import require
 
 STARTUP_TIMEOUT_S = 30.0
 
@@ -26,9 +29,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def _client(service: str, settings: Settings) -> Any:
+    # This server, whatever AWS_ENDPOINT_URL_<SERVICE> in the environment says.
+    return boto3_client(
+        service, region=settings.region, endpoint_url=settings.aws_endpoint_url, environ={}
+    )
+
+
 def provision(settings: Settings) -> None:
     """Create the bucket and the three Kinesis streams of ``settings`` if they do not exist."""
-    s3 = aws_client("s3", settings)
+    s3 = _client("s3", settings)
     existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
     if settings.bucket not in existing:
         if settings.region == "us-east-1":
@@ -38,7 +48,7 @@ def provision(settings: Settings) -> None:
                 Bucket=settings.bucket,
                 CreateBucketConfiguration={"LocationConstraint": settings.region},
             )
-    kinesis = aws_client("kinesis", settings)
+    kinesis = _client("kinesis", settings)
     streams = set(kinesis.list_streams().get("StreamNames", []))
     for name in settings.kinesis_streams:
         if name not in streams:
@@ -64,6 +74,7 @@ class EmbeddedAWS:
         return dataclasses.replace(self._settings, aws_endpoint_url=self.endpoint_url)
 
     def start(self) -> EmbeddedAWS:
+        require("moto")
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
             stdout=subprocess.DEVNULL,

@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 import requests
 
-from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
-from ingest_pipeline_tests.simulator.ws_helpers import (
+from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
+from ingest_pipeline_tests.standins.simulator.ws_helpers import (
     collect,
     collect_to_close,
     run,

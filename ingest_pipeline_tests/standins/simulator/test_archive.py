@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
+from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
 from ingest_pipeline.timeutil import HOUR_MS, parse_hour
 
 # Servers over real sockets (see ingest_pipeline_tests/tiers.py).

@@ -17,35 +17,31 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
 
-from ingest_pipeline.simulator.market import (
+from ingest_pipeline.standins.simulator.basics import (
     HOUR_MS,
     KLINE_INTERVALS,
     MAX_BOOK_LEVELS,
     PRICE_DECIMALS,
     AggTrades,
     Kline,
-    Market,
     SymbolSpec,
     Trades,
     format_units,
     mix64,
     stable_u64,
 )
+from ingest_pipeline.standins.simulator.config import FAULT_KINDS, SimulatorConfig
+from ingest_pipeline.standins.simulator.market import Market
+from ingest_pipeline.standins.simulator.replay import Replayer, ReplaySymbol
 
-if TYPE_CHECKING:
-    from ingest_pipeline.simulator.replay import Replayer, ReplaySymbol
-    from ingest_pipeline.simulator.server import SimulatorConfig
-
-FAULT_KINDS: tuple[str, ...] = ("429", "5xx", "slow", "truncated", "malformed")
 _JSON = "application/json;charset=UTF-8"
 _DIGITS = re.compile(r"^[0-9]{1,20}$")
 
@@ -409,7 +405,7 @@ class BinanceRest:
             sym, replay = replayed
             return _trade_rows(sym.recent_trades(limit, replay.offset()), _REPLAY_DECIMALS)
         model = self.market[symbol]
-        return _trade_rows(model.recent_trades(limit, now_ms), _decimals(model.spec))
+        return _trade_rows(model.recent_trades(limit, now_ms), decimals_of(model.spec))
 
     def _historical_trades(self, request: web.Request, now_ms: int) -> list[dict[str, Any]]:
         q = request.query
@@ -428,7 +424,7 @@ class BinanceRest:
             trades = model.recent_trades(limit, now_ms)
         else:
             trades = model.trades_from_id(from_id, limit, now_ms)
-        return _trade_rows(trades, _decimals(model.spec))
+        return _trade_rows(trades, decimals_of(model.spec))
 
     def _agg_trades(self, request: web.Request, now_ms: int) -> list[dict[str, Any]]:
         q = request.query
@@ -466,7 +462,7 @@ class BinanceRest:
             aggs = model.recent_aggs(limit, now_ms)
         else:
             aggs = model.aggs_by_time(start, end, limit, now_ms)  # type: ignore[arg-type]
-        return _agg_rows(aggs, _decimals(model.spec))
+        return _agg_rows(aggs, decimals_of(model.spec))
 
     def _klines(self, request: web.Request, now_ms: int) -> list[list[Any]]:
         q = request.query
@@ -487,7 +483,7 @@ class BinanceRest:
             return _kline_rows(klines, _REPLAY_DECIMALS)
         model = self.market[symbol]
         klines = model.klines(interval, start, end, limit, now_ms)
-        return _kline_rows(klines, _decimals(model.spec))
+        return _kline_rows(klines, decimals_of(model.spec))
 
     def _depth(self, request: web.Request, now_ms: int) -> dict[str, Any]:
         q = request.query
@@ -577,7 +573,7 @@ def _symbol_info(spec: SymbolSpec) -> dict[str, Any]:
 _REPLAY_DECIMALS = (PRICE_DECIMALS, PRICE_DECIMALS)
 
 
-def _decimals(spec: SymbolSpec) -> tuple[int, int]:
+def decimals_of(spec: SymbolSpec) -> tuple[int, int]:
     return spec.price_decimals, spec.qty_decimals
 
 
@@ -649,7 +645,3 @@ def _kline_rows(klines: list[Kline], decimals: tuple[int, int]) -> list[list[Any
         ]
         for k in klines
     ]
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000

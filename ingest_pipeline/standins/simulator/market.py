@@ -20,264 +20,38 @@ candle costs 24 hour generations the first time (1w/1M requests over many candle
 
 from __future__ import annotations
 
-import calendar
-import hashlib
 import math
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Generic, TypeVar
 
 import numpy as np
 
-HOUR_MS = 3_600_000
-BATCH_MS = 100
-BATCHES_PER_HOUR = HOUR_MS // BATCH_MS
-MAX_BOOK_LEVELS = 5000
-GENESIS_MS = 1_499_990_400_000  # 2017-07-14T00:00:00Z
-PRICE_DECIMALS = 8  # Binance writes every price/qty/volume with 8 decimals
-
-_MASK64 = (1 << 64) - 1
-
-# Kline intervals that divide an hour are aggregated straight from trades; longer ones from
-# per-hour summaries. 1M is calendar based and handled apart.
-KLINE_INTERVAL_MS: dict[str, int] = {
-    "1s": 1_000,
-    "1m": 60_000,
-    "3m": 180_000,
-    "5m": 300_000,
-    "15m": 900_000,
-    "30m": 1_800_000,
-    "1h": HOUR_MS,
-    "2h": 2 * HOUR_MS,
-    "4h": 4 * HOUR_MS,
-    "6h": 6 * HOUR_MS,
-    "8h": 8 * HOUR_MS,
-    "12h": 12 * HOUR_MS,
-    "1d": 24 * HOUR_MS,
-    "3d": 72 * HOUR_MS,
-    "1w": 168 * HOUR_MS,
-}
-KLINE_INTERVALS: tuple[str, ...] = (*KLINE_INTERVAL_MS, "1M")
-# 1970-01-01 was a Thursday; Binance weeks open on Monday 00:00 UTC.
-_WEEK_OFFSET_MS = 4 * 24 * HOUR_MS
-
-
-def stable_u64(text: str) -> int:
-    """64-bit hash of a string that is the same in every process (unlike ``hash``)."""
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
-
-
-def mix64(x: int) -> int:
-    """splitmix64 finalizer on Python ints: cheap O(1) per-index randomness."""
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def _unit(key: int, i: int) -> float:
-    """Uniform [0, 1) drawn from (key, i)."""
-    return (mix64(key ^ mix64(i & _MASK64)) >> 11) * (1.0 / (1 << 53))
-
-
-def _mix_np(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finalizer on uint64 arrays (numpy wraps on overflow, which is what we want)."""
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def _decimals(step: str) -> int:
-    """Decimals of a power-of-ten step written as a string ("0.01" -> 2, "1" -> 0)."""
-    value = float(step)
-    dec = round(-math.log10(value))
-    if dec < 0 or abs(value - 10.0**-dec) > 1e-15:
-        raise ValueError(f"step {step!r} must be a power of ten <= 1")
-    return dec
-
-
-def format_units(units: int, decimals: int) -> str:
-    """Integer ``units`` of 10**-decimals as Binance's 8-decimal string."""
-    if decimals <= PRICE_DECIMALS:
-        v = units * 10 ** (PRICE_DECIMALS - decimals)
-    else:  # round half to even, as Decimal quantize would
-        q, r = divmod(units, 10 ** (decimals - PRICE_DECIMALS))
-        half = 10 ** (decimals - PRICE_DECIMALS) // 2
-        v = q + (1 if r > half or (r == half and q % 2) else 0)
-    return f"{v // 10**PRICE_DECIMALS}.{v % 10**PRICE_DECIMALS:08d}"
-
-
-@dataclass(frozen=True)
-class SymbolSpec:
-    """One listed symbol and the knobs of its synthetic market."""
-
-    symbol: str
-    base_asset: str
-    quote_asset: str
-    tick_size: str = "0.01"
-    step_size: str = "0.00001"
-    base_price: float = 40_000.0
-    trades_per_hour: int = 60_000
-    seed: int = 0
-    trade_notional: float = 500.0  # mean quote value of one trade
-    hourly_vol: float = 0.004  # std of the log price over an hour
-
-    def __post_init__(self) -> None:
-        if self.trades_per_hour < 10:
-            raise ValueError("trades_per_hour must be >= 10")
-        _decimals(self.tick_size)
-        _decimals(self.step_size)
-
-    @property
-    def price_decimals(self) -> int:
-        return _decimals(self.tick_size)
-
-    @property
-    def qty_decimals(self) -> int:
-        return _decimals(self.step_size)
-
-
-def default_universe(extra_symbols: int = 0) -> list[SymbolSpec]:
-    """The default listed symbols, plus ``extra_symbols`` generated ones for scale tests."""
-    specs = [
-        SymbolSpec("BTCUSDT", "BTC", "USDT", "0.01", "0.00001", 40_000.0, 60_000),
-        SymbolSpec("ETHUSDT", "ETH", "USDT", "0.01", "0.0001", 2_500.0, 40_000),
-        SymbolSpec("BNBUSDT", "BNB", "USDT", "0.01", "0.001", 400.0, 8_000),
-        SymbolSpec("SOLUSDT", "SOL", "USDT", "0.01", "0.001", 100.0, 10_000),
-        SymbolSpec("XRPUSDT", "XRP", "USDT", "0.0001", "0.1", 0.6, 6_000),
-        # A real Binance listing whose base asset is not ASCII: URL-encoded in requests.
-        SymbolSpec("币安人生USDT", "币安人生", "USDT", "0.0001", "1", 0.15, 3_000),
-    ]
-    for i in range(1, extra_symbols + 1):
-        base = f"SYM{i:04d}"
-        price = 1.0 + 99.0 * _unit(stable_u64(base), 0)
-        specs.append(SymbolSpec(f"{base}USDT", base, "USDT", "0.0001", "0.1", price, 500))
-    return specs
-
-
-@dataclass(frozen=True)
-class HourData:
-    """All trades and aggTrades of one hour, as parallel arrays (trades sorted by id)."""
-
-    hour: int
-    first_trade_id: int
-    first_agg_id: int
-    time: np.ndarray  # int64 ms, non-decreasing
-    price: np.ndarray  # int64 ticks
-    qty: np.ndarray  # int64 steps
-    buyer_maker: np.ndarray  # bool
-    agg_first: np.ndarray  # int64 local trade index of each aggTrade's first trade
-    agg_last: np.ndarray
-    agg_qty: np.ndarray  # int64 steps
-
-    @property
-    def n_trades(self) -> int:
-        return int(self.time.size)
-
-    @property
-    def n_aggs(self) -> int:
-        return int(self.agg_first.size)
-
-    def visible_trades(self, now_ms: int) -> int:
-        """How many of the hour's trades have happened by ``now_ms`` (inclusive)."""
-        return int(np.searchsorted(self.time, now_ms, side="right"))
-
-    def visible_aggs(self, now_ms: int) -> int:
-        return int(np.searchsorted(self.time[self.agg_first], now_ms, side="right"))
-
-
-@dataclass(frozen=True)
-class Trades:
-    """A selection of trades, ready to be written out."""
-
-    ids: np.ndarray
-    time: np.ndarray
-    price: np.ndarray
-    qty: np.ndarray
-    buyer_maker: np.ndarray
-
-
-@dataclass(frozen=True)
-class AggTrades:
-    ids: np.ndarray
-    price: np.ndarray
-    qty: np.ndarray
-    first_id: np.ndarray
-    last_id: np.ndarray
-    time: np.ndarray
-    buyer_maker: np.ndarray
-
-
-@dataclass(frozen=True)
-class Kline:
-    """One candle; money in integer units (price ticks, qty steps, quote = ticks*steps)."""
-
-    open_time: int
-    close_time: int
-    open: int
-    high: int
-    low: int
-    close: int
-    volume: int
-    quote_volume: int
-    count: int
-    taker_buy_volume: int
-    taker_buy_quote: int
-
-
-@dataclass(frozen=True)
-class Book:
-    """Order book at one depth batch: levels best first, as (ticks, steps) arrays."""
-
-    batch: int
-    last_update_id: int
-    bid_px: np.ndarray
-    bid_qty: np.ndarray
-    ask_px: np.ndarray
-    ask_qty: np.ndarray
-
-
-@dataclass(frozen=True)
-class DepthDiff:
-    """Changed levels between two consecutive batches (a ``depthUpdate``); size 0 = removed."""
-
-    batch: int
-    first_update_id: int
-    final_update_id: int
-    bid_px: np.ndarray
-    bid_qty: np.ndarray
-    ask_px: np.ndarray
-    ask_qty: np.ndarray
-
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class _LRU(Generic[K, V]):
-    """Tiny thread-safe LRU; generation runs outside the lock (results are deterministic)."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._data: OrderedDict[K, V] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: K, make: Callable[[], V]) -> V:
-        with self._lock:
-            if key in self._data:
-                self._data.move_to_end(key)
-                return self._data[key]
-        value = make()
-        with self._lock:
-            self._data[key] = value
-            while len(self._data) > self._size:
-                self._data.popitem(last=False)
-        return value
-
+from ingest_pipeline.standins.simulator.basics import (
+    BATCH_MS,
+    BATCHES_PER_HOUR,
+    GENESIS_MS,
+    HOUR_MS,
+    KLINE_INTERVAL_MS,
+    LRU,
+    MASK64,
+    MAX_BOOK_LEVELS,
+    AggTrades,
+    Book,
+    DepthDiff,
+    HourData,
+    Kline,
+    SymbolSpec,
+    Trades,
+    kline_next,
+    kline_open,
+    kline_open_at_or_after,
+    kline_prev,
+    mix64,
+    mix_np,
+    stable_u64,
+    unit,
+)
 
 _DIURNAL_AMPLITUDE = 0.3  # relative swing of the hourly trade rate over a day
 _COUNT_NOISE = 0.1  # relative hour-to-hour noise of the trade count
@@ -296,16 +70,16 @@ class SymbolModel:
     genesis_ms: int = GENESIS_MS
     cache_hours: int = 48
     _key: int = field(init=False)
-    _hours: _LRU[int, HourData] = field(init=False)
-    _paths: _LRU[int, tuple[np.ndarray, np.ndarray]] = field(init=False)
-    _summaries: _LRU[int, Kline] = field(init=False)
+    _hours: LRU[int, HourData] = field(init=False)
+    _paths: LRU[int, tuple[np.ndarray, np.ndarray]] = field(init=False)
+    _summaries: LRU[int, Kline] = field(init=False)
 
     def __post_init__(self) -> None:
         self._key = stable_u64(f"{self.spec.symbol}|{self.spec.seed}")
-        self._hours = _LRU(self.cache_hours)
-        self._paths = _LRU(self.cache_hours)
-        self._summaries = _LRU(200_000)
-        self._phase = 2 * math.pi * _unit(self._key, 1)
+        self._hours = LRU(self.cache_hours)
+        self._paths = LRU(self.cache_hours)
+        self._summaries = LRU(200_000)
+        self._phase = 2 * math.pi * unit(self._key, 1)
         self._c0 = self._cum_raw(0)
         self._updates_per_batch = 4 + self.spec.trades_per_hour // 10_000
         self._tick = 10.0**-self.spec.price_decimals
@@ -330,7 +104,7 @@ class SymbolModel:
         # Integral of a diurnal rate mean*(1 + a*sin), so hourly counts swing by about +-a.
         diurnal = -mean * _DIURNAL_AMPLITUDE * 24 / (2 * math.pi)
         diurnal *= math.cos(2 * math.pi * h / 24 + self._phase)
-        noise = mean * _COUNT_NOISE * (2 * _unit(self._key ^ 0xC0, h) - 1)
+        noise = mean * _COUNT_NOISE * (2 * unit(self._key ^ 0xC0, h) - 1)
         return math.floor(mean * h + diurnal + noise)
 
     def trade_id_start(self, h: int) -> int:
@@ -344,7 +118,7 @@ class SymbolModel:
     def update_id(self, batch: int) -> int:
         """U(b): cumulative depth update counter, strictly increasing by >= 1 per batch."""
         c = self._updates_per_batch
-        return c * batch + mix64(self._key ^ 0xB0 ^ mix64(batch & _MASK64)) % c
+        return c * batch + mix64(self._key ^ 0xB0 ^ mix64(batch & MASK64)) % c
 
     def hour_of_trade_id(self, trade_id: int, max_hour: int) -> int:
         return self._search(self.trade_id_start, trade_id, max_hour)
@@ -370,9 +144,9 @@ class SymbolModel:
         log_p = math.log(self.spec.base_price)
         for i, (period, amp) in enumerate(_ANCHOR_WAVES):
             log_p += amp * math.sin(
-                2 * math.pi * h / period + 2 * math.pi * _unit(self._key, 10 + i)
+                2 * math.pi * h / period + 2 * math.pi * unit(self._key, 10 + i)
             )
-        log_p += self.spec.hourly_vol * math.sqrt(3) * (2 * _unit(self._key ^ 0xA0, h) - 1)
+        log_p += self.spec.hourly_vol * math.sqrt(3) * (2 * unit(self._key ^ 0xA0, h) - 1)
         return max(2, round(math.exp(log_p) / self._tick))
 
     def path(self, h: int) -> tuple[np.ndarray, np.ndarray]:
@@ -381,7 +155,7 @@ class SymbolModel:
 
     def _make_path(self, h: int) -> tuple[np.ndarray, np.ndarray]:
         a0, a1 = self.anchor(h), self.anchor(h + 1)
-        rng = np.random.Generator(np.random.PCG64([self._key, h & _MASK64, 1]))
+        rng = np.random.Generator(np.random.PCG64([self._key, h & MASK64, 1]))
         sigma = 0.5 * (a0 + a1) * self.spec.hourly_vol / math.sqrt(BATCHES_PER_HOUR)
         walk = np.empty(BATCHES_PER_HOUR + 1)
         walk[0] = 0.0
@@ -405,13 +179,13 @@ class SymbolModel:
         c0, c1 = self.trade_id_start(h), self.trade_id_start(h + 1)
         a0, a1 = self.agg_id_start(h), self.agg_id_start(h + 1)
         n, g = c1 - c0, a1 - a0
-        rng = np.random.Generator(np.random.PCG64([self._key, h & _MASK64, 0]))
+        rng = np.random.Generator(np.random.PCG64([self._key, h & MASK64, 0]))
 
         agg_sizes = _composition(rng, n, g)
         orders = max(1, round(g * _ORDERS_PER_AGG))
         order_aggs = _composition(rng, g, orders)
         order_first_agg = np.concatenate(([0], np.cumsum(order_aggs)[:-1]))
-        if self.spec.trades_per_hour >= 20_000 and _unit(self._key ^ 0xB1, h) < _BURST_PROB:
+        if self.spec.trades_per_hour >= 20_000 and unit(self._key ^ 0xB1, h) < _BURST_PROB:
             # A liquidation-like burst: many taker orders in one millisecond, >1000 trades, so
             # clients paging by time must step through one millisecond several pages long.
             # The burst comes on top of the hour's flow: its orders share one time slot, so
@@ -555,27 +329,27 @@ class SymbolModel:
         """
         if self._max_hour(now_ms) < 0:
             return []
-        first = _kline_open(interval, self.first_trade_ms())
-        last = _kline_open(interval, min(end_ms if end_ms is not None else now_ms, now_ms))
+        first = kline_open(interval, self.first_trade_ms())
+        last = kline_open(interval, min(end_ms if end_ms is not None else now_ms, now_ms))
         if start_ms is not None:
-            lo = max(first, _kline_open_at_or_after(interval, start_ms))
+            lo = max(first, kline_open_at_or_after(interval, start_ms))
             opens = []
             t = lo
             while t <= last and len(opens) < limit:
                 opens.append(t)
-                t = _kline_next(interval, t)
+                t = kline_next(interval, t)
         else:
             opens = []
             t = last
             while t >= first and len(opens) < limit:
                 opens.append(t)
-                t = _kline_prev(interval, t)
+                t = kline_prev(interval, t)
             opens.reverse()
         if not opens:
             return []
         if interval in KLINE_INTERVAL_MS and KLINE_INTERVAL_MS[interval] <= HOUR_MS:
             return self._short_klines(KLINE_INTERVAL_MS[interval], opens, now_ms)
-        return [self._long_kline(t, _kline_next(interval, t), now_ms) for t in opens]
+        return [self._long_kline(t, kline_next(interval, t), now_ms) for t in opens]
 
     def _prev_close(self, h: int) -> int:
         """Close of the hour before h: the last trade price; the anchor before genesis."""
@@ -706,14 +480,14 @@ class SymbolModel:
     def _level_hash(self, prices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(hash, period, phase) of each price level, as uint64 arrays."""
         p = prices.astype(np.uint64) ^ np.uint64(self._key)
-        hp = _mix_np(p)
+        hp = mix_np(p)
         period = np.uint64(20) + hp % np.uint64(580)
         phase = (hp >> np.uint64(20)) % period
         return hp, period, phase
 
     def _qty(self, hp: np.ndarray, epoch: np.ndarray) -> np.ndarray:
         """Size of levels with hash ``hp`` in their ``epoch`` (the draw behind ``level_qty``)."""
-        u = (_mix_np(hp ^ _mix_np(epoch)) >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+        u = (mix_np(hp ^ mix_np(epoch)) >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
         mean_steps = 4 * self.spec.trade_notional / (self.spec.base_price * self._step)
         return np.maximum(np.floor(-np.log1p(-u) * mean_steps), 1).astype(np.int64)
 
@@ -936,39 +710,6 @@ def _concat_aggs(parts: list[tuple[HourData, int, int]]) -> AggTrades:
         time=cat(lambda hd, lo, hi: hd.time[hd.agg_first[lo:hi]]),
         buyer_maker=cat(lambda hd, lo, hi: hd.buyer_maker[hd.agg_first[lo:hi]]),
     )
-
-
-# ---- kline calendar -------------------------------------------------------------------------
-def _month_start(ms: int, add: int = 0) -> int:
-    d = datetime.fromtimestamp(ms / 1000, UTC)
-    y, m = divmod(d.year * 12 + d.month - 1 + add, 12)
-    return calendar.timegm((y, m + 1, 1, 0, 0, 0)) * 1000
-
-
-def _kline_open(interval: str, ms: int) -> int:
-    """Open time of the candle holding ``ms``."""
-    if interval == "1M":
-        return _month_start(ms)
-    width = KLINE_INTERVAL_MS[interval]
-    offset = _WEEK_OFFSET_MS if interval == "1w" else 0
-    return (ms - offset) // width * width + offset
-
-
-def _kline_open_at_or_after(interval: str, ms: int) -> int:
-    t = _kline_open(interval, ms)
-    return t if t == ms else _kline_next(interval, t)
-
-
-def _kline_next(interval: str, open_ms: int) -> int:
-    if interval == "1M":
-        return _month_start(open_ms, 1)
-    return open_ms + KLINE_INTERVAL_MS[interval]
-
-
-def _kline_prev(interval: str, open_ms: int) -> int:
-    if interval == "1M":
-        return _month_start(open_ms, -1)
-    return open_ms - KLINE_INTERVAL_MS[interval]
 
 
 class Market:

@@ -19,11 +19,11 @@ import pytest
 import requests
 
 from ingest_pipeline.features.book import OrderBook, price_ticks
-from ingest_pipeline.simulator.replay import Replayer, capture_files, load_captures
-from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
+from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
+from ingest_pipeline.standins.simulator.replay import Replayer, capture_files, load_captures
 from ingest_pipeline.timeutil import to_ms
 from ingest_pipeline_tests.paths import CAPTURES
-from ingest_pipeline_tests.simulator.ws_helpers import run, ws_url
+from ingest_pipeline_tests.standins.simulator.ws_helpers import run, ws_url
 
 # Servers over real sockets (see ingest_pipeline_tests/tiers.py).
 pytestmark = pytest.mark.integration

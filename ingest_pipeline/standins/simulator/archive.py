@@ -32,15 +32,14 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from aiohttp import web
 
-from ingest_pipeline.simulator.market import (
+from ingest_pipeline.standins.simulator.basics import (
     HOUR_MS,
     KLINE_INTERVALS,
     PRICE_DECIMALS,
     HourData,
-    Market,
-    SymbolModel,
     format_units,
 )
+from ingest_pipeline.standins.simulator.market import Market, SymbolModel
 
 DAY_MS = 24 * HOUR_MS
 # Binance's spot archive writes microseconds from this day on.

@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 import requests
 
-from ingest_pipeline.simulator.server import SimulatorConfig, SimulatorServer
-from ingest_pipeline_tests.simulator.ws_helpers import collect, run, ws_url
+from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
+from ingest_pipeline_tests.standins.simulator.ws_helpers import collect, run, ws_url
 
 # Servers over real sockets (see ingest_pipeline_tests/tiers.py).
 pytestmark = pytest.mark.integration

@@ -63,27 +63,24 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
 
-from ingest_pipeline.simulator.market import (
+from ingest_pipeline.standins.simulator.basics import (
     KLINE_INTERVALS,
     PRICE_DECIMALS,
     AggTrades,
     Kline,
     SymbolSpec,
     Trades,
-    _kline_next,
-    _kline_open,
-    _kline_open_at_or_after,
-    _kline_prev,
+    kline_next,
+    kline_open,
+    kline_open_at_or_after,
+    kline_prev,
 )
-from ingest_pipeline.simulator.rest import wall_clock_ms
-
-if TYPE_CHECKING:
-    from ingest_pipeline.simulator.ws import BinanceWs
+from ingest_pipeline.standins.simulator.config import wall_clock_ms
 
 _FILE_RE = re.compile(r"^([A-Za-z0-9]+)_\d{8}\.gz$")
 _QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "BTC", "ETH", "BNB", "EUR", "TRY", "BRL")
@@ -150,7 +147,7 @@ def load_captures(path: str | os.PathLike[str]) -> dict[str, Capture]:
     return caps
 
 
-def _decimals(values: list[str]) -> int:
+def decimals_of(values: list[str]) -> int:
     dec = 0
     for v in values:
         frac = v.partition(".")[2].rstrip("0")
@@ -162,8 +159,8 @@ def spec_of(cap: Capture) -> SymbolSpec:
     """A listing for a replayed symbol: tick/step from the recorded decimals."""
     snap = cap.snapshot or {"bids": [], "asks": []}
     levels = snap["bids"] + snap["asks"]
-    pdec = _decimals([p for p, _ in levels]) if levels else 2
-    qdec = _decimals([q for _, q in levels]) if levels else 5
+    pdec = decimals_of([p for p, _ in levels]) if levels else 2
+    qdec = decimals_of([q for _, q in levels]) if levels else 5
     pdec, qdec = min(pdec, 8), min(qdec, 8)
     price = float(snap["bids"][0][0]) if snap["bids"] else 1.0
     quote = next((q for q in _QUOTES if cap.symbol.endswith(q) and q != cap.symbol), "USDT")
@@ -366,25 +363,25 @@ class ReplaySymbol:
         if interval not in KLINE_INTERVALS or self.played == 0:
             return []
         times = self.trade_time[: self.played] + offset
-        first = _kline_open_at_or_after(interval, int(times[0]) + 1)
-        last = _kline_open(interval, max(now_ms, int(times[-1])))
+        first = kline_open_at_or_after(interval, int(times[0]) + 1)
+        last = kline_open(interval, max(now_ms, int(times[-1])))
         if end_ms is not None:
-            last = min(last, _kline_open(interval, end_ms))
+            last = min(last, kline_open(interval, end_ms))
         opens: list[int] = []
         if start_ms is not None:
-            t = max(first, _kline_open_at_or_after(interval, start_ms))
+            t = max(first, kline_open_at_or_after(interval, start_ms))
             while t <= last and len(opens) < limit:
                 opens.append(t)
-                t = _kline_next(interval, t)
+                t = kline_next(interval, t)
         else:
             t = last
             while t >= first and len(opens) < limit:
                 opens.append(t)
-                t = _kline_prev(interval, t)
+                t = kline_prev(interval, t)
             opens.reverse()
         out: list[Kline] = []
         for t in opens:
-            nxt = _kline_next(interval, t)
+            nxt = kline_next(interval, t)
             i = int(np.searchsorted(times, t, side="left"))
             j = int(np.searchsorted(times, nxt, side="left"))
             px = self.trade_price[i:j].tolist()
@@ -421,9 +418,15 @@ class ReplaySymbol:
         return self.book.answer(limit)
 
 
+class Hub(Protocol):
+    """Where the replay publishes frames: the WebSocket server (``ws.BinanceWs``)."""
+
+    def publish(self, stream: str, payload: str, ident: Any) -> None: ...
+
+
 class Replayer:
-    """Plays the captures into a :class:`BinanceWs` hub and keeps the REST answers of the
-    replayed symbols at the replay's position (see the module docstring)."""
+    """Plays the captures into a :class:`Hub` (the WebSocket server) and keeps the REST answers
+    of the replayed symbols at the replay's position (see the module docstring)."""
 
     def __init__(
         self,
@@ -458,7 +461,7 @@ class Replayer:
         ]
         if not self.plan:
             raise ValueError(f"no recorded frame in the replay slice [{from_ms}, {until_ms})")
-        self.hub: BinanceWs | None = None
+        self.hub: Hub | None = None
         self.task: asyncio.Task[None] | None = None
         self.offset_ms: int | None = None  # chosen when playback starts
         self.position_ms: int | None = None  # receive time of the last frame played

@@ -56,25 +56,25 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import orjson
 from aiohttp import WSMsgType, web
 
-from ingest_pipeline.simulator.market import (
-    DepthDiff,
-    Market,
-    SymbolModel,
-    format_units,
-    mix64,
-    stable_u64,
+from ingest_pipeline.standins.simulator.config import SimulatorConfig
+from ingest_pipeline.standins.simulator.market import Market
+from ingest_pipeline.standins.simulator.replay import Replayer
+from ingest_pipeline.standins.simulator.ws_conn import (
+    Draw,
+    Emission,
+    EmitLog,
+    WsConnection,
+    WsFaultSettings,
+    server_shutdown_event,
+    stream_symbol,
 )
-
-if TYPE_CHECKING:
-    from ingest_pipeline.simulator.replay import Replayer
-    from ingest_pipeline.simulator.server import SimulatorConfig
+from ingest_pipeline.standins.simulator.ws_control import WsControl
+from ingest_pipeline.standins.simulator.ws_market import LiveMarket, SymbolState
 
 log = logging.getLogger(__name__)
 
@@ -82,141 +82,7 @@ KINDS: tuple[str, ...] = ("trade", "bookTicker", "depth@100ms", "depth")
 _METHODS = "`SUBSCRIBE`, `UNSUBSCRIBE`, `LIST_SUBSCRIPTIONS`, `SET_PROPERTY`, `GET_PROPERTY`"
 
 
-def stream_symbol(symbol: str) -> str:
-    """The symbol as it appears in a stream name (Binance lower-cases it)."""
-    return symbol.lower()
-
-
-def server_shutdown_event(now_ms: int) -> str:
-    return orjson.dumps({"e": "serverShutdown", "E": now_ms}).decode()
-
-
-@dataclass
-class WsFaultSettings:
-    """Runtime-switchable WebSocket faults (``GET``/``POST /_sim/ws/faults``).
-
-    Rates are drawn deterministically from ``seed``: ``drop_rate`` per connection and second
-    (abrupt TCP close), ``skip_depth_rate`` per depth batch and symbol (one ``@depth@100ms``
-    diff omitted: the next one has ``U != previous u + 1``), ``malformed_rate`` per data frame
-    (alternately an invalid JSON text frame and a payload with a bad price field).
-    ``skip_depth_next`` omits the next N depth batches of whatever symbols are streamed.
-    """
-
-    drop_rate: float = 0.0
-    skip_depth_rate: float = 0.0
-    malformed_rate: float = 0.0
-    skip_depth_next: int = 0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("drop_rate", "skip_depth_rate", "malformed_rate"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-        if not isinstance(self.skip_depth_next, int) or self.skip_depth_next < 0:
-            raise ValueError("skip_depth_next must be an int >= 0")
-
-
-class _Draw:
-    """Deterministic Bernoulli draws: the n-th draw of a seeded sequence."""
-
-    def __init__(self, seed: int, name: str) -> None:
-        self.key = stable_u64(f"ws-faults|{name}|{seed}")
-        self.n = 0
-
-    def __call__(self, rate: float) -> bool:
-        if rate <= 0:
-            return False
-        self.n += 1
-        return (mix64(self.key ^ mix64(self.n)) >> 11) / float(1 << 53) < rate
-
-
-@dataclass
-class _EmitLog:
-    """What was emitted on one stream: a count and the last ``limit`` ids.
-
-    A payload counts as emitted once its frame has been written to a subscriber's socket, not
-    when it is queued: frames still queued on a connection that then closes (a stalled one the
-    client gave up on, say) never left the server, exactly as on Binance.
-    """
-
-    limit: int
-    count: int = 0
-    ids: deque[Any] = field(default_factory=deque)
-
-    def add(self, ident: Any) -> None:
-        self.count += 1
-        self.ids.append(ident)
-        if len(self.ids) > self.limit:
-            self.ids.popleft()
-
-
-class _Emission:
-    """One published payload, shared by the frames queued to its subscribers: logged as
-    emitted by the first of them that is written to a socket."""
-
-    __slots__ = ("ident", "logged", "stream")
-
-    def __init__(self, stream: str, ident: Any) -> None:
-        self.stream = stream
-        self.ident = ident
-        self.logged = False
-
-
-class WsConnection:
-    """One client connection: its subscriptions and an outgoing frame buffer."""
-
-    def __init__(
-        self, cid: int, ws: web.WebSocketResponse, transport: Any, combined: bool, ip: str
-    ) -> None:
-        self.id = cid
-        self.ws = ws
-        self.transport = transport
-        self.combined = combined
-        self.ip = ip
-        self.streams: dict[str, None] = {}  # insertion-ordered set
-        # Outgoing frames, each with the emission it carries (None: a reply, not market data).
-        self.buf: list[tuple[str, _Emission | None]] = []
-        self.wake = asyncio.Event()
-        self.closed = False
-        self.stall_until = 0.0  # monotonic seconds
-        self.opened = time.monotonic()
-        self.incoming: deque[float] = deque()
-        self.ping_pending_since: float | None = None
-        self.sent = 0
-
-    def push(self, frame: str, emission: _Emission | None = None) -> None:
-        self.buf.append((frame, emission))
-        self.wake.set()
-
-    def abort(self) -> None:
-        """Close the TCP connection without a close frame (an abrupt drop)."""
-        self.closed = True
-        if self.transport is not None:
-            self.transport.abort()
-        self.wake.set()
-
-
-@dataclass
-class _SymbolState:
-    """Live emission state of one symbol (only while someone subscribes to it)."""
-
-    model: SymbolModel
-    name: str  # lower-case stream prefix
-    sym_json: str  # the symbol as a JSON string
-    trade_hour: int = -1
-    trade_idx: int = 0
-    trade_next_ms: int = 0
-    depth_batch: int = -1  # last batch whose diff was computed
-    prev_u: int = -1  # u of the last emitted @depth@100ms diff
-    agg: dict[str, Any] | None = None  # @depth (1000 ms) accumulation
-    top: tuple[int, int, int, int] | None = None  # last bookTicker (bid, bidq, ask, askq)
-    # Formatted depth levels: '["<price>","' by price ticks, '<qty>"]' by qty steps.
-    px_fmt: dict[int, str] = field(default_factory=dict)
-    qty_fmt: dict[int, str] = field(default_factory=dict)
-
-
-class BinanceWs:
+class BinanceWs(LiveMarket, WsControl):
     """WebSocket streams, connection rules, faults and the emitted log of one server."""
 
     def __init__(self, config: SimulatorConfig, market: Market, clock: Callable[[], int]) -> None:
@@ -228,7 +94,7 @@ class BinanceWs:
         self._draws = self._new_draws()
         self.conns: dict[int, WsConnection] = {}
         self.subs: dict[str, set[WsConnection]] = {}
-        self.emitted: dict[str, _EmitLog] = {}
+        self.emitted: dict[str, EmitLog] = {}
         self.stats: dict[str, int] = {
             "connections": 0,
             "refused_429": 0,
@@ -245,15 +111,15 @@ class BinanceWs:
         }
         self._attempts: dict[str, deque[float]] = {}
         self._next_id = 0
-        self._states: dict[str, _SymbolState] = {}
+        self._states: dict[str, SymbolState] = {}
         self._trade_heap: list[tuple[int, str]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stall_all_until = 0.0
         self.replay: Replayer | None = None  # set by the server in replay mode
 
-    def _new_draws(self) -> dict[str, _Draw]:
+    def _new_draws(self) -> dict[str, Draw]:
         s = self.faults.seed
-        return {k: _Draw(s, k) for k in ("drop", "skip", "malformed", "malformed_kind")}
+        return {k: Draw(s, k) for k in ("drop", "skip", "malformed", "malformed_kind")}
 
     # ---- app ------------------------------------------------------------------------------
     def install(self, app: web.Application) -> None:
@@ -542,7 +408,7 @@ class BinanceWs:
         subs = self.subs.get(stream)
         if not subs:
             return
-        emission = _Emission(stream, ident)
+        emission = Emission(stream, ident)
         f = self.faults
         if f.malformed_rate > 0 and self._draws["malformed"](f.malformed_rate):
             self.stats["malformed"] += 1
@@ -559,10 +425,10 @@ class BinanceWs:
             else:
                 conn.push(payload, emission)
 
-    def _log_emitted(self, emission: _Emission) -> None:
+    def _log_emitted(self, emission: Emission) -> None:
         log_ = self.emitted.get(emission.stream)
         if log_ is None:
-            log_ = self.emitted[emission.stream] = _EmitLog(self.config.ws_emitted_log)
+            log_ = self.emitted[emission.stream] = EmitLog(self.config.ws_emitted_log)
         log_.add(emission.ident)
 
     # ---- synthetic live market ------------------------------------------------------------
@@ -584,7 +450,7 @@ class BinanceWs:
         now = self.clock()
         if st is None:
             model = self.market[symbol]
-            st = self._states[symbol] = _SymbolState(
+            st = self._states[symbol] = SymbolState(
                 model, stream_symbol(symbol), orjson.dumps(symbol).decode()
             )
         if kind == "trade" and st.trade_hour < 0:
@@ -617,252 +483,6 @@ class BinanceWs:
         if st.trade_hour < 0 and st.depth_batch < 0:
             del self._states[symbol]
 
-    async def _live_loop(self) -> None:
-        tick = self.config.ws_tick_ms / 1000.0
-        while True:
-            started = time.monotonic()
-            try:
-                await self._live_step(self.clock())
-            except Exception:  # keep streaming whatever one symbol does
-                log.exception("websocket live step failed")
-            await asyncio.sleep(max(0.0, tick - (time.monotonic() - started)))
-
-    async def _live_step(self, now: int) -> None:
-        heap = self._trade_heap
-        while heap and heap[0][0] <= now:
-            _, symbol = heapq.heappop(heap)
-            st = self._states.get(symbol)
-            if st is None or st.trade_hour < 0:
-                continue
-            self._emit_trades(st, now)
-            heapq.heappush(heap, (st.trade_next_ms, symbol))
-        done = 0
-        for st in list(self._states.values()):
-            if st.depth_batch < 0:
-                continue
-            target = st.model.batch_of(now)
-            while st.depth_batch < target and st.depth_batch >= 0:
-                self._emit_depth(st, st.depth_batch + 1)
-                done += 1
-                if done % 50 == 0:  # let connections breathe between heavy batches
-                    await asyncio.sleep(0)
-                    now = self.clock()
-
-    def _emit_trades(self, st: _SymbolState, now: int) -> None:
-        model = st.model
-        spec = model.spec
-        pd, qd = spec.price_decimals, spec.qty_decimals
-        stream = f"{st.name}@trade"
-        while True:
-            hd = model.hour(st.trade_hour)
-            hi = hd.visible_trades(now)
-            if hi > st.trade_idx:
-                lo = st.trade_idx
-                ids = range(hd.first_trade_id + lo, hd.first_trade_id + hi)
-                for tid, p, q, t, m in zip(
-                    ids,
-                    hd.price[lo:hi].tolist(),
-                    hd.qty[lo:hi].tolist(),
-                    hd.time[lo:hi].tolist(),
-                    hd.buyer_maker[lo:hi].tolist(),
-                    strict=True,
-                ):
-                    payload = (
-                        f'{{"e":"trade","E":{self.clock()},"s":{st.sym_json},"t":{tid},'
-                        f'"p":"{format_units(p, pd)}","q":"{format_units(q, qd)}","T":{t},'
-                        f'"m":{"true" if m else "false"},"M":true}}'
-                    )
-                    self.publish(stream, payload, tid)
-                st.trade_idx = hi
-            if hi < hd.n_trades:
-                st.trade_next_ms = int(hd.time[hi])
-                return
-            nxt = model.hour_start(st.trade_hour + 1)
-            if nxt > now:
-                st.trade_next_ms = nxt
-                return
-            st.trade_hour += 1
-            st.trade_idx = 0
-
-    def _emit_depth(self, st: _SymbolState, batch: int) -> None:
-        model = st.model
-        spec = model.spec
-        pd, qd = spec.price_decimals, spec.qty_decimals
-        st.depth_batch = batch
-        p = st.name
-        want_100 = f"{p}@depth@100ms" in self.subs
-        want_1000 = f"{p}@depth" in self.subs
-        if want_100 or want_1000:
-            diff = model.book_diff(batch)
-            if want_100:
-                skip = False
-                f = self.faults
-                if f.skip_depth_next > 0:
-                    f.skip_depth_next -= 1
-                    skip = True
-                elif self._draws["skip"](f.skip_depth_rate):
-                    skip = True
-                if skip:
-                    self.stats["skipped_depth"] += 1
-                else:
-                    payload = _depth_payload(
-                        self.clock(),
-                        st.sym_json,
-                        diff.first_update_id,
-                        diff.final_update_id,
-                        _levels(st, diff.bid_px, diff.bid_qty, pd, qd),
-                        _levels(st, diff.ask_px, diff.ask_qty, pd, qd),
-                    )
-                    self.publish(
-                        f"{p}@depth@100ms", payload, [diff.first_update_id, diff.final_update_id]
-                    )
-            if want_1000:
-                self._accumulate(st, diff, pd, qd)
-        if f"{p}@bookTicker" in self.subs:
-            bid, ask = model.touch(batch)
-            bq, aq = model.level_qty(np.array([bid, ask], dtype=np.int64), batch).tolist()
-            top = (bid, bq, ask, aq)
-            if top != st.top:
-                st.top = top
-                u = model.update_id(batch)
-                payload = (
-                    f'{{"u":{u},"s":{st.sym_json},"b":"{format_units(bid, pd)}",'
-                    f'"B":"{format_units(bq, qd)}","a":"{format_units(ask, pd)}",'
-                    f'"A":"{format_units(aq, qd)}"}}'
-                )
-                self.publish(f"{p}@bookTicker", payload, u)
-
-    def _accumulate(self, st: _SymbolState, diff: DepthDiff, pd: int, qd: int) -> None:
-        agg = st.agg
-        if agg is None:
-            agg = st.agg = {"U": diff.first_update_id, "b": {}, "a": {}}
-        agg["u"] = diff.final_update_id
-        agg["b"].update(zip(diff.bid_px.tolist(), diff.bid_qty.tolist(), strict=True))
-        agg["a"].update(zip(diff.ask_px.tolist(), diff.ask_qty.tolist(), strict=True))
-        if diff.batch % 10 == 0:
-            bids = sorted(agg["b"].items(), reverse=True)
-            asks = sorted(agg["a"].items())
-            payload = _depth_payload(
-                self.clock(),
-                st.sym_json,
-                agg["U"],
-                agg["u"],
-                ",".join(f'["{format_units(x, pd)}","{format_units(y, qd)}"]' for x, y in bids),
-                ",".join(f'["{format_units(x, pd)}","{format_units(y, qd)}"]' for x, y in asks),
-            )
-            self.publish(f"{st.name}@depth", payload, [agg["U"], agg["u"]])
-            st.agg = None
-
-    # ---- admin ----------------------------------------------------------------------------
-    async def _get_faults(self, request: web.Request) -> web.Response:
-        return web.json_response(asdict(self.faults))
-
-    async def _post_faults(self, request: web.Request) -> web.Response:
-        try:
-            changes = await request.json() if request.can_read_body else {}
-            self.faults = WsFaultSettings(**{**asdict(self.faults), **changes})
-        except (ValueError, TypeError) as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        self._draws = self._new_draws()
-        return web.json_response(asdict(self.faults))
-
-    async def _body(self, request: web.Request) -> dict[str, Any]:
-        if not request.can_read_body:
-            return {}
-        data = await request.json()
-        return data if isinstance(data, dict) else {}
-
-    def _targets(self, body: dict[str, Any]) -> list[WsConnection]:
-        ids = body.get("ids")
-        conns = [c for c in self.conns.values() if not c.closed]
-        return [c for c in conns if ids is None or c.id in ids]
-
-    async def _post_drop(self, request: web.Request) -> web.Response:
-        """Close connections abruptly now (all, or ``{"ids": [...]}``)."""
-        targets = self._targets(await self._body(request))
-        for conn in targets:
-            self.stats["dropped_fault"] += 1
-            conn.abort()
-        return web.json_response({"dropped": [c.id for c in targets]})
-
-    async def _post_stall(self, request: web.Request) -> web.Response:
-        """Stop sending (data and pings) for ``{"seconds": N}``, keeping the sockets open."""
-        body = await self._body(request)
-        seconds = float(body.get("seconds", 5.0))
-        until = time.monotonic() + seconds
-        targets = self._targets(body)
-        if body.get("ids") is None:
-            self._stall_all_until = until
-        for conn in targets:
-            conn.stall_until = until
-        return web.json_response({"stalled": [c.id for c in targets], "seconds": seconds})
-
-    async def _post_shutdown(self, request: web.Request) -> web.Response:
-        """Send ``serverShutdown`` then close (all, or ``{"ids": [...]}``)."""
-        targets = self._targets(await self._body(request))
-        event = server_shutdown_event(self.clock())
-        for conn in targets:
-            self.stats["server_shutdown"] += 1
-            await self._send_now(conn, event)
-            await self._close(conn, 1000, "Server shutdown")
-        return web.json_response({"shutdown": [c.id for c in targets]})
-
-    async def _post_reset(self, request: web.Request) -> web.Response:
-        """Forget the emitted log, statistics, connection attempts and faults."""
-        self.emitted.clear()
-        for k in self.stats:
-            self.stats[k] = 0
-        self._attempts.clear()
-        self.faults = WsFaultSettings(seed=self.config.seed)
-        self._draws = self._new_draws()
-        self._stall_all_until = 0.0
-        return web.json_response({})
-
-    async def _get_emitted(self, request: web.Request) -> web.Response:
-        stream = request.query.get("stream")
-        if stream is None:
-            return web.json_response(
-                {
-                    s: {"count": e.count, "last_id": e.ids[-1] if e.ids else None}
-                    for s, e in sorted(self.emitted.items())
-                }
-            )
-        e = self.emitted.get(stream) or _EmitLog(self.config.ws_emitted_log)
-        return web.json_response(
-            {
-                "stream": stream,
-                "count": e.count,
-                "last_id": e.ids[-1] if e.ids else None,
-                "ids": list(e.ids),
-                "truncated": e.count > len(e.ids),
-            }
-        )
-
-    async def _post_replay_start(self, request: web.Request) -> web.Response:
-        """(Re)start the replay from the start of its slice, with a new offset."""
-        if self.replay is None:
-            return web.json_response({"error": "not in replay mode"}, status=400)
-        self.replay.start()
-        return web.json_response(
-            {"started": True, "total": self.replay.total, "offset_ms": self.replay.offset_ms}
-        )
-
-    async def _get_replay_status(self, request: web.Request) -> web.Response:
-        if self.replay is None:
-            return web.json_response({"replay": False})
-        return web.json_response(self.replay.status())
-
-    async def _get_stats(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                **self.stats,
-                "open": len(self.conns),
-                "connection_ids": sorted(self.conns),
-                "streams": len(self.subs),
-                "active_symbols": len(self._states),
-            }
-        )
-
 
 def _valid_id(rid: Any) -> bool:
     if rid is None:
@@ -880,36 +500,6 @@ def _result(result: Any, rid: Any) -> str:
 
 def _error(code: int, msg: str, rid: Any) -> str:
     return orjson.dumps({"error": {"code": code, "msg": msg}, "id": rid}).decode()
-
-
-_FMT_CACHE_MAX = 100_000  # formatted prices/sizes kept per symbol
-
-
-def _levels(st: _SymbolState, px: np.ndarray, qty: np.ndarray, pd: int, qd: int) -> str:
-    """Depth levels as JSON array items; formatted strings are cached per symbol (a diff
-    repeats the same prices and sizes batch after batch)."""
-    pc, qc = st.px_fmt, st.qty_fmt
-    if len(pc) > _FMT_CACHE_MAX:
-        pc.clear()
-    if len(qc) > _FMT_CACHE_MAX:
-        qc.clear()
-    out = []
-    for p, q in zip(px.tolist(), qty.tolist(), strict=True):
-        a = pc.get(p)
-        if a is None:
-            a = pc[p] = f'["{format_units(p, pd)}","'
-        b = qc.get(q)
-        if b is None:
-            b = qc[q] = f'{format_units(q, qd)}"]'
-        out.append(a + b)
-    return ",".join(out)
-
-
-def _depth_payload(e: int, sym_json: str, first: int, last: int, bids: str, asks: str) -> str:
-    return (
-        f'{{"e":"depthUpdate","E":{e},"s":{sym_json},"U":{first},"u":{last},'
-        f'"b":[{bids}],"a":[{asks}]}}'
-    )
 
 
 def _malform(payload: str, invalid_json: bool) -> str:

@@ -15,10 +15,10 @@ import pytest
 from botocore.config import Config
 
 from ingest_pipeline.aws import aws_client
-from ingest_pipeline.faultproxy import THROTTLE_CODE, FaultProxy
-from ingest_pipeline.localstack import EmbeddedAWS
 from ingest_pipeline.records import AGG_TRADES
 from ingest_pipeline.settings import Settings
+from ingest_pipeline.standins.faultproxy import THROTTLE_CODE, FaultProxy
+from ingest_pipeline.standins.moto_server import EmbeddedAWS
 from ingest_pipeline.storage.bronze import BronzeStore
 
 ONE_ATTEMPT = Config(
