@@ -74,6 +74,9 @@ class StreamerConfig:
     fill_delay_s: float = 0.25
     # At start, a symbol's fill waits this long for its first live trade (see ``_fill``).
     resume_wait_s: float = 3.0
+    # A graceful stop lets the fills in progress finish for up to this long (usually one
+    # REST page), so the live trades they hold go out instead of waiting for the next process.
+    stop_fill_grace_s: float = 5.0
     # Check the symbols against exchangeInfo at start.
     check_symbols: bool = True
     # Durable continuity (lease, checkpoint, tail read, gap records) under

@@ -564,15 +564,19 @@ class Streamer(GapFill, DepthResync, Reporting):
         keeper_stop: threading.Event,
         keeper: threading.Thread | None,
     ) -> None:
-        # Fills and resyncs in progress are abandoned, their REST retries cut short: the
-        # checkpoint stays below an unfilled hole, and the next process fills it.
-        self._rest_stop.set()
         for sh in self.shards:
             sh.stop()
         for t in tasks:
             if t.get_name() == "progress":
                 t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # Fills in progress get a short grace (not when fenced: nothing may go out); past it
+        # they and the resyncs are abandoned, their REST retries cut short: the checkpoint
+        # stays below an unfilled hole, and the next process fills it.
+        fills = [st.fill for st in self._trades.values() if st.fill is not None]
+        if fills and not self.fenced and self.cfg.stop_fill_grace_s > 0:
+            await asyncio.wait(fills, timeout=self.cfg.stop_fill_grace_s)
+        self._rest_stop.set()
         if session is not None:
             await session.close()
         pending = list(self._tasks)
