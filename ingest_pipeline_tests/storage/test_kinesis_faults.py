@@ -27,7 +27,7 @@ import orjson
 import pytest
 from prometheus_client import generate_latest
 
-import ingest_pipeline.storage.kinesis as kinesis_module
+import ingest_pipeline.storage.kinesis_spiller as spiller_module
 import ingest_pipeline.storage.spill as spill_module
 from ingest_pipeline.settings import load_settings
 from ingest_pipeline.standins.faultproxy import FaultProxy
@@ -108,7 +108,7 @@ class FaultyDisk:
 @pytest.fixture
 def disk(monkeypatch: pytest.MonkeyPatch) -> FaultyDisk:
     d = FaultyDisk()
-    monkeypatch.setattr(kinesis_module, "os", d)
+    monkeypatch.setattr(spiller_module, "os", d)
     monkeypatch.setattr(spill_module, "os", d)
     return d
 
