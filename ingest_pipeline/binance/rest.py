@@ -62,9 +62,11 @@ class BinanceUnavailable(BinanceError):
 
 @dataclass(frozen=True)
 class Page:
-    """One response body and the local receive time (epoch ms), which becomes ``ingest_ts``."""
+    """One response body and the local receive time (epoch ms), which becomes ``ingest_ts``.
+    ``items`` is the body as decoded JSON: an array for the paged endpoints, an object for
+    ``time``, ``exchangeInfo`` and ``depth``."""
 
-    items: list[Any]
+    items: Any
     received_ms: int
 
 
@@ -227,7 +229,7 @@ class BinanceRestClient:
     def exchange_info(self, symbol: str | None = None) -> dict[str, Any]:
         """``exchangeInfo`` (one symbol or all); adopts the REQUEST_WEIGHT limit it announces."""
         params = {"symbol": check_symbol(symbol)} if symbol else {}
-        info = self.get("/api/v3/exchangeInfo", params, WEIGHT_EXCHANGE_INFO).items
+        info: dict[str, Any] = self.get("/api/v3/exchangeInfo", params, WEIGHT_EXCHANGE_INFO).items
         for limit in info.get("rateLimits", []):
             if limit.get("rateLimitType") == "REQUEST_WEIGHT" and limit.get("interval") == "MINUTE":
                 self.weight_limit = int(limit["limit"]) // int(limit.get("intervalNum", 1))

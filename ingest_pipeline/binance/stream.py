@@ -109,7 +109,7 @@ def _is_reply(data: str | bytes, request_id: int) -> bool:
     elif not data.startswith(b'{"result"'):
         return False
     try:
-        return orjson.loads(data).get("id") == request_id
+        return bool(orjson.loads(data).get("id") == request_id)
     except (ValueError, AttributeError):
         return False
 

@@ -10,7 +10,8 @@ import bisect
 import dataclasses
 import logging
 import time
-from typing import Any
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, cast
 
 from ingest_pipeline.binance.normalize import trade_from_rest
 from ingest_pipeline.binance.rest import (
@@ -36,6 +37,9 @@ from ingest_pipeline.streaming.continuity import (
     missing_ranges,
 )
 
+if TYPE_CHECKING:
+    from ingest_pipeline.streaming.parts import StreamerParts
+
 log = logging.getLogger(__name__)
 
 
@@ -57,14 +61,17 @@ class TradeIds:
 class GapFill:
     """Filling the holes in a symbol's trade ids; the state lives on the ``Streamer``."""
 
+    # Written here, set up by ``Streamer.__init__`` (declared for the type checker).
+    _rest: BinanceRestClient | None
+
     # --- trade ids: Binance numbers a symbol's trades consecutively -------------------------
 
-    def _can_fill(self) -> bool:
+    def _can_fill(self: StreamerParts) -> bool:
         stop = self._stop
         return self.cfg.backfill_max_trades > 0 and stop is not None and not stop.is_set()
 
     def _on_trade(
-        self, tid: int, record: Record, raw: Any, ingest_ts: int, link: Link | None
+        self: StreamerParts, tid: int, record: Record, raw: Any, ingest_ts: int, link: Link | None
     ) -> None:
         """A live trade: out now when it continues its symbol's ids, else held for a fill."""
         symbol = record["symbol"]
@@ -93,7 +100,7 @@ class GapFill:
         self._put_trade(symbol, st, record, raw, ingest_ts, link)
 
     def _put_trade(
-        self, symbol: str, st: TradeIds, record: Record, raw: Any, ingest_ts: int,
+        self: StreamerParts, symbol: str, st: TradeIds, record: Record, raw: Any, ingest_ts: int,
         link: Link | None,
     ) -> bool:  # fmt: skip
         tid = record["trade_id"]
@@ -120,17 +127,17 @@ class GapFill:
                 n = b + 1
         return n
 
-    def _start_fill(self, symbol: str, open_ended: bool) -> None:
+    def _start_fill(self: StreamerParts, symbol: str, open_ended: bool) -> None:
         st = self._trades[symbol]
         st.fill = self._spawn(self._fill(symbol, open_ended))
 
-    def _spawn(self, coro: Any) -> asyncio.Future[None]:
+    def _spawn(self: StreamerParts, coro: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _release_held(self, symbol: str, st: TradeIds) -> None:
+    def _release_held(self: StreamerParts, symbol: str, st: TradeIds) -> None:
         """Emit the held trades that continue the frontier (they may have come on another link
         while the fill waited)."""
         held = st.held
@@ -141,7 +148,7 @@ class GapFill:
             i += 1
         del held[:i]  # once: tens of thousands may be held
 
-    async def _fill(self, symbol: str, open_ended: bool) -> None:
+    async def _fill(self: StreamerParts, symbol: str, open_ended: bool) -> None:
         """Fill ``symbol``'s hole above its frontier from REST while its live trades are held.
 
         Bounded (mid-stream, or once a live trade is held): up to the first held id. Open-ended
@@ -247,13 +254,14 @@ class GapFill:
                 self._on_trade(tid, record, raw, ingest_ts, link)
 
     def _emit_fill(
-        self, symbol: str, st: TradeIds, items: list[Any], received_ms: int, nxt: int,
-        hi: int | None,
+        self: StreamerParts, symbol: str, st: TradeIds, items: list[Any], received_ms: int,
+        nxt: int, hi: int | None,
     ) -> int:  # fmt: skip
         records: list[tuple[int, Record, Any]] = []
         for item in items:
             try:
-                rec = trade_from_rest(item, symbol, received_ms)
+                # A TypedDict is a plain dict at runtime, which mypy does not let pass as one.
+                rec = cast(Record, trade_from_rest(item, symbol, received_ms))
             except MalformedPayload as exc:
                 self._dead_letter(f"backfill: {exc.reason}", item, received_ms, None)
                 continue
@@ -272,7 +280,7 @@ class GapFill:
             n += self._put_trade(symbol, st, rec, item, received_ms, None)
         return n
 
-    def _unfilled(self, symbol: str, first: int, last: int, reason: str) -> None:
+    def _unfilled(self: StreamerParts, symbol: str, first: int, last: int, reason: str) -> None:
         """Ids that will not reach Kinesis: counted, logged, and written down as a gap record
         once the first trade after them gives its end in time."""
         n = last - first + 1
@@ -284,7 +292,7 @@ class GapFill:
         self.gap_records.append(gap)
         st.open_gaps.append(gap)
 
-    def _close_gaps(self, st: TradeIds, tid: int, ts: int | None) -> None:
+    def _close_gaps(self: StreamerParts, st: TradeIds, tid: int, ts: int | None) -> None:
         for gap in [g for g in st.open_gaps if tid > g["last_id"]]:
             st.open_gaps.remove(gap)
             gap["to_ts"] = ts
@@ -293,7 +301,7 @@ class GapFill:
                 self._gap_writes.add(task)
                 task.add_done_callback(self._gap_writes.discard)
 
-    async def _write_gap(self, gap: dict[str, Any]) -> None:
+    async def _write_gap(self: StreamerParts, gap: dict[str, Any]) -> None:
         store = self._gap_store
         assert store is not None
         detail = {"reason": gap["reason"], "epoch": self.epoch, "streamer": self.cfg.name,
@@ -308,23 +316,23 @@ class GapFill:
 
     # --- REST --------------------------------------------------------------------------------
 
-    def _rest_client(self) -> BinanceRestClient:
+    def _rest_client(self: StreamerParts) -> BinanceRestClient:
         if self._rest is None:
             self._rest = BinanceRestClient(self.settings.binance_rest_url, sleep=self._rest_sleep)
         return self._rest
 
-    def _rest_sleep(self, seconds: float) -> None:
+    def _rest_sleep(self: StreamerParts, seconds: float) -> None:
         """The REST client's backoff sleep, cut short when the streamer stops: a fill retrying
         an unreachable REST must not hold the process (its hole is the next process's)."""
         if self._rest_stop.wait(seconds):
             raise StreamerStopping("the streamer is stopping")
 
-    async def _rest_get(self, path: str, params: dict[str, Any], weight: int) -> Any:
+    async def _rest_get(self: StreamerParts, path: str, params: dict[str, Any], weight: int) -> Any:
         await self.pacer.acquire(weight, urgent=True)
         client = self._rest_client()
         return await asyncio.to_thread(client.get, path, params, weight)
 
-    async def _check_symbols(self) -> None:
+    async def _check_symbols(self: StreamerParts) -> None:
         """One ``exchangeInfo`` call: every configured symbol must be listed by Binance.
 
         With a short retry budget: when REST cannot be reached the check is skipped (logged,

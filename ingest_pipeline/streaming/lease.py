@@ -292,5 +292,7 @@ class S3Lease:
         prefix = f"{self.prefix}/epochs/{self.name}/"
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
-                out.append(self.read(obj["Key"]).body)
+                body = self.read(obj["Key"]).body
+                if body is not None:  # deleted since the listing
+                    out.append(body)
         return sorted(out, key=lambda b: b["epoch"])

@@ -422,10 +422,11 @@ class OnlineFeatureConsumer:
                 return  # a shard not read yet: nothing is known about it
         self.watermark = min(marks)
         close_to = self.watermark - self.lateness
-        done = self.end_ms is not None and close_to >= self.end_ms
+        end = self.end_ms
+        done = end is not None and close_to >= end
         for engine in self.engines.values():
-            if done:
-                engine.finish(self.end_ms)
+            if end is not None and done:
+                engine.finish(end)
             else:
                 engine.advance_to(close_to)
             _, final = engine.drain()

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ingest_pipeline.storage.circuit import CircuitState
 from ingest_pipeline.streaming.config import DATA_TYPES
+
+if TYPE_CHECKING:
+    from ingest_pipeline.streaming.parts import StreamerParts
 
 
 class Reporting:
@@ -15,7 +18,7 @@ class Reporting:
 
     # --- reporting ---------------------------------------------------------------------------
 
-    def progress_line(self) -> str:
+    def progress_line(self: StreamerParts) -> str:
         s = self._producer_stats()
         ins = " ".join(f"{t}={self.messages_in[t]}" for t in DATA_TYPES)
         dups = sum(self.duplicates.values())
@@ -31,7 +34,7 @@ class Reporting:
             )
         return line
 
-    def health(self) -> dict[str, Any]:
+    def health(self: StreamerParts) -> dict[str, Any]:
         """A JSON-able snapshot: ``status`` ok/degraded/down with ``reasons``, and the figures."""
         now = time.monotonic()
         s = self._producer_stats()
@@ -138,7 +141,7 @@ class Reporting:
             "shards": shards,
         }
 
-    def _continuity_health(self, filling: int, resyncing: int) -> dict[str, Any]:
+    def _continuity_health(self: StreamerParts, filling: int, resyncing: int) -> dict[str, Any]:
         lease = self.lease
         fills = list(self.fills)
         last_fills = fills[-5:]
@@ -174,7 +177,7 @@ class Reporting:
                      "budget_per_minute": self.cfg.rest_weight_per_minute},
         }  # fmt: skip
 
-    def refresh_metrics(self) -> None:
+    def refresh_metrics(self: StreamerParts) -> None:
         """Update the scrape-time gauges (ages, open connections)."""
         now = time.monotonic()
         for t in DATA_TYPES:

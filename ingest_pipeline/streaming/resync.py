@@ -8,7 +8,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -24,6 +24,9 @@ from ingest_pipeline.streaming.config import (
     RESYNC_ATTEMPTS,
     StreamerStopping,
 )
+
+if TYPE_CHECKING:
+    from ingest_pipeline.streaming.parts import StreamerParts
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +45,12 @@ class DepthSync:
 class DepthResync:
     """Depth chain checks and resyncs; the state lives on the ``Streamer``."""
 
+    # Written here, set up by ``Streamer.__init__`` (declared for the type checker).
+    _last_gap: float | None
+
     # --- depth resync --------------------------------------------------------------------------
 
-    def _need_resync(self, symbol: str, first_update_id: int) -> None:
+    def _need_resync(self: StreamerParts, symbol: str, first_update_id: int) -> None:
         if self.cfg.resync_depth_limit <= 0 or self._loop is None or self._stop is None:
             return
         ds = self._depth[symbol]
@@ -55,7 +61,7 @@ class DepthResync:
             if not self._stop.is_set():
                 ds.task = self._spawn(self._resync(symbol))
 
-    async def _resync(self, symbol: str) -> None:
+    async def _resync(self: StreamerParts, symbol: str) -> None:
         """Fetch ``symbol``'s book and publish it on the depth stream as a DepthSnapshot, once
         it is new enough to bridge to the diffs put since the gap (``L + 1 >= U``)."""
         ds = self._depth[symbol]
@@ -87,6 +93,7 @@ class DepthResync:
                 if self.epoch is not None:
                     snap[PRODUCER_EPOCH] = self.epoch
                 try:
+                    # run() sets the producer before any resync starts.
                     self._producer.put(  # type: ignore[union-attr]
                         self._routes[DEPTH_DELTA], symbol, orjson.dumps(snap)
                     )
@@ -114,7 +121,7 @@ class DepthResync:
         finally:
             ds.task = None
 
-    def _check_chain(self, record: dict[str, Any], symbol: str) -> None:
+    def _check_chain(self: StreamerParts, record: dict[str, Any], symbol: str) -> None:
         first, final = record["first_update_id"], record["final_update_id"]
         prev = self._last_u.get(symbol)
         if prev is not None and first != prev + 1:

@@ -277,6 +277,7 @@ class Streamer(GapFill, DepthResync, Reporting):
         if self.epoch is not None:
             record[PRODUCER_EPOCH] = self.epoch
         try:
+            # run() sets the producer before the first frame: no None check on the hot path.
             self._producer.put(stream, symbol, orjson.dumps(record))  # type: ignore[union-attr]
         except RecordTooLargeError as exc:
             self._dead_letter(str(exc), raw, ingest_ts, link)
@@ -443,8 +444,8 @@ class Streamer(GapFill, DepthResync, Reporting):
             done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
             for t in done:
-                if t is not waiter and t.exception() is not None:
-                    raise t.exception()  # type: ignore[misc]
+                if t is not waiter and (exc := t.exception()) is not None:
+                    raise exc
         finally:
             self.state = "stopping"
             await self._shutdown(tasks, session, keeper_stop, keeper)
@@ -580,8 +581,8 @@ class Streamer(GapFill, DepthResync, Reporting):
         if session is not None:
             await session.close()
         pending = list(self._tasks)
-        for t in pending:
-            t.cancel()
+        for fut in pending:
+            fut.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         # Gaps whose next trade never came: written with an open end.
         for st in self._trades.values():

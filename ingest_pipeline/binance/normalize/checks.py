@@ -17,6 +17,10 @@ INF = float("inf")
 
 Check = Callable[[Any], "str | None"]
 Spec = tuple[tuple[Any, str, Check], ...]
+# The JSON container a payload must be: an object (most) or an array (a REST kline).
+Container = type[dict[Any, Any]] | type[list[Any]]
+# Checks between fields, each with the message when it does not hold.
+Relations = tuple[tuple[str, Callable[[Any], bool]], ...]
 
 
 def short(value: Any) -> str:
@@ -105,7 +109,7 @@ def want_event(name: str) -> Check:
     return check
 
 
-def diagnose(obj: Any, spec: Spec, container: type = dict) -> str | None:
+def diagnose(obj: Any, spec: Spec, container: Container = dict) -> str | None:
     if type(obj) is not container:
         kind = "object" if container is dict else "array"
         return f"expected a JSON {kind}, got {type(obj).__name__}: {short(obj)}"
@@ -130,8 +134,8 @@ def fail(
     what: str,
     raw: Any,
     spec: Spec,
-    relations: tuple[tuple[str, Callable[[Any], bool]], ...] = (),
-    container: type = dict,
+    relations: Relations = (),
+    container: Container = dict,
 ) -> MalformedPayload:
     reason = diagnose(raw, spec, container)
     if reason is None:

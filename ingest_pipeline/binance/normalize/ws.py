@@ -5,7 +5,7 @@ I/O; the rules are ``normalize/__init__.py``'s."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -13,6 +13,7 @@ from ingest_pipeline.binance.normalize.checks import (
     AGG_TRADE_FIELDS,
     FIRST_LAST,
     INF,
+    Relations,
     Spec,
     diagnose,
     fail,
@@ -234,7 +235,7 @@ _KLINE_WS_K: Spec = tuple(
         ("V", want_non_negative), ("Q", want_non_negative),
     )
 )  # fmt: skip
-_KLINE_WS_RELATIONS = (
+_KLINE_WS_RELATIONS: Relations = (
     ("'k.s' differs from 's'", lambda d: d["k"]["s"] == d["s"]),
     ("open time 'k.t' > close time 'k.T'", lambda d: d["k"]["t"] <= d["k"]["T"]),
 )
@@ -346,7 +347,8 @@ def parse_ws_message(
     try:
         if event is None:
             if (type(stream) is str and stream.endswith("@bookTicker")) or data.keys() >= _BBA_KEYS:
-                data_type, record = BBA, bba_from_ws(data, ingest_ts)
+                # A TypedDict is a plain dict at runtime, which mypy does not let pass as one.
+                data_type, record = BBA, cast(Record, bba_from_ws(data, ingest_ts))
             elif _is_control(msg):
                 return CONTROL, msg
             elif _is_shutdown(msg):
