@@ -65,18 +65,18 @@ from ingest_pipeline.defs.checks import (
 from ingest_pipeline.defs.partitions import hourly_partitions, partition_hours
 from ingest_pipeline.defs.resources import BronzeResource, s3_resource
 from ingest_pipeline.features.coverage import BBA_SOURCE, DEPTH_SOURCE, KLINE_SOURCE, TRADE_SOURCE
-from ingest_pipeline.features.offline import (
+from ingest_pipeline.features.offline import SymbolInputs
+from ingest_pipeline.features.spec import DEFAULT_SPEC, FeatureSpec, duration_suffix
+from ingest_pipeline.features.tables import (
     BOOK_TABLE,
     KLINE_TABLE,
     SOURCE_TABLES,
     TRADE_TABLE,
     TRAINING_TABLE,
-    SymbolInputs,
     hour_table,
     join_tables,
     table_columns,
 )
-from ingest_pipeline.features.spec import DEFAULT_SPEC, FeatureSpec, duration_suffix
 from ingest_pipeline.records import (
     AGG_TRADES,
     BBA,

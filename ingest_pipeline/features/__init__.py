@@ -4,26 +4,19 @@
 - :mod:`.formulas` - the arithmetic from per-step primitives to columns (shared), exact sums.
 - :mod:`.coverage` - what time each source covered, and what a hole means for a row (shared).
 - :mod:`.offline` - vectorized features for a range of steps (a symbol-hour, a day).
+- :mod:`.tables` - the silver tables: the training set split by source, and joined back.
 - :mod:`.online` - the incremental engine fed records in arrival order.
 - :mod:`.book` - order book rebuild from snapshot + diffs, with grid sampling.
 """
 
 from ingest_pipeline.features.book import BookTracker, OrderBook, SyncStats, price_ticks
 from ingest_pipeline.features.offline import (
-    BOOK_TABLE,
-    KLINE_TABLE,
-    SOURCE_TABLES,
-    TRADE_TABLE,
-    TRAINING_TABLE,
     FeatureResult,
     SymbolInputs,
     book_features,
     compute_features,
     hour_features,
-    hour_table,
-    join_tables,
     kline_features,
-    table_columns,
     trade_features,
 )
 from ingest_pipeline.features.online import OnlineFeatureEngine, rows_to_frame
@@ -33,6 +26,16 @@ from ingest_pipeline.features.spec import (
     GridRange,
     duration_suffix,
     hour_range,
+)
+from ingest_pipeline.features.tables import (
+    BOOK_TABLE,
+    KLINE_TABLE,
+    SOURCE_TABLES,
+    TRADE_TABLE,
+    TRAINING_TABLE,
+    hour_table,
+    join_tables,
+    table_columns,
 )
 
 __all__ = [

@@ -29,11 +29,6 @@ from ingest_pipeline.standins.simulator.basics import (
     HOUR_MS,
     KLINE_INTERVALS,
     MAX_BOOK_LEVELS,
-    PRICE_DECIMALS,
-    AggTrades,
-    Kline,
-    SymbolSpec,
-    Trades,
     format_units,
     mix64,
     stable_u64,
@@ -41,6 +36,14 @@ from ingest_pipeline.standins.simulator.basics import (
 from ingest_pipeline.standins.simulator.config import FAULT_KINDS, SimulatorConfig
 from ingest_pipeline.standins.simulator.market import Market
 from ingest_pipeline.standins.simulator.replay import Replayer, ReplaySymbol
+from ingest_pipeline.standins.simulator.rest_rows import (
+    REPLAY_DECIMALS,
+    agg_rows,
+    decimals_of,
+    kline_rows,
+    symbol_info,
+    trade_rows,
+)
 
 _JSON = "application/json;charset=UTF-8"
 _DIGITS = re.compile(r"^[0-9]{1,20}$")
@@ -393,7 +396,7 @@ class BinanceRest:
                 },
             ],
             "exchangeFilters": [],
-            "symbols": [_symbol_info(self.market[s].spec) for s in wanted],
+            "symbols": [symbol_info(self.market[s].spec) for s in wanted],
         }
 
     def _trades(self, request: web.Request, now_ms: int) -> list[dict[str, Any]]:
@@ -403,9 +406,9 @@ class BinanceRest:
         replayed = self._replayed(symbol)
         if replayed is not None:
             sym, replay = replayed
-            return _trade_rows(sym.recent_trades(limit, replay.offset()), _REPLAY_DECIMALS)
+            return trade_rows(sym.recent_trades(limit, replay.offset()), REPLAY_DECIMALS)
         model = self.market[symbol]
-        return _trade_rows(model.recent_trades(limit, now_ms), decimals_of(model.spec))
+        return trade_rows(model.recent_trades(limit, now_ms), decimals_of(model.spec))
 
     def _historical_trades(self, request: web.Request, now_ms: int) -> list[dict[str, Any]]:
         q = request.query
@@ -417,14 +420,14 @@ class BinanceRest:
             sym, replay = replayed
             offset = replay.offset()
             if from_id is None:
-                return _trade_rows(sym.recent_trades(limit, offset), _REPLAY_DECIMALS)
-            return _trade_rows(sym.trades_from_id(from_id, limit, offset), _REPLAY_DECIMALS)
+                return trade_rows(sym.recent_trades(limit, offset), REPLAY_DECIMALS)
+            return trade_rows(sym.trades_from_id(from_id, limit, offset), REPLAY_DECIMALS)
         model = self.market[symbol]
         if from_id is None:
             trades = model.recent_trades(limit, now_ms)
         else:
             trades = model.trades_from_id(from_id, limit, now_ms)
-        return _trade_rows(trades, decimals_of(model.spec))
+        return trade_rows(trades, decimals_of(model.spec))
 
     def _agg_trades(self, request: web.Request, now_ms: int) -> list[dict[str, Any]]:
         q = request.query
@@ -454,7 +457,7 @@ class BinanceRest:
                 aggs = sym.recent_aggs(limit, offset)
             else:
                 aggs = sym.aggs_by_time(start, end, limit, offset)  # type: ignore[arg-type]
-            return _agg_rows(aggs, _REPLAY_DECIMALS)
+            return agg_rows(aggs, REPLAY_DECIMALS)
         model = self.market[symbol]
         if from_id is not None:
             aggs = model.aggs_from_id(from_id, limit, now_ms)
@@ -462,7 +465,7 @@ class BinanceRest:
             aggs = model.recent_aggs(limit, now_ms)
         else:
             aggs = model.aggs_by_time(start, end, limit, now_ms)  # type: ignore[arg-type]
-        return _agg_rows(aggs, decimals_of(model.spec))
+        return agg_rows(aggs, decimals_of(model.spec))
 
     def _klines(self, request: web.Request, now_ms: int) -> list[list[Any]]:
         q = request.query
@@ -480,10 +483,10 @@ class BinanceRest:
         if replayed is not None:
             sym, replay = replayed
             klines = sym.klines(interval, start, end, limit, replay.offset(), replay.now_ms())
-            return _kline_rows(klines, _REPLAY_DECIMALS)
+            return kline_rows(klines, REPLAY_DECIMALS)
         model = self.market[symbol]
         klines = model.klines(interval, start, end, limit, now_ms)
-        return _kline_rows(klines, decimals_of(model.spec))
+        return kline_rows(klines, decimals_of(model.spec))
 
     def _depth(self, request: web.Request, now_ms: int) -> dict[str, Any]:
         q = request.query
@@ -508,140 +511,3 @@ class BinanceRest:
                 for p, s in zip(book.ask_px.tolist(), book.ask_qty.tolist(), strict=True)
             ],
         }
-
-
-def _symbol_info(spec: SymbolSpec) -> dict[str, Any]:
-    """exchangeInfo entry in the layout of a real 2021 response."""
-    tick = format_units(1, spec.price_decimals)
-    step = format_units(1, spec.qty_decimals)
-    return {
-        "symbol": spec.symbol,
-        "status": "TRADING",
-        "baseAsset": spec.base_asset,
-        "baseAssetPrecision": 8,
-        "quoteAsset": spec.quote_asset,
-        "quotePrecision": 8,
-        "quoteAssetPrecision": 8,
-        "baseCommissionPrecision": 8,
-        "quoteCommissionPrecision": 8,
-        "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT"],
-        "icebergAllowed": True,
-        "ocoAllowed": True,
-        "quoteOrderQtyMarketAllowed": True,
-        "isSpotTradingAllowed": True,
-        "isMarginTradingAllowed": False,
-        "filters": [
-            {
-                "filterType": "PRICE_FILTER",
-                "minPrice": tick,
-                "maxPrice": "1000000.00000000",
-                "tickSize": tick,
-            },
-            {
-                "filterType": "PERCENT_PRICE",
-                "multiplierUp": "5",
-                "multiplierDown": "0.2",
-                "avgPriceMins": 5,
-            },
-            {
-                "filterType": "LOT_SIZE",
-                "minQty": step,
-                "maxQty": "9000000.00000000",
-                "stepSize": step,
-            },
-            {
-                "filterType": "MIN_NOTIONAL",
-                "minNotional": "10.00000000",
-                "applyToMarket": True,
-                "avgPriceMins": 5,
-            },
-            {"filterType": "ICEBERG_PARTS", "limit": 10},
-            {
-                "filterType": "MARKET_LOT_SIZE",
-                "minQty": "0.00000000",
-                "maxQty": "1000.00000000",
-                "stepSize": "0.00000000",
-            },
-            {"filterType": "MAX_NUM_ORDERS", "maxNumOrders": 200},
-            {"filterType": "MAX_NUM_ALGO_ORDERS", "maxNumAlgoOrders": 5},
-        ],
-        "permissions": ["SPOT"],
-    }
-
-
-# Replayed data keeps Binance's 8-decimal strings as exact integer units.
-_REPLAY_DECIMALS = (PRICE_DECIMALS, PRICE_DECIMALS)
-
-
-def decimals_of(spec: SymbolSpec) -> tuple[int, int]:
-    return spec.price_decimals, spec.qty_decimals
-
-
-def _trade_rows(t: Trades, decimals: tuple[int, int]) -> list[dict[str, Any]]:
-    pd, qd = decimals
-    return [
-        {
-            "id": i,
-            "price": format_units(p, pd),
-            "qty": format_units(s, qd),
-            "quoteQty": format_units(p * s, pd + qd),
-            "time": ts,
-            "isBuyerMaker": m,
-            "isBestMatch": True,
-        }
-        for i, p, s, ts, m in zip(
-            t.ids.tolist(),
-            t.price.tolist(),
-            t.qty.tolist(),
-            t.time.tolist(),
-            t.buyer_maker.tolist(),
-            strict=True,
-        )
-    ]
-
-
-def _agg_rows(a: AggTrades, decimals: tuple[int, int]) -> list[dict[str, Any]]:
-    pd, qd = decimals
-    return [
-        {
-            "a": i,
-            "p": format_units(p, pd),
-            "q": format_units(s, qd),
-            "f": f,
-            "l": last,
-            "T": ts,
-            "m": m,
-            "M": True,
-        }
-        for i, p, s, f, last, ts, m in zip(
-            a.ids.tolist(),
-            a.price.tolist(),
-            a.qty.tolist(),
-            a.first_id.tolist(),
-            a.last_id.tolist(),
-            a.time.tolist(),
-            a.buyer_maker.tolist(),
-            strict=True,
-        )
-    ]
-
-
-def _kline_rows(klines: list[Kline], decimals: tuple[int, int]) -> list[list[Any]]:
-    pd, qd = decimals
-    return [
-        [
-            k.open_time,
-            format_units(k.open, pd),
-            format_units(k.high, pd),
-            format_units(k.low, pd),
-            format_units(k.close, pd),
-            format_units(k.volume, qd),
-            k.close_time,
-            format_units(k.quote_volume, pd + qd),
-            k.count,
-            format_units(k.taker_buy_volume, qd),
-            format_units(k.taker_buy_quote, pd + qd),
-            "0",
-        ]
-        for k in klines
-    ]
