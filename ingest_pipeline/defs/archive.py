@@ -15,6 +15,9 @@ and Kinesis keeps them for the stream's retention (24 h by default). So:
 Records arriving after the cutoff are not in the archive; a re-run within retention picks them
 up and the bronze writer reports what changed.
 
+Each hour of a run gets its own materialization figures and check evaluations, as in bronze
+(``defs/bronze.py``, ``defs/checks.py``).
+
 Each asset reads the whole stream of its type for the hour and keeps its symbol's records
 (partition key = symbol): with S symbols a stream is read S times an hour. Fine for a handful of
 symbols; beyond that, one multi_asset per type reading each stream once is the next step.
@@ -29,18 +32,12 @@ from pydantic import PrivateAttr
 
 from ingest_pipeline import quality
 from ingest_pipeline.aws import EMULATOR_CREDENTIALS, is_loopback
-from ingest_pipeline.defs.bronze import (
-    BRONZE_GROUP,
-    _asset_metadata,
-    _hour_row,
-    _metadata,
-    bronze_key,
-    skippable_asset,
-)
-from ingest_pipeline.defs.checks import Check, check_results
+from ingest_pipeline.defs.bronze import bronze_asset, bronze_key, hour_metadata, human_size
+from ingest_pipeline.defs.catalog import with_code_references
+from ingest_pipeline.defs.checks import Check, hour_evaluations, hour_partition_key
 from ingest_pipeline.defs.partitions import hourly_partitions, partition_hours
 from ingest_pipeline.defs.resources import BronzeResource
-from ingest_pipeline.records import BBA, DEPTH_DELTA, TRADE, Record
+from ingest_pipeline.records import BBA, DEPTH_DELTA, TRADE
 from ingest_pipeline.settings import Settings
 from ingest_pipeline.storage.kinesis_reader import (
     ArchivedHour,
@@ -96,7 +93,6 @@ def kinesis_resource(settings: Settings) -> KinesisResource:
 class ArchiveType:
     data_type: str
     description: str
-    id_name: str
     checks: tuple[Check, ...]
 
 
@@ -106,7 +102,6 @@ ARCHIVE_KINDS = {
         TRADE,
         "Real-time trades (`<symbol>@trade`, MarketTrade, source `sbe`) as they reached "
         "Kinesis, deduplicated by trade id.",
-        "trade_id",
         (
             Check(
                 "ids_contiguous",
@@ -121,7 +116,6 @@ ARCHIVE_KINDS = {
         BBA,
         "Best bid/ask updates (`<symbol>@bookTicker`); spot bookTicker has no event time, so "
         "`event_ts` is the receive time.",
-        "update_id",
         (
             Check(
                 "update_ids_increasing",
@@ -134,7 +128,6 @@ ARCHIVE_KINDS = {
         DEPTH_DELTA,
         "Order book diffs (`<symbol>@depth@100ms`) with first/final update ids; the first diff "
         "after a gap carries `gap: true`.",
-        "final_update_id",
         (
             Check(
                 "depth_chain",
@@ -157,12 +150,15 @@ def stream_of(settings: Settings, data_type: str) -> str:
 
 def build_archive_asset(symbol: str, kind: ArchiveType, settings: Settings) -> dg.AssetsDefinition:
     partitions = hourly_partitions(settings)
-    key = bronze_key(symbol, kind.data_type)
+    key = bronze_key(symbol, kind.data_type, settings)
     stream = stream_of(settings, kind.data_type)
 
     # Skippable: a run over an hour that is not closed yet ends without a materialization.
-    @skippable_asset(
+    @bronze_asset(
         key,
+        settings,
+        symbol,
+        kind.data_type,
         kinds={"s3", "kinesis"},
         partitions=partitions,
         description=(
@@ -170,12 +166,13 @@ def build_archive_asset(symbol: str, kind: ArchiveType, settings: Settings) -> d
             "(AT_TIMESTAMP over every shard, grace for late arrivals, bounded by retention). "
             "Gzip JSONL, one object per hour."
         ),
-        metadata={**_asset_metadata(symbol, kind.data_type, settings), "kinesis_stream": stream},
+        metadata={"kinesis_stream": dg.MetadataValue.text(stream)},
         checks=kind.checks,
+        skippable=True,
     )
     def _asset(
         context: dg.AssetExecutionContext, kinesis: KinesisResource, bronze: BronzeResource
-    ) -> Iterator[dg.MaterializeResult]:
+    ) -> Iterator[dg.MaterializeResult | dg.AssetCheckEvaluation]:
         hours = list(partition_hours(context))
         now = now_ms()
         grace_ms = int(kinesis.grace_seconds * 1000)
@@ -197,34 +194,26 @@ def build_archive_asset(symbol: str, kind: ArchiveType, settings: Settings) -> d
                 "(agg_trades, trades) still cover that hour's trades.",
                 metadata={"retention_hours": reader.retention_hours(stream)},
             ) from None
+        context.log.info(f"Kinesis stream {stream} keeps records {retention} h")
         store = bronze.get_store()
-        rows: list[dict[str, Any]] = []
-        changes: dict[str, int] = {}
-        reads: dict[str, Any] = {}
-        verdicts: dict[str, list[tuple[int, quality.Verdict]]] = {c.name: [] for c in kind.checks}
-        last: list[Record] = []
+        verdicts: dict[int, dict[str, quality.Verdict]] = {}
         for hour in hours:
             archived = archive_hour(
                 reader, store, stream, symbol, kind.data_type, hour, hour + HOUR_MS + grace_ms
             )
             _log_hour(context, bronze, symbol, kind.data_type, hour, archived)
-            rows.append(_hour_row(hour, archived.result, len(archived.read.malformed)))
-            changes = archived.result.changes or changes
-            reads[f"{from_ms(hour):%Y-%m-%d %H}h"] = {
-                **archived.read.summary(),
-                "kinesis_duplicates": archived.duplicates,
-            }
-            for check in kind.checks:
-                verdicts[check.name].append((hour, check.rule(archived)))
-            last = archived.records
-        meta = _metadata(rows, kind.id_name, changes, last)
-        meta["kinesis_read"] = dg.MetadataValue.json(reads)
-        meta["retention_hours"] = dg.MetadataValue.int(retention)
-        yield dg.MaterializeResult(
-            asset_key=key,
-            metadata=meta,
-            check_results=check_results(context, key, kind.checks, verdicts),
-        )
+            read = archived.read
+            meta = hour_metadata(
+                kind.data_type, archived.result, archived.records, len(read.malformed)
+            )
+            meta["kinesis_duplicates"] = dg.MetadataValue.int(archived.duplicates)
+            meta["outside_window"] = dg.MetadataValue.int(read.outside_window)
+            meta["kinesis_read"] = dg.MetadataValue.json(read.summary())
+            context.add_asset_metadata(meta, asset_key=key, partition_key=hour_partition_key(hour))
+            verdicts[hour] = {check.name: check.rule(archived) for check in kind.checks}
+        # No metadata here: Dagster would copy it onto every hour of a range.
+        yield dg.MaterializeResult(asset_key=key)
+        yield from hour_evaluations(context, key, kind.checks, verdicts)
 
     return _asset
 
@@ -250,31 +239,16 @@ def _log_hour(
         context.log.warning(f"{result.uri} replaced, records changed: {result.changes}")
     context.log.info(
         f"{result.uri}: {result.records} records ({archived.duplicates} Kinesis duplicates "
-        f"dropped), {result.bytes} B, {result.action}; shards: {read.summary()['shards']}"
+        f"dropped), {human_size(result.bytes)}, {result.action}; shards: "
+        f"{read.summary()['shards']}"
     )
 
 
 def build_archive_assets(settings: Settings) -> list[dg.AssetsDefinition]:
-    return [
-        build_archive_asset(symbol, ARCHIVE_KINDS[t], settings)
-        for symbol in settings.symbols
-        for t in ARCHIVE_TYPES
-    ]
-
-
-# The archive of the hour just closed, at the same minute as the REST history: the grace
-# (240 s by default) has passed by then. Backfills over past hours are bounded by retention.
-ARCHIVE_MINUTE_OF_HOUR = 5
-archive_selection = dg.AssetSelection.groups(BRONZE_GROUP) & dg.AssetSelection.kind("kinesis")
-
-bronze_archive_job = dg.define_asset_job(
-    "bronze_archive_hourly",
-    selection=archive_selection,
-    description="trade, bba and depth_delta of the hour just closed, read back from Kinesis.",
-)
-
-
-def build_archive_schedule() -> dg.ScheduleDefinition:
-    return dg.build_schedule_from_partitioned_job(
-        bronze_archive_job, minute_of_hour=ARCHIVE_MINUTE_OF_HOUR
+    return with_code_references(
+        [
+            build_archive_asset(symbol, ARCHIVE_KINDS[t], settings)
+            for symbol in settings.symbols
+            for t in ARCHIVE_TYPES
+        ]
     )
