@@ -91,8 +91,9 @@ def this_run_materializations(
 ) -> dict[str, AssetCheckEvaluationTargetMaterializationData]:
     """This run's stored materializations of ``asset_key``, by partition (the latest one when
     a partition was materialized twice): what an evaluation of that hour checked."""
+    run_id = context.run.run_id
     records = context.instance.get_records_for_run(
-        context.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION
+        run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION
     ).records
     out: dict[str, AssetCheckEvaluationTargetMaterializationData] = {}
     for r in records:
@@ -100,7 +101,7 @@ def this_run_materializations(
         if event is None or event.asset_key != asset_key or event.partition is None:
             continue
         out[event.partition] = AssetCheckEvaluationTargetMaterializationData(
-            storage_id=r.storage_id, run_id=context.run_id, timestamp=r.timestamp
+            storage_id=r.storage_id, run_id=run_id, timestamp=r.timestamp
         )
     return out
 
