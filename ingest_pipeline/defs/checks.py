@@ -111,14 +111,20 @@ def hour_evaluations(
     asset_key: dg.AssetKey,
     checks: Sequence[Check],
     verdicts: Mapping[int, Mapping[str, quality.Verdict]],
+    fail_on_blocking: bool = True,
 ) -> Iterator[dg.AssetCheckEvaluation]:
     """One evaluation per hour and selected check, each naming this run's materialization of
-    its hour. Call (and yield from) it after the hours' materializations were yielded."""
+    its hour. Call (and yield from) it after the hours' materializations were yielded.
+
+    Once all are yielded, a failed blocking check fails the step with a ``dg.Failure`` naming
+    the hours and checks (``fail_on_blocking``; Dagster would fail it anyway, with its own
+    stack trace and no hour)."""
     selected = context.selected_asset_check_keys
     wanted = [c for c in checks if dg.AssetCheckKey(asset_key, c.name) in selected]
     if not wanted or not verdicts:
         return
     targets = this_run_materializations(context, asset_key)
+    blocked: list[str] = []
     for hour, by_check in sorted(verdicts.items()):
         partition = hour_partition_key(hour)
         target = targets.get(partition)
@@ -130,6 +136,8 @@ def hour_evaluations(
             )
         for c in wanted:
             v = by_check[c.name]
+            if c.blocking and not v.passed and c.severity == dg.AssetCheckSeverity.ERROR:
+                blocked.append(f"{from_ms(hour):%Y-%m-%d %H}h {c.name} ({v.summary})")
             yield dg.AssetCheckEvaluation(
                 asset_key=asset_key,
                 check_name=c.name,
@@ -141,3 +149,9 @@ def hour_evaluations(
                 partition=partition,
                 target_materialization_data=target,
             )
+    if blocked and fail_on_blocking:
+        raise dg.Failure(
+            description=f"{'/'.join(asset_key.path)}: {len(blocked)} blocking check(s) failed, "
+            f"downstream assets of this run do not run: {'; '.join(blocked[:5])}"
+            + (f"; and {len(blocked) - 5} more" if len(blocked) > 5 else ""),
+        )

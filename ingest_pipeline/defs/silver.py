@@ -863,7 +863,9 @@ def _report(
         yield dg.AssetMaterialization(
             key, partition=hour_partition_key(o.hour), metadata=o.metadata
         )
-    yield from hour_evaluations(context, key, checks, {o.hour: o.verdicts for o in made})
+    # The multi-asset fails at its end, once the training set has left out the blocked hours.
+    verdicts = {o.hour: o.verdicts for o in made}
+    yield from hour_evaluations(context, key, checks, verdicts, fail_on_blocking=False)
     skipped = len(outcomes) - len(made)
     context.log.info(
         f"{'/'.join(key.path)}: {len(made)} hour(s) materialized"

@@ -102,26 +102,35 @@ def test_closed_hour_lands_with_checks(archive_settings: Settings) -> None:
     grace = (now_ms() - (hour + HOUR_MS)) / 1000 - 0.1
 
     result = materialize(s, TRADE, hour, grace)
-    # The hour is written; the blocking gap check then fails the step (downstream must wait).
+    # The hour is written; the blocking gap check then fails the step (downstream must wait),
+    # in one line naming the hour and the check.
     assert not result.success
+    error = result.get_step_failure_events()[0].step_failure_data.error
+    assert error.cls_name == "Failure"
+    assert (
+        f"bronze/{SYMBOL}/trade: 1 blocking check(s) failed, downstream assets of this run do "
+        f"not run: {from_ms(hour):%Y-%m-%d %H}h ids_contiguous (2 gap(s)" in error.message
+    )
     meta = result.asset_materializations_for_node(f"bronze__{SYMBOL}__trade")[0].metadata
-    assert meta["records"].value == 6 and meta["write_action"].value == "created"
-    assert meta["kinesis_read"].value[f"{from_ms(hour):%Y-%m-%d %H}h"]["kinesis_duplicates"] == 2
+    assert meta["dagster/row_count"].value == 6 and meta["write_action"].value == "created"
+    assert meta["kinesis_duplicates"].value == 2
+    assert meta["first_trade_id"].value == 1 and meta["last_trade_id"].value == 12
     ids = checks_of(result)["ids_contiguous"]
-    assert not ids.passed and ids.metadata["failures"].value
-    failure = next(iter(ids.metadata["failures"].value.values()))
-    assert failure["gaps"] == ["4..6", "9..11"]
+    assert not ids.passed and ids.partition == f"{from_ms(hour):%Y-%m-%d-%H:%M}"
+    assert ids.metadata["details"].value["gaps"] == ["4..6", "9..11"]
+    assert ids.metadata["gaps"].value == 2 and ids.metadata["missing_ids"].value == 6
     store = BronzeStore(aws_client("s3", s), s.bucket, s.bronze_prefix)
     assert [r["trade_id"] for r in store.read_hour(SYMBOL, TRADE, hour)] == [1, 2, 3, 7, 8, 12]
 
     result = materialize(s, BBA, hour, grace)
     bba = checks_of(result)["update_ids_increasing"]
-    assert not bba.passed and "15 -> 14" in str(bba.metadata["failures"].value)
+    assert not bba.passed and "15 -> 14" in str(bba.metadata["details"].value)
+    assert bba.metadata["not_increasing"].value == 1
 
     result = materialize(s, DEPTH_DELTA, hour, grace)
     chain_check = checks_of(result)["depth_chain"]
-    assert not chain_check.passed
-    failure = next(iter(chain_check.metadata["failures"].value.values()))
+    assert not chain_check.passed and chain_check.metadata["missing_update_ids"].value == 9
+    failure = chain_check.metadata["details"].value
     assert failure["break_list"] == [
         "u=9 -> U=12 (2 update ids missing)",
         "u=22 -> U=30 (7 update ids missing)",
@@ -158,7 +167,8 @@ def test_archive_assets_keys_kinds_and_schedule() -> None:
     graph = defs.resolve_asset_graph()
     for key in keys:
         node = graph.get(key)
-        assert node.group_name == "bronze" and node.kinds == {"s3", "kinesis"}
+        assert node.group_name == f"bronze/{key.path[1]}" and node.kinds == {"s3", "kinesis"}
+        assert node.tags["layer"] == "bronze" and node.tags["data_type"] == key.path[-1]
     schedule = defs.resolve_schedule_def("bronze_archive_hourly_schedule")
     at = datetime(2026, 11, 25, 18, 5, tzinfo=UTC)
     tick = schedule.evaluate_tick(dg.build_schedule_context(scheduled_execution_time=at))
