@@ -88,6 +88,11 @@ class DepthSnapshot(TypedDict):
     source: str
 
 
+# Field the streamer adds to every record it puts on Kinesis: the epoch of the lease it held
+# (streaming/lease.py), so a consumer or an audit can tell which process produced a record.
+# Not part of the records themselves: the stream archive drops it before bronze.
+PRODUCER_EPOCH = "epoch"
+
 SOURCE_REST = "rest"
 # Name kept from the original design, which planned Binance's binary (SBE) stream.
 SOURCE_WS = "sbe"

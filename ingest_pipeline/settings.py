@@ -269,8 +269,7 @@ def _validate(
     source = values.get("history_source")
     if source is not None and source not in HISTORY_SOURCES:
         raise SettingsError(
-            f"{origin}: key 'history_source' must be one of {', '.join(HISTORY_SOURCES)}, "
-            f"got {source!r}"
+            f"{where('history_source')} must be one of {', '.join(HISTORY_SOURCES)}, got {source!r}"
         )
     for key in ("streamer_supervisor_interval_seconds", "streamer_heartbeat_seconds"):
         if values.get(key) == 0:

@@ -12,8 +12,9 @@ Validation rules, the same everywhere:
 - ``bids``/``asks`` are kept exactly as sent (lists of ``[price, size]`` strings) after the same
   checks. Formats ``float`` accepts but Binance never sends (``"1e5"``, ``" 1"``, ``"1_0"``) are
   not refused: a strict character check costs ~75 ns a string, ~2 us on a typical depth diff;
-- a payload symbol is a non-empty alphanumeric string (Unicode letters allowed, SPEC §5), so it
-  can never smuggle ``/`` or ``..`` into an S3 key.
+- a payload symbol is a non-empty string of letters and digits (Unicode letters allowed) and
+  Binance's documented ``-``, ``_``, ``.`` after its first character (``symbols.py`` admits the same
+  alphabet), never ``..``: it can never smuggle ``/`` or ``..`` into an S3 key.
 
 Speed: each normalizer reads the fields and checks them in one expression on the fast path; only
 when that fails does ``_diagnose`` walk a field spec to find which field is wrong. A failure costs
@@ -127,8 +128,19 @@ def _want_bool(v: Any) -> str | None:
     return None if type(v) is bool else "expected true or false"
 
 
+_SYMBOL_SIGNS = str.maketrans("", "", "-_.")
+
+
+def _is_symbol(v: Any) -> bool:
+    # isalnum() decides every listed symbol today; the slow branch admits the rest of Binance's
+    # documented alphabet ``^[A-Z0-9-_.]{1,20}$``.
+    return type(v) is str and (
+        v.isalnum() or (v[:1].isalnum() and ".." not in v and v.translate(_SYMBOL_SIGNS).isalnum())
+    )
+
+
 def _want_symbol(v: Any) -> str | None:
-    return None if type(v) is str and v.isalnum() else "expected an alphanumeric symbol"
+    return None if _is_symbol(v) else "expected a symbol (letters, digits, '-', '_', '.')"
 
 
 def _want_text(v: Any) -> str | None:
@@ -466,7 +478,7 @@ def trade_from_ws(data: dict[str, Any], ingest_ts: int) -> MarketTrade:
         price = float(p)
         qty = float(q)
         ok = (
-            data["e"] == "trade" and type(sym) is str and sym.isalnum()
+            data["e"] == "trade" and _is_symbol(sym)
             and type(tid) is int and tid >= 0 and type(ts) is int and ts >= 0
             and type(p) is str and 0.0 < price < _INF and type(q) is str and 0.0 < qty < _INF
             and type(m) is bool
@@ -508,7 +520,7 @@ def agg_trade_from_ws(data: dict[str, Any], ingest_ts: int) -> MarketTrade:
         price = float(p)
         qty = float(q)
         ok = (
-            data["e"] == "aggTrade" and type(sym) is str and sym.isalnum()
+            data["e"] == "aggTrade" and _is_symbol(sym)
             and type(a) is int and a >= 0 and type(ts) is int and ts >= 0
             and type(f) is int and type(last) is int and 0 <= f <= last
             and type(p) is str and 0.0 < price < _INF and type(q) is str and 0.0 < qty < _INF
@@ -556,7 +568,7 @@ def bba_from_ws(data: dict[str, Any], ingest_ts: int) -> BestBidAsk:
         ask_px = float(a)
         ask_sz = float(aq)
         ok = (
-            type(u) is int and u >= 0 and type(sym) is str and sym.isalnum()
+            type(u) is int and u >= 0 and _is_symbol(sym)
             and type(b) is str and type(bq) is str and type(a) is str and type(aq) is str
             and 0.0 < bid_px < _INF and 0.0 < bid_sz < _INF
             and 0.0 < ask_px < _INF and 0.0 < ask_sz < _INF
@@ -596,7 +608,7 @@ def depth_delta_from_ws(data: dict[str, Any], ingest_ts: int) -> DepthDelta:
         asks = data["a"]
         ok = (
             data["e"] == "depthUpdate" and type(ts) is int and ts >= 0
-            and type(sym) is str and sym.isalnum()
+            and _is_symbol(sym)
             and type(first) is int and type(final) is int and 0 <= first <= final
             and _levels_ok(bids, True) and _levels_ok(asks, True)
         )  # fmt: skip
@@ -647,7 +659,7 @@ def kline_from_ws(data: dict[str, Any], ingest_ts: int) -> Kline:
         n = k["n"]
         values = _kline_values(k["o"], k["h"], k["l"], k["c"], k["v"], k["q"], k["V"], k["Q"])
         ok = (
-            data["e"] == "kline" and type(sym) is str and sym.isalnum()
+            data["e"] == "kline" and _is_symbol(sym)
             and k["s"] == sym and type(interval) is str and interval != ""
             and type(open_time) is int and type(close_time) is int and 0 <= open_time <= close_time
             and type(n) is int and n >= 0

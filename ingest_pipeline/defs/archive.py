@@ -15,6 +15,16 @@ and Kinesis keeps them for the stream's retention (24 h by default). So:
 Records arriving after the cutoff are not in the archive; a re-run within retention picks them
 up and the bronze writer reports what changed.
 
+The depth stream also carries the streamer's ``DepthSnapshot`` records (one after each restart
+and each gap in a symbol's diff chain): the ``depth_delta`` asset writes them into the hour's
+bronze ``depth_snapshot`` object, merged with the hourly REST captures already there (captures
+accumulate as resync points), so offline silver resyncs its books where the online engine did.
+The ``epoch`` the streamer stamps on each record (which process produced it) is dropped.
+
+Trades the streamer could not put on the stream are in its gap records
+(``streaming.continuity.GapStore``): the ``trade`` asset leaves their time out of the hour's
+coverage, and its id check accepts the holes they explain.
+
 Each hour of a run gets its own materialization figures and check evaluations, as in bronze
 (``defs/bronze.py``, ``defs/checks.py``).
 
@@ -30,7 +40,7 @@ from typing import Any
 import dagster as dg
 from pydantic import PrivateAttr
 
-from ingest_pipeline import quality
+from ingest_pipeline import quality, spans
 from ingest_pipeline.aws import EMULATOR_CREDENTIALS, is_loopback
 from ingest_pipeline.defs.bronze import bronze_asset, bronze_key, hour_metadata, human_size
 from ingest_pipeline.defs.catalog import with_code_references
@@ -39,12 +49,15 @@ from ingest_pipeline.defs.partitions import hourly_partitions, partition_hours
 from ingest_pipeline.defs.resources import BronzeResource
 from ingest_pipeline.records import BBA, DEPTH_DELTA, TRADE
 from ingest_pipeline.settings import Settings
+from ingest_pipeline.spans import Spans
 from ingest_pipeline.storage.kinesis_reader import (
     ArchivedHour,
     KinesisReader,
     WindowNotReadable,
     archive_hour,
 )
+from ingest_pipeline.streaming import StreamerConfig
+from ingest_pipeline.streaming.continuity import GapStore, gap_span
 from ingest_pipeline.timeutil import HOUR_MS, from_ms, now_ms
 
 ARCHIVE_TYPES = (TRADE, BBA, DEPTH_DELTA)
@@ -105,9 +118,10 @@ ARCHIVE_KINDS = {
         (
             Check(
                 "ids_contiguous",
-                "Trade ids of the hour form one contiguous range (gaps listed with their ranges: "
-                "trades the streamer missed and could not backfill).",
-                lambda a: quality.check_contiguous_ids(a.records, "trade_id"),
+                "Trade ids of the hour form one contiguous range, except spans the streamer "
+                "recorded as gaps (their time is outside the object's coverage); other gaps "
+                "are listed with their ranges.",
+                lambda a: _trade_ids_rule(a),
                 blocking=True,
             ),
         ),
@@ -138,6 +152,45 @@ ARCHIVE_KINDS = {
         ),
     ),
 }
+
+
+def _trade_ids_rule(archived: ArchivedHour) -> quality.Verdict:
+    """Contiguous trade ids; holes the streamer recorded (gap records) are known, not bad."""
+    verdict = quality.check_contiguous_ids(archived.records, "trade_id")
+    if verdict.passed or not archived.known_gaps:
+        return verdict
+    ids = sorted(r["trade_id"] for r in archived.records)
+    if len(ids) != len(set(ids)):
+        return verdict
+    holes = quality.id_gaps(ids)
+    unknown = [(a, b) for a, b in holes
+               if not any(g0 <= a and b <= g1 for g0, g1 in archived.known_gaps)]  # fmt: skip
+    if unknown:
+        return verdict
+    n = sum(b - a + 1 for a, b in holes)
+    return quality.Verdict(
+        True,
+        f"{len(ids)} trade_ids, contiguous but for {n} id(s) in recorded streamer gaps",
+        {"recorded_gaps": [f"{a}..{b}" for a, b in holes]},
+        verdict.numbers,
+    )
+
+
+def stream_gaps(
+    bronze: BronzeResource, symbol: str, hours: list[int]
+) -> dict[int, tuple[Spans | None, list[tuple[int, int]]]]:
+    """Per hour: the coverage of the trade stream (None: the whole hour) and the id ranges
+    of the streamer's gap records (``streaming.continuity.GapStore``) that reach into it."""
+    store = GapStore(bronze.s3.get_client(), bronze.bucket, StreamerConfig().state_prefix)
+    records = store.list(symbol)
+    out: dict[int, tuple[Spans | None, list[tuple[int, int]]]] = {}
+    for hour in hours:
+        inside = [(g, gap_span(g, hour)) for g in records]
+        inside = [(g, (lo, hi)) for g, (lo, hi) in inside if lo < hi]
+        uncovered = [span for _, span in inside]
+        coverage = spans.gaps(uncovered, hour, hour + HOUR_MS) if uncovered else None
+        out[hour] = (coverage, [(g["first_id"], g["last_id"]) for g, _ in inside])
+    return out
 
 
 def stream_of(settings: Settings, data_type: str) -> str:
@@ -196,19 +249,31 @@ def build_archive_asset(symbol: str, kind: ArchiveType, settings: Settings) -> d
             ) from None
         context.log.info(f"Kinesis stream {stream} keeps records {retention} h")
         store = bronze.get_store()
+        # Trades the streamer recorded as never put: outside the hour's coverage.
+        gaps = stream_gaps(bronze, symbol, hours) if kind.data_type == TRADE else {}
         verdicts: dict[int, dict[str, quality.Verdict]] = {}
         for hour in hours:
+            coverage, known = gaps.get(hour, (None, []))
             archived = archive_hour(
-                reader, store, stream, symbol, kind.data_type, hour, hour + HOUR_MS + grace_ms
-            )
+                reader, store, stream, symbol, kind.data_type, hour, hour + HOUR_MS + grace_ms,
+                coverage, known,
+            )  # fmt: skip
             _log_hour(context, bronze, symbol, kind.data_type, hour, archived)
             read = archived.read
             meta = hour_metadata(
                 kind.data_type, archived.result, archived.records, len(read.malformed)
             )
+            meta["source"] = dg.MetadataValue.text("kinesis")
             meta["kinesis_duplicates"] = dg.MetadataValue.int(archived.duplicates)
             meta["outside_window"] = dg.MetadataValue.int(read.outside_window)
             meta["kinesis_read"] = dg.MetadataValue.json(read.summary())
+            meta["retention_hours"] = dg.MetadataValue.int(retention)
+            snap = archived.snapshot_result
+            if snap is not None:
+                meta["stream_depth_snapshots"] = dg.MetadataValue.int(len(archived.snapshots))
+                meta["depth_snapshot_uri"] = dg.MetadataValue.text(snap.uri)
+                meta["depth_snapshot_records"] = dg.MetadataValue.int(snap.records)
+                meta["depth_snapshot_write_action"] = dg.MetadataValue.text(snap.action)
             context.add_asset_metadata(meta, asset_key=key, partition_key=hour_partition_key(hour))
             verdicts[hour] = {check.name: check.rule(archived) for check in kind.checks}
         # No metadata here: Dagster would copy it onto every hour of a range.
@@ -237,6 +302,12 @@ def _log_hour(
     result = archived.result
     if result.changes:
         context.log.warning(f"{result.uri} replaced, records changed: {result.changes}")
+    snap = archived.snapshot_result
+    if snap is not None:
+        context.log.info(
+            f"{snap.uri}: {len(archived.snapshots)} depth snapshots from the stream merged with "
+            f"the hour's captures: {snap.records} snapshots, {snap.action}"
+        )
     context.log.info(
         f"{result.uri}: {result.records} records ({archived.duplicates} Kinesis duplicates "
         f"dropped), {human_size(result.bytes)}, {result.action}; shards: "

@@ -7,7 +7,8 @@ termination there as ``DagsterExecutionInterruptedError`` (a BaseException), and
 run ends. The job runs in process (the run worker is the streamer process) and is tagged
 ``dagster/max_runtime: 0``, so run monitoring never times it out.
 
-Heartbeat: a small JSON (time, pid, health summary) in the instance's key-value store
+Heartbeat: a small JSON (time, host, pid and its start time, health summary, lease epoch) in
+the instance's key-value store
 (``run_storage.set_cursor_values``), one key per run, rewritten every
 ``streamer_heartbeat_seconds``. Why there: it is one upsert of one row, costs nothing in the
 event log (an AssetObservation or log line a minute would add ~1,400 events a day to the run),
@@ -17,7 +18,14 @@ the health summary every ``LOG_EVERY_HEARTBEATS`` heartbeats, for people reading
 Sensor ``streamer_supervisor``: exactly one streamer run alive (queued, starting, started or
 canceling). Each tick is a few storage queries, never a stream read:
 - a started/canceling run whose heartbeat is older than ``streamer_stale_after_seconds`` is
-  dead (``kill -9``, host lost: the default run launcher does not notice) -> marked failed;
+  dead (``kill -9``, host lost: the default run launcher does not notice) or frozen -> marked
+  failed, and when its process still runs on this host ``KILL_AFTER_MIN_S`` later (same pid
+  *and* start time, so a reused pid is never hit) it gets SIGKILL. The sensor does not ask the
+  run launcher to terminate it: the default launcher's terminate is a call back into the code
+  server that evaluates this very sensor, and with a frozen worker it outlived the tick's
+  60 s limit. None of this is what keeps two processes from producing at once: the
+  streamer's S3 lease does (``streaming/lease.py``), wherever the process runs; a woken process
+  finds its lease lapsed, sends nothing more and exits by itself;
 - no run alive -> launch one, with ``run_key = streamer-<generation>`` (run keys are unique
   forever, and two overlapping ticks compute the same key, so the daemon creates one run);
   after consecutive crashes, wait with exponential backoff (state in the cursor);
@@ -31,6 +39,8 @@ fails it, and the next tick replaces it.
 import hashlib
 import json
 import os
+import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -53,6 +63,9 @@ LOG_EVERY_HEARTBEATS = 10
 HEALTHY_AFTER_S = 600.0
 MAX_BACKOFF_S = 1800.0
 STARTUP_GRACE_S = 60.0
+# A run marked failed whose process still runs on this host this long after (frozen, or stuck
+# in a flush) is killed. Long enough for a woken process to stop by itself.
+KILL_AFTER_MIN_S = 60.0
 
 ALIVE = [
     dg.DagsterRunStatus.QUEUED,
@@ -88,9 +101,33 @@ def read_heartbeats(instance: dg.DagsterInstance, run_ids: list[str]) -> dict[st
     return {k[len(HEARTBEAT_PREFIX) :]: json.loads(v) for k, v in raw.items()}
 
 
+def process_start_ticks(pid: int | str = "self") -> int | None:
+    """The process's start time (clock ticks since boot, /proc/<pid>/stat field 22): with the
+    pid, it names one process for good (pids are reused, start times are not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces: split after it.
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":  # a zombie is not alive
+        return None
+    return int(fields[19])
+
+
+def lease_timing(settings: Settings) -> tuple[float, float]:
+    """(renew every, ttl) of the streamer's lease, from the heartbeat settings: renewed as often
+    as the heartbeat (at most every 5 s), expiring no later than the run is declared stale (at
+    most 30 s), so a replacement never waits long for the lease of a dead process."""
+    renew = min(5.0, float(settings.streamer_heartbeat_seconds))
+    ttl = max(3 * renew, min(30.0, float(settings.streamer_stale_after_seconds)))
+    return renew, ttl
+
+
 def health_summary(health: dict[str, Any]) -> dict[str, Any]:
     """What the sensor and a person need from ``Streamer.health()``."""
     streams = health["streams"]
+    continuity = health.get("continuity", {})
     return {
         "status": health["status"],
         "state": health["state"],
@@ -104,6 +141,10 @@ def health_summary(health: dict[str, Any]) -> dict[str, Any]:
         "circuit_state": health["kinesis"].get("circuit_state"),
         "kinesis_buffer": health["kinesis"].get("buffer_records"),
         "acknowledged": health["kinesis"].get("acknowledged"),
+        "epoch": continuity.get("epoch"),
+        "lease_held": (continuity.get("lease") or {}).get("held"),
+        "start_fill": continuity.get("start_fill"),
+        "gap_ids": continuity.get("gap_ids"),
     }
 
 
@@ -142,15 +183,23 @@ def build_streamer_job(settings: Settings) -> dg.JobDefinition:
     def run_streamer(context: dg.OpExecutionContext, config: StreamerRunConfig) -> None:
         instance, run_id = context.instance, context.run_id
         state = _state_dir(settings, instance)
+        renew_s, ttl_s = lease_timing(settings)
         streamer = Streamer(
             settings,
             StreamerConfig(
                 deadletter_dir=str(state / "deadletter"),
-                spill_dir=str(state / "spill"),
+                # A spill dir of its own per run: a predecessor still holding its own (frozen,
+                # or still flushing) never blocks the start; its files are adopted once its
+                # lock is free.
+                spill_dir=str(state / "spill" / run_id),
+                spill_root=str(state / "spill"),
                 health_port=config.health_port,
                 shutdown_flush_timeout_s=config.shutdown_flush_timeout_s,
+                lease_renew_s=renew_s,
+                lease_ttl_s=ttl_s,
             ),
         )
+        host, started = socket.gethostname(), process_start_ticks()
         stop = threading.Event()
         errors: list[BaseException] = []
 
@@ -165,7 +214,8 @@ def build_streamer_job(settings: Settings) -> dg.JobDefinition:
         def beat(**extra: Any) -> None:
             nonlocal beats
             summary = health_summary(streamer.health())
-            payload = {"ts": time.time(), "pid": os.getpid(), "run_id": run_id, **summary, **extra}
+            payload = {"ts": time.time(), "host": host, "pid": os.getpid(),
+                       "proc_start": started, "run_id": run_id, **summary, **extra}  # fmt: skip
             try:
                 write_heartbeat(instance, run_id, payload)
             except Exception as exc:  # a busy storage must not stop the stream
@@ -240,7 +290,36 @@ def _load_cursor(raw: str | None) -> dict[str, Any]:
         cursor = json.loads(raw) if raw else {}
     except ValueError:
         cursor = {}
-    return {"generation": 0, "crashes": 0, "last_failure": None, "failed_at": 0.0, **cursor}
+    return {"generation": 0, "crashes": 0, "last_failure": None, "failed_at": 0.0,
+            "to_kill": {}, **cursor}  # fmt: skip
+
+
+def _kill_leftovers(cursor: dict[str, Any], now: float, kill_after_s: float) -> list[str]:
+    """SIGKILL the processes of runs marked failed ``kill_after_s`` ago that still run on this
+    host (the same pid *and* start time as in their last heartbeat)."""
+    notes = []
+    host = socket.gethostname()
+    for run_id, entry in list(cursor["to_kill"].items()):
+        pid, started = entry.get("pid"), entry.get("proc_start")
+        alive = (
+            entry.get("host") == host
+            and isinstance(pid, int)
+            and started is not None
+            and process_start_ticks(pid) == started
+        )
+        if not alive:
+            del cursor["to_kill"][run_id]
+            continue
+        if now - entry["marked_at"] < kill_after_s:
+            continue
+        try:
+            os.kill(pid, signal.SIGKILL)
+            notes.append(f"killed pid {pid} of run {run_id[:8]} (alive {kill_after_s:.0f} s "
+                         "after it was marked failed)")  # fmt: skip
+        except OSError as exc:
+            notes.append(f"could not kill pid {pid} of run {run_id[:8]}: {exc}")
+        del cursor["to_kill"][run_id]
+    return notes
 
 
 def supervise(
@@ -255,7 +334,7 @@ def supervise(
     want = symbols_hash(settings.symbols)
     records = instance.get_run_records(dg.RunsFilter(job_name=STREAMER_JOB, statuses=ALIVE))
     beats = read_heartbeats(instance, [r.dagster_run.run_id for r in records])
-    notes: list[str] = []
+    notes: list[str] = _kill_leftovers(cursor, now, max(KILL_AFTER_MIN_S, 2 * stale_s))
     alive = []
     for rec in sorted(records, key=lambda r: r.create_timestamp):
         run = rec.dagster_run
@@ -270,8 +349,15 @@ def supervise(
                 instance.report_run_failed(
                     run,
                     f"{SUPERVISOR}: streamer run presumed dead ({what}, limit {stale_s:.0f} s): "
-                    "its process was killed or its host lost. A replacement is launched.",
+                    "its process was killed, frozen or its host lost. A replacement is "
+                    "launched; the streamer's lease keeps this one from producing should it "
+                    "still run.",
                 )
+                if beat:
+                    cursor["to_kill"][run.run_id] = {
+                        "host": beat.get("host"), "pid": beat.get("pid"),
+                        "proc_start": beat.get("proc_start"), "marked_at": now,
+                    }  # fmt: skip
                 notes.append(f"run {run.run_id[:8]} marked failed ({what})")
                 continue
         alive.append((rec, beat))

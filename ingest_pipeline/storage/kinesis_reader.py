@@ -27,13 +27,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from ingest_pipeline.records import Record, record_key
+from ingest_pipeline.records import DEPTH_DELTA, DEPTH_SNAPSHOT, PRODUCER_EPOCH, Record, record_key
+from ingest_pipeline.spans import Spans
 from ingest_pipeline.storage.bronze import BronzeStore, WriteResult
 from ingest_pipeline.timeutil import HOUR_MS
 
@@ -86,6 +87,12 @@ class WindowRead:
             "shards": {s.shard_id: f"{s.records} read, {s.kept} kept, {s.stopped}"
                        for s in self.shards},
         }  # fmt: skip
+
+
+def is_depth_snapshot(record: dict[str, Any]) -> bool:
+    """A ``DepthSnapshot`` (SPEC §2) among the depth stream's ``DepthDelta`` records: the
+    streamer publishes one after every restart and depth gap (a resync point for books)."""
+    return "last_update_id" in record and "final_update_id" not in record
 
 
 def _arrival_ms(record: dict[str, Any]) -> int:
@@ -164,7 +171,9 @@ class KinesisReader:
                     continue
                 try:
                     record = orjson.loads(rec["Data"])
-                    ts = record[time_field]
+                    # A depth snapshot published by the streamer on the depth stream carries
+                    # the snapshot's server time instead of an event time.
+                    ts = record["timestamp" if is_depth_snapshot(record) else time_field]
                     if not isinstance(ts, int):
                         raise TypeError(f"{time_field} is not an integer")
                 except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
@@ -182,6 +191,33 @@ class KinesisReader:
                     out.outside_window += 1
             log.info("%s %s: %d records read, %d kept, stopped: %s", stream, read.shard_id,
                      read.records, read.kept, read.stopped)  # fmt: skip
+        return out
+
+    def read_tail(self, stream: str, from_ms: int, cutoff_ms: int) -> WindowRead:
+        """Every record that *arrived* from ``from_ms`` (``AT_TIMESTAMP``) until the shard is
+        caught up or ``cutoff_ms``, over every shard: what a stream holds after a moment,
+        whatever the records' own times (the streamer's restart reads its predecessor's last
+        records this way)."""
+        out = WindowRead(stream, from_ms, cutoff_ms, cutoff_ms)
+        for shard in self.list_shards(stream):
+            read = ShardRead(shard["ShardId"], shard.get("ParentShardId"))
+            out.shards.append(read)
+            for rec in self._shard_records(stream, read, from_ms, cutoff_ms):
+                read.records += 1
+                try:
+                    record = orjson.loads(rec["Data"])
+                    if not isinstance(record, dict):
+                        raise TypeError(f"a JSON {type(record).__name__}, not an object")
+                except (orjson.JSONDecodeError, TypeError) as exc:
+                    out.malformed.append({
+                        "reason": f"{type(exc).__name__}: {exc}",
+                        "shard": read.shard_id,
+                        "sequence_number": rec["SequenceNumber"],
+                        "raw": bytes(rec["Data"]).decode("utf-8", "replace"),
+                    })  # fmt: skip
+                    continue
+                read.kept += 1
+                out.records.append(record)
         return out
 
     def _shard_records(
@@ -238,12 +274,17 @@ class KinesisReader:
 @dataclasses.dataclass
 class ArchivedHour:
     """One archived (symbol, type, hour): the records deduplicated by key in the order Kinesis
-    delivered them (what the checks look at), and what was written."""
+    delivered them (what the checks look at), and what was written. For ``depth_delta``, the
+    depth snapshots found on the stream too, and the ``depth_snapshot`` object they went to."""
 
     records: list[Record]
     duplicates: int
     read: WindowRead
     result: WriteResult
+    snapshots: list[Record] = dataclasses.field(default_factory=list)
+    snapshot_result: WriteResult | None = None
+    # Trade id ranges the streamer recorded as never put on the stream (its gap records).
+    known_gaps: list[tuple[int, int]] = dataclasses.field(default_factory=list)
 
 
 def dedup_in_order(records: list[Record], data_type: str) -> tuple[list[Record], int]:
@@ -267,19 +308,40 @@ def archive_hour(
     data_type: str,
     hour_ms: int,
     cutoff_ms: int,
+    coverage: Spans | None = None,
+    known_gaps: Sequence[tuple[int, int]] = (),
 ) -> ArchivedHour:
     """Read ``symbol``'s records of the hour from ``stream`` (arrived before ``cutoff_ms``) and
-    write them to bronze (sorted, deduplicated, idempotent: ``BronzeStore.write_hour``)."""
+    write them to bronze (sorted, deduplicated, idempotent: ``BronzeStore.write_hour``), with
+    ``coverage``: the spans of the hour the stream holds (None: all of it; the caller derives
+    it from the streamer's gap records, ``known_gaps`` their id ranges).
+
+    The depth stream also carries the streamer's depth snapshots (resync points after a
+    restart or a gap): they join the hour's ``depth_snapshot`` object, next to the hourly REST
+    captures already there, so offline books resync where online ones did.
+    """
     read = reader.read_window(stream, hour_ms, hour_ms + HOUR_MS, cutoff_ms, partition_key=symbol)
     # Our partition key is the symbol, so only this symbol's records are left; a record that
     # says otherwise is kept aside rather than written under the wrong symbol.
-    mine = []
+    mine: list[Record] = []
+    snapshots: list[Record] = []
     for r in read.records:
-        if r.get("symbol") == symbol:
-            mine.append(r)
-        else:
+        if r.get("symbol") != symbol:
             read.malformed.append({"reason": f"symbol {r.get('symbol')!r} under key {symbol!r}",
                                    "raw": orjson.dumps(r).decode()})  # fmt: skip
+            continue
+        # The producer's lease epoch is operational metadata, not part of the record (SPEC §2).
+        r.pop(PRODUCER_EPOCH, None)
+        if data_type == DEPTH_DELTA and is_depth_snapshot(r):
+            snapshots.append(r)
+        else:
+            mine.append(r)
     records, duplicates = dedup_in_order(mine, data_type)
-    result = store.write_hour(symbol, data_type, hour_ms, records)
-    return ArchivedHour(records, duplicates, read, result)
+    result = store.write_hour(symbol, data_type, hour_ms, records, coverage)
+    snapshot_result = None
+    if snapshots:
+        captured = store.read_hour(symbol, DEPTH_SNAPSHOT, hour_ms) or []
+        snapshot_result = store.write_hour(symbol, DEPTH_SNAPSHOT, hour_ms, captured + snapshots)
+    return ArchivedHour(
+        records, duplicates, read, result, snapshots, snapshot_result, list(known_gaps)
+    )

@@ -44,3 +44,13 @@ def get_bytes_or_none(s3: Any, bucket: str, key: str) -> bytes | None:
         if _absent(s3, bucket, key, exc):
             return None
         raise
+
+
+def get_object_or_none(s3: Any, bucket: str, key: str) -> dict[str, Any] | None:
+    """The ``GetObject`` response (body still to read, ``ETag``), or None when absent."""
+    try:
+        return s3.get_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if _absent(s3, bucket, key, exc):
+            return None
+        raise

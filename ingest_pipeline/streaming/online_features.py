@@ -28,12 +28,14 @@ of the offline form on ``GridRange(start, end, start, end)`` (labels null where 
 passes ``end_ms``). Without it, it runs until ``stop`` is set; rows whose labels are still
 open at that moment are not emitted (a row is only ever emitted once, final).
 
-Depth snapshots are not on the streams: they are the bronze ``depth_snapshot`` objects of the
-hours from the start to now, re-read every ``snapshot_poll_s``; each new one
-(``last_update_id`` not fed before) goes to the symbol's book. Until a snapshot that the
-streamed diffs can bridge to has arrived, the book features stay null (SPEC §4's procedure):
-a snapshot taken before the start is only usable if the diffs since it are read, so in
-practice the first usable one is the next hourly capture after the start.
+Depth snapshots come two ways, and each new one (``last_update_id`` not fed before) goes to
+the symbol's book: on the depth stream, where the streamer publishes a ``DepthSnapshot`` right
+after every (re)start and every gap in a symbol's diff chain (in stream order, after the diffs
+it must bridge to: a broken book resyncs within about a second), and as the bronze
+``depth_snapshot`` objects of the hours from the start to now, re-read every
+``snapshot_poll_s`` (the hourly captures), each fed just before the first diff past it, the
+order the offline form uses (``features.book.merged_book_events``). Until a snapshot that the
+streamed diffs can bridge to has arrived, the book features stay null (SPEC §4's procedure).
 
 Malformed data (not JSON, not an object, a missing or mistyped field) is counted per stream
 and logged with the reason; it never reaches an engine and never stops the consumer.
@@ -41,6 +43,7 @@ and logged with the reason; it never reaches an engine and never stops the consu
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import logging
 import threading
@@ -57,6 +60,7 @@ from ingest_pipeline.features.spec import DEFAULT_SPEC, FeatureSpec
 from ingest_pipeline.records import BBA, DEPTH_DELTA, DEPTH_SNAPSHOT, TRADE
 from ingest_pipeline.settings import Settings
 from ingest_pipeline.storage.bronze import BronzeStore
+from ingest_pipeline.storage.kinesis_reader import is_depth_snapshot
 from ingest_pipeline.timeutil import HOUR_MS, floor_hour, now_ms
 
 log = logging.getLogger(__name__)
@@ -87,6 +91,10 @@ _REQUIRED: dict[str, tuple[tuple[str, tuple[type, ...]], ...]] = {
     DEPTH_DELTA: (
         ("symbol", (str,)), ("event_ts", _INT), ("first_update_id", _INT),
         ("final_update_id", _INT), ("bids", (list,)), ("asks", (list,)),
+    ),
+    DEPTH_SNAPSHOT: (
+        ("symbol", (str,)), ("timestamp", _INT), ("last_update_id", _INT), ("bids", (list,)),
+        ("asks", (list,)),
     ),
 }  # fmt: skip
 
@@ -188,6 +196,8 @@ class OnlineFeatureConsumer:
         self.engines: dict[str, OnlineFeatureEngine] = {}
         self._shards: dict[tuple[str, str], _Shard] = {}
         self._snapshot_ids: dict[str, set[int]] = {}
+        # Bronze snapshots read but not fed yet, per symbol, by last_update_id.
+        self._pending: dict[str, list[Mapping[str, Any]]] = {}
         self._next_relist = 0.0
         self._listed = False
         self._next_snapshots = 0.0
@@ -319,6 +329,9 @@ class OnlineFeatureConsumer:
         except orjson.JSONDecodeError as exc:
             self._malformed(stream, rec, f"not JSON: {exc}")
             return
+        if data_type == DEPTH_DELTA and isinstance(record, dict) and is_depth_snapshot(record):
+            self._stream_snapshot(stream, rec, record)
+            return
         reason = check_record(data_type, record)
         if reason is not None:
             self._malformed(stream, rec, reason)
@@ -337,7 +350,10 @@ class OnlineFeatureConsumer:
         if self.end_ms is not None and ets >= self.end_ms:
             self.stats.after_end += 1
             return
-        self._engine(symbol).on_record(data_type, record)
+        engine = self._engine(symbol)
+        if data_type == DEPTH_DELTA:
+            self._release_snapshots(engine, record["final_update_id"])
+        engine.on_record(data_type, record)
 
     def _malformed(self, stream: str, rec: Mapping[str, Any], reason: str) -> None:
         self.stats.malformed[stream] += 1
@@ -358,6 +374,20 @@ class OnlineFeatureConsumer:
 
     # --- depth snapshots -------------------------------------------------------------------
 
+    def _stream_snapshot(self, stream: str, rec: Mapping[str, Any], snap: dict[str, Any]) -> None:
+        reason = check_record(DEPTH_SNAPSHOT, snap)
+        if reason is not None:
+            self._malformed(stream, rec, reason)
+            return
+        symbol = snap["symbol"]
+        if self.symbols is not None and symbol not in self.symbols:
+            self.stats.other_symbols += 1
+            return
+        if self.end_ms is not None and snap["timestamp"] >= self.end_ms:
+            self.stats.after_end += 1
+            return
+        self._feed_snapshot(self._engine(symbol), snap, "stream")
+
     def _feed_snapshots(self, only: str | None = None) -> None:
         if self._bronze is None:
             return
@@ -366,21 +396,38 @@ class OnlineFeatureConsumer:
         last = floor_hour(min(now, self.end_ms) if self.end_ms is not None else now)
         hours = range(floor_hour(self.start_ms), last + 1, HOUR_MS)
         for symbol in symbols:
-            seen = self._snapshot_ids.setdefault(symbol, set())
             for hour in hours:
                 try:
                     snaps = self._bronze.read_hour(symbol, DEPTH_SNAPSHOT, hour) or []
                 except Exception as exc:  # S3 trouble must not stop the stream consumer
                     log.warning("depth_snapshot %s %d: cannot read: %s", symbol, hour, exc)
                     continue
-                for snap in sorted(snaps, key=lambda s: s["last_update_id"]):
-                    if snap["last_update_id"] in seen:
-                        continue
-                    seen.add(snap["last_update_id"])
-                    self.engines[symbol].on_depth_snapshot(snap)
-                    self.stats.snapshots_fed += 1
-                    log.info("%s: depth snapshot %d (%d) fed", symbol, snap["last_update_id"],
-                             snap["timestamp"])  # fmt: skip
+                pending = self._pending.setdefault(symbol, [])
+                seen = self._snapshot_ids.setdefault(symbol, set())
+                for snap in snaps:
+                    if snap["last_update_id"] not in seen and snap not in pending:
+                        bisect.insort(pending, snap, key=lambda x: x["last_update_id"])
+
+    def _release_snapshots(self, engine: OnlineFeatureEngine, next_u: int) -> None:
+        """Bronze snapshots go to the book in the offline order (``merged_book_events``):
+        right after the diffs they contain, before the first diff past them. Fed as soon as
+        they are read, a snapshot newer than the diffs being read (a consumer catching up)
+        would make the book drop diffs an older snapshot could still bridge to."""
+        pending = self._pending.get(engine.symbol)
+        while pending and pending[0]["last_update_id"] < next_u:
+            self._feed_snapshot(engine, pending.pop(0), "bronze")
+
+    def _feed_snapshot(
+        self, engine: OnlineFeatureEngine, snap: Mapping[str, Any], via: str
+    ) -> None:
+        seen = self._snapshot_ids.setdefault(engine.symbol, set())
+        if snap["last_update_id"] in seen:
+            return
+        seen.add(snap["last_update_id"])
+        engine.on_depth_snapshot(snap)
+        self.stats.snapshots_fed += 1
+        log.info("%s: depth snapshot %d (%d) fed from %s", engine.symbol,
+                 snap["last_update_id"], snap["timestamp"], via)  # fmt: skip
 
     # --- closing steps ---------------------------------------------------------------------
 

@@ -570,6 +570,21 @@ def test_wrong_symbol_is_malformed() -> None:
     assert parse_ws_message(raw.decode(), INGEST, frozenset({"BNBBTC"}))[0] == TRADE
 
 
+@pytest.mark.parametrize("symbol", ["BTC-USDT", "BTC_USDT", "BTC.USDT", "币安人生USDT"])
+def test_every_symbol_the_settings_accept_is_streamable(symbol: str) -> None:
+    from ingest_pipeline.symbols import check_symbol
+
+    check_symbol(symbol)
+    record = trade_from_ws(_with(DOC_WS_TRADE, s=symbol), INGEST)
+    assert record["symbol"] == symbol
+
+
+@pytest.mark.parametrize("symbol", ["", ".BTC", "BTC..USDT", "BTC/USDT", "../x", "BTC USDT"])
+def test_payload_symbol_outside_the_alphabet_is_malformed(symbol: str) -> None:
+    with pytest.raises(MalformedPayload, match="'s'"):
+        trade_from_ws(_with(DOC_WS_TRADE, s=symbol), INGEST)
+
+
 def test_wrong_event_type_in_direct_call() -> None:
     with pytest.raises(MalformedPayload, match="'e'") as info:
         trade_from_ws(DOC_WS_AGG_TRADE, INGEST)

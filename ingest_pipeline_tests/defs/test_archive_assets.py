@@ -16,9 +16,11 @@ from ingest_pipeline.aws import aws_client
 from ingest_pipeline.defs.archive import ARCHIVE_KINDS, KinesisResource, build_archive_asset
 from ingest_pipeline.defs.bronze import bronze_key
 from ingest_pipeline.defs.resources import build_resources
-from ingest_pipeline.records import BBA, DEPTH_DELTA, TRADE
+from ingest_pipeline.records import BBA, DEPTH_DELTA, DEPTH_SNAPSHOT, TRADE
 from ingest_pipeline.settings import Settings
 from ingest_pipeline.storage.bronze import BronzeStore
+from ingest_pipeline.streaming import StreamerConfig
+from ingest_pipeline.streaming.continuity import GapStore
 from ingest_pipeline.timeutil import HOUR_MS, floor_hour, from_ms, now_ms
 
 SYMBOL = "BTCUSDT"
@@ -137,6 +139,85 @@ def test_closed_hour_lands_with_checks(archive_settings: Settings) -> None:
     ]
     assert failure["marked_gap"] == 1
     assert len(store.read_hour(SYMBOL, DEPTH_DELTA, hour)) == 5
+
+
+def test_recorded_streamer_gaps_leave_the_trade_hour_uncovered_not_failed(
+    archive_settings: Settings,
+) -> None:
+    s = archive_settings
+    hour = floor_hour(now_ms()) - HOUR_MS
+    t = hour + 10_000
+    trades = [{**base(t + i * 1000), "trade_id": i, "price": 1.0, "qty": 1.0,
+               "is_buyer_maker": True} for i in (1, 2, 3, 7, 8, 12, 13)]  # fmt: skip
+    put(s, s.kinesis_trade_stream, trades)
+    # The streamer recorded 4..6 as a gap (a downtime longer than its fill maximum), between
+    # the times of trades 3 and 7; 9..11 it did not record: a hole nobody explains.
+    gaps = GapStore(aws_client("s3", s), s.bucket, StreamerConfig().state_prefix)
+    gaps.write(SYMBOL, 4, 6, from_ts=t + 3000, to_ts=t + 7000, reason="test")
+    time.sleep(0.3)
+    grace = (now_ms() - (hour + HOUR_MS)) / 1000 - 0.1
+
+    result = materialize(s, TRADE, hour, grace)
+    ids = checks_of(result)["ids_contiguous"]
+    assert not ids.passed and ids.metadata["details"].value["gaps"] == ["4..6", "9..11"]
+    store = BronzeStore(aws_client("s3", s), s.bucket, s.bronze_prefix)
+    # The object's coverage leaves out the recorded gap's time, both ends included.
+    assert store.coverage(SYMBOL, TRADE, hour) == ((hour, t + 3000), (t + 7001, hour + HOUR_MS))
+
+    # Once the streamer's record explains every hole, the hour passes (silver treats the
+    # uncovered span as unknown).
+    gaps.write(SYMBOL, 9, 11, from_ts=t + 8000, to_ts=t + 12000, reason="test")
+    result = materialize(s, TRADE, hour, grace)
+    ids = checks_of(result)["ids_contiguous"]
+    assert ids.passed and "recorded streamer gaps" in ids.description
+    assert ids.metadata["gaps"].value == 2 and ids.metadata["missing_ids"].value == 6
+    assert store.coverage(SYMBOL, TRADE, hour) == (
+        (hour, t + 3000),
+        (t + 7001, t + 8000),
+        (t + 12001, hour + HOUR_MS),
+    )
+
+
+def test_stream_depth_snapshots_join_the_hours_captures(archive_settings: Settings) -> None:
+    s = archive_settings
+    hour = floor_hour(now_ms()) - HOUR_MS
+    t = hour + 1000
+    store = BronzeStore(aws_client("s3", s), s.bucket, s.bronze_prefix)
+    book = {"bids": [["10.0", "1.0"]], "asks": [["11.0", "2.0"]], "source": "rest"}
+    # The hourly REST capture of that hour, already in bronze.
+    rest = {"symbol": SYMBOL, "timestamp": t, "ingest_ts": t + 5, "last_update_id": 3, **book}
+    store.write_hour(SYMBOL, DEPTH_SNAPSHOT, hour, [rest])
+    # On the stream: diffs, and the streamer's resync snapshots (with its lease epoch).
+    chain = [(1, 5), (6, 9), (14, 20), (21, 22)]
+    depth: list[dict[str, Any]] = [
+        {**base(t + i), "first_update_id": a, "final_update_id": b, "bids": [], "asks": [],
+         "epoch": 4} for i, (a, b) in enumerate(chain)
+    ]  # fmt: skip
+    depth[2]["gap"] = True
+    snap = {"symbol": SYMBOL, "timestamp": t + 3, "ingest_ts": t + 4, "last_update_id": 15,
+            **book, "epoch": 4}  # fmt: skip
+    snap_next_hour = {**snap, "timestamp": hour + HOUR_MS + 5, "last_update_id": 99}
+    put(s, s.kinesis_depth_stream, [*depth[:3], snap, depth[3], snap_next_hour])
+    time.sleep(0.3)
+    grace = (now_ms() - (hour + HOUR_MS)) / 1000 - 0.1
+
+    result = materialize(s, DEPTH_DELTA, hour, grace)
+    meta = result.asset_materializations_for_node(f"bronze__{SYMBOL}__depth_delta")[0].metadata
+    diffs = store.read_hour(SYMBOL, DEPTH_DELTA, hour)
+    assert [d["final_update_id"] for d in diffs] == [5, 9, 20, 22]
+    assert not any("epoch" in d for d in diffs)
+    snaps = store.read_hour(SYMBOL, DEPTH_SNAPSHOT, hour)
+    assert [x["last_update_id"] for x in snaps] == [3, 15]  # the capture, then the resync
+    assert snaps[0] == rest and "epoch" not in snaps[1] and snaps[1]["timestamp"] == t + 3
+    assert meta["stream_depth_snapshots"].value == 1
+    assert meta["depth_snapshot_records"].value == 2
+    assert meta["depth_snapshot_write_action"].value == "replaced"
+    # The snapshot of the next hour is that hour's business.
+    assert store.head(SYMBOL, DEPTH_SNAPSHOT, hour + HOUR_MS) is None
+    # A re-run finds the same records: both objects stay untouched.
+    again = materialize(s, DEPTH_DELTA, hour, grace)
+    meta = again.asset_materializations_for_node(f"bronze__{SYMBOL}__depth_delta")[0].metadata
+    assert meta["depth_snapshot_write_action"].value == "unchanged"
 
 
 def test_open_hour_is_skipped_and_old_hour_fails(archive_settings: Settings) -> None:

@@ -11,11 +11,14 @@ import dagster as dg
 import pytest
 
 from ingest_pipeline.defs.streamer import (
+    KILL_AFTER_MIN_S,
     TAG_GENERATION,
     TAG_SYMBOLS_HASH,
     _load_cursor,
     build_streamer_job,
     build_streamer_supervisor,
+    lease_timing,
+    process_start_ticks,
     read_heartbeats,
     supervise,
     symbols_hash,
@@ -173,3 +176,50 @@ def test_a_run_setting_up_is_not_taken_for_dead(instance: dg.DagsterInstance) ->
     request, _ = supervise(instance, SETTINGS, _load_cursor(None), time.time() + 120)
     assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
     assert request is not None
+
+
+def test_a_stale_run_still_alive_on_this_host_is_killed_after_a_grace(
+    instance: dg.DagsterInstance,
+) -> None:
+    """A frozen worker: marked failed at once, SIGKILLed only if it is still alive
+    ``KILL_AFTER_MIN_S`` later (a woken one stops by itself before: its lease lapsed); a pid
+    whose start time differs from the heartbeat's (reused) is never touched."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    host = socket.gethostname()
+    frozen = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        run = add_run(instance, dg.DagsterRunStatus.STARTED, 1)
+        beat(instance, run, age_s=10, host=host, pid=frozen.pid,
+             proc_start=process_start_ticks(frozen.pid))  # fmt: skip
+        cursor = _load_cursor(None)
+        now = time.time()
+        supervise(instance, SETTINGS, cursor, now)
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert cursor["to_kill"][run.run_id]["pid"] == frozen.pid
+        # The same pid with another start time: a process that reused the pid.
+        cursor["to_kill"]["reused"] = {"host": host, "pid": bystander.pid, "proc_start": 1,
+                                       "marked_at": now - 3600}  # fmt: skip
+        supervise(instance, SETTINGS, cursor, now + KILL_AFTER_MIN_S - 5)
+        assert frozen.poll() is None and "reused" not in cursor["to_kill"]
+        supervise(instance, SETTINGS, cursor, now + KILL_AFTER_MIN_S + 1)
+        assert frozen.wait(10) == -signal.SIGKILL
+        assert not cursor["to_kill"] and bystander.poll() is None
+    finally:
+        for p in (frozen, bystander):
+            p.kill()
+            p.wait()
+
+
+def test_lease_timing_follows_the_heartbeat() -> None:
+    assert lease_timing(SETTINGS) == (1.0, 3.0)  # heartbeat 1 s, stale 3 s
+    prod = dataclasses.replace(SETTINGS, streamer_heartbeat_seconds=60,
+                               streamer_stale_after_seconds=180)  # fmt: skip
+    assert lease_timing(prod) == (5.0, 30.0)
+    issue = dataclasses.replace(SETTINGS, streamer_heartbeat_seconds=3,
+                                streamer_stale_after_seconds=15)  # fmt: skip
+    assert lease_timing(issue) == (3.0, 15.0)

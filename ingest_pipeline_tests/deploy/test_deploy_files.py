@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from ingest_pipeline.settings import load_settings
+from ingest_pipeline.streaming import StreamerConfig
 from ingest_pipeline_tests.dagster_harness import ROOT
 from ingest_pipeline_tests.paths import CAPTURES
 
@@ -94,17 +95,19 @@ def test_policy_shape_is_least_privilege(policy: dict[str, Any]) -> None:
 def test_policy_resources_are_the_prod_prefixes_and_streams(
     policy: dict[str, Any], prod: Any
 ) -> None:
-    prefixes = {prod.bronze_prefix, prod.silver_prefix, prod.deadletter_prefix}
+    # The data prefixes, and the streamer's state (lease, checkpoint, gap records).
+    prefixes = {prod.bronze_prefix, prod.silver_prefix, prod.deadletter_prefix,
+                StreamerConfig().state_prefix}  # fmt: skip
     streams = {prod.kinesis_trade_stream, prod.kinesis_bba_stream, prod.kinesis_depth_stream}
     bucket_arn = f"arn:aws:s3:::{prod.bucket}"
     object_arns = {f"{bucket_arn}/{p}/*" for p in prefixes}
     stream_arn = re.compile(rf"^arn:aws:kinesis:{prod.region}:{ACCOUNT}:stream/([A-Za-z0-9_.-]+)$")
     actions = granted(policy)
 
-    # Objects: read-write under the three prefixes, nowhere else in the bucket.
+    # Objects: read-write under those prefixes, nowhere else in the bucket.
     assert actions["s3:GetObject"] == object_arns
     assert actions["s3:PutObject"] == object_arns
-    # Listing: the bucket, only with a prefix under one of the three.
+    # Listing: the bucket, only with a prefix under one of them.
     assert actions["s3:ListBucket"] == {bucket_arn}
     [listing] = [st for st in policy["Statement"] if "s3:ListBucket" in as_list(st["Action"])]
     assert as_list(listing["Action"]) == ["s3:ListBucket"]

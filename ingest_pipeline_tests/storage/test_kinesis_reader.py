@@ -145,3 +145,24 @@ def test_archive_hour_dedups_and_is_idempotent(
     assert [r["trade_id"] for r in stored] == list(range(10, 40))
     again = archive_hour(reader, store, stream, "BTCUSDT", TRADE, HOUR, cutoff)
     assert again.result.action == "unchanged"
+
+
+def test_tail_reads_what_arrived_since_a_moment_over_every_shard(kinesis: Any) -> None:
+    name = f"tail-{uuid.uuid4().hex[:8]}"
+    kinesis.create_stream(StreamName=name, ShardCount=2)
+    kinesis.get_waiter("stream_exists").wait(
+        StreamName=name, WaiterConfig={"Delay": 0.1, "MaxAttempts": 50}
+    )
+    # Old event times do not matter: the tail is about arrival.
+    put(kinesis, name, [trade(s, i, HOUR - 5 * HOUR_MS) for s in ("A", "B", "C") for i in (1, 2)])
+    time.sleep(1.1)
+    since = now_ms()
+    time.sleep(0.05)
+    put(kinesis, name, [trade(s, i, HOUR) for s in ("A", "B", "C") for i in (3, 4)])
+    kinesis.put_records(StreamName=name, Records=[{"Data": b"not json", "PartitionKey": "A"}])
+    read = KinesisReader(kinesis).read_tail(name, since, now_ms() + 1)
+    assert len(read.shards) == 2 and {s.stopped for s in read.shards} == {"caught_up"}
+    assert sorted((r["symbol"], r["trade_id"]) for r in read.records) == [
+        (s, i) for s in ("A", "B", "C") for i in (3, 4)
+    ]
+    assert len(read.malformed) == 1 and read.malformed[0]["raw"] == "not json"

@@ -31,9 +31,10 @@ from ingest_pipeline.features import (
     duration_suffix,
     rows_to_frame,
 )
-from ingest_pipeline.records import BBA, DEPTH_DELTA, DEPTH_SNAPSHOT, TRADE
+from ingest_pipeline.records import BBA, DEPTH_DELTA, DEPTH_SNAPSHOT, PRODUCER_EPOCH, TRADE
 from ingest_pipeline.settings import Settings
 from ingest_pipeline.storage.bronze import BronzeStore
+from ingest_pipeline.storage.kinesis_reader import is_depth_snapshot
 from ingest_pipeline.streaming import Streamer
 from ingest_pipeline.streaming.online_features import OnlineFeatureConsumer
 from ingest_pipeline.timeutil import floor_hour, from_ms, to_ms
@@ -183,32 +184,43 @@ def test_replay_through_streamer_and_online_engine_equals_offline(
     assert consumer.finished, consumer.summary()
     assert consumer.summary()["late"] == {}
 
+    # The records as the archive lands them: without the producer's lease epoch, the depth
+    # stream's snapshots (the streamer's resync points) apart from its diffs.
     streamed = {
-        data_type: read_stream(settings, stream)
+        data_type: [
+            {k: v for k, v in r.items() if k != PRODUCER_EPOCH}
+            for r in read_stream(settings, stream)
+        ]  # fmt: skip
         for data_type, stream in (
             (TRADE, settings.kinesis_trade_stream),
             (BBA, settings.kinesis_bba_stream),
             (DEPTH_DELTA, settings.kinesis_depth_stream),
         )
     }
+    resyncs = [r for r in streamed[DEPTH_DELTA] if is_depth_snapshot(r)]
+    streamed[DEPTH_DELTA] = [r for r in streamed[DEPTH_DELTA] if not is_depth_snapshot(r)]
     rng = GridRange(start, end, start, end)
     for symbol in SYMBOLS:
         want = shifted_capture(symbol, offset)
         got = {t: [r for r in recs if r["symbol"] == symbol] for t, recs in streamed.items()}
         _check_records(symbol, want, got, (start, end), (SLICE[0] + offset, SLICE[1] + offset))
+        # The online engine synced from these as well (offline, the archive puts them in
+        # bronze depth_snapshot next to the hourly capture).
+        book_snaps = [snaps[symbol], *(r for r in resyncs if r["symbol"] == symbol)]
+        assert len(book_snaps) == 2  # the start's resync, no gap after it
 
         online = frame_of([r for r in rows if r["symbol"] == symbol])
         # The offline form on the records the streamer stamped: equal, bit for bit.
         on_streamed = compute_features(
             symbol,
-            SymbolInputs(got[TRADE], got[BBA], [snaps[symbol]], got[DEPTH_DELTA]),
+            SymbolInputs(got[TRADE], got[BBA], book_snaps, got[DEPTH_DELTA]),
             rng,
         ).frame
         assert_parity(on_streamed, online)
         # The offline form on the capture itself, shifted.
         res = compute_features(
             symbol,
-            SymbolInputs(want[TRADE], want[BBA], [snaps[symbol]], want[DEPTH_DELTA]),
+            SymbolInputs(want[TRADE], want[BBA], book_snaps, want[DEPTH_DELTA]),
             rng,
         )
         offline = res.frame
@@ -257,11 +269,12 @@ def _check_records(
     print(f"{symbol}: BBA stamp - shifted receive time: p50 {p50} ms, p99 {p99} ms")
 
 
-def test_gap_fill_and_tail_check_during_a_replay_fetch_the_replayed_trades(
+def test_gap_fill_and_restart_fill_during_a_replay_fetch_the_replayed_trades(
     sim_factory: Any, stream_settings: Settings, tmp_path: Path
 ) -> None:
     """Trades missed on a dropped connection, and those after the last one received when the
-    streamer stops on a replaced connection, come from REST: in a replay, the capture's."""
+    streamer stops on a replaced connection (filled by the next streamer, from the
+    checkpoint), come from REST: in a replay, the capture's."""
     midnight = utc(2024, 8, 9)
     sim = sim_factory(
         replay_path=str(CAPTURES),
@@ -269,7 +282,7 @@ def test_gap_fill_and_tail_check_during_a_replay_fetch_the_replayed_trades(
         replay_until_ms=midnight + 40_000,
     )
     settings = with_sim(stream_settings, sim)
-    streamer = Streamer(settings, make_config(tmp_path))
+    streamer = Streamer(settings, make_config(tmp_path / "first"))
     run = Running(streamer)
     run.wait_for(lambda: streamer.messages_in["trade"] > 50, what="trades")
 
@@ -284,20 +297,36 @@ def test_gap_fill_and_tail_check_during_a_replay_fetch_the_replayed_trades(
     run.wait_for(lambda: position() > held_from + 1_000, what="a replayed second")
     sim_post(sim, "/_sim/ws/drop", {"ids": ids})
     run.wait_for(
-        lambda: streamer.counts["trades_backfilled"] > 0 and not streamer._backfills,
+        lambda: (
+            streamer.counts["trades_backfilled"] > 0
+            and not any(st.fill for st in streamer._trades.values())
+        ),
         timeout=20,
         what="the gap filled",
     )
     # Nothing reaches the streamer any more, its connection is replaced, and it stops before
-    # the new one delivers a trade: its tail check asks REST for the trades after its last.
+    # the new one delivers a trade: the next streamer asks REST for the trades after the last
+    # one on Kinesis (its checkpoint).
     sim_post(sim, "/_sim/ws/stall", {"seconds": 120})
     sim_post(sim, "/_sim/ws/drop")
     stalled_at = position()
     run.wait_for(lambda: position() > stalled_at + 3_000, what="three replayed seconds")
-    gap_filled = streamer.counts["trades_backfilled"]
     final = run.stop()
-    offset = sim_get(sim, "/_sim/replay/status")["offset_ms"]
+    gap_filled = final["trades_backfilled"]
     assert final["trade_ids_unfilled"] == 0
+    successor = Streamer(settings, make_config(tmp_path / "second", resume_wait_s=0.5))
+    run = Running(successor)
+    run.wait_for(
+        lambda: (
+            len(successor.fills) >= len(SYMBOLS)
+            and not any(st.fill for st in successor._trades.values())
+        ),
+        timeout=30,
+        what="the successor's start fills",
+    )
+    after = run.stop()
+    offset = sim_get(sim, "/_sim/replay/status")["offset_ms"]
+    assert after["trade_ids_unfilled"] == 0 and successor.epoch == 2
 
     trades = read_stream(settings, settings.kinesis_trade_stream)
     gap_fills = 0
@@ -309,15 +338,17 @@ def test_gap_fill_and_tail_check_during_a_replay_fetch_the_replayed_trades(
             assert {k: rec[k] for k in fields} == {k: want[tid][k] for k in fields}, tid
         ids = sorted(mine)
         assert ids == list(range(ids[0], ids[-1] + 1)), f"{symbol}: a hole in the trade ids"
-        streamed = max(t for t, r in mine.items() if r["source"] != "rest")
+        # The first streamer's live trades (epoch 1) end where it stopped; the successor's
+        # fill starts after them.
+        streamed = max(t for t, r in mine.items() if r["source"] != "rest" and r["epoch"] == 1)
         fetched = [t for t, r in mine.items() if r["source"] == "rest"]
         gap_fills += sum(1 for t in fetched if t < streamed)
-        tail = [t for t in fetched if t > streamed]
-        assert tail, f"{symbol}: nothing recovered by the tail check"
+        tail = [t for t in fetched if t > streamed and mine[t]["epoch"] == 2]
+        assert tail, f"{symbol}: nothing recovered after the first streamer's last trade"
         # The REST answer itself: the capture's trades, same ids, shifted times.
         page = sim_get(sim, "/api/v3/historicalTrades", symbol=symbol, fromId=tail[0], limit=5)
         assert [(r["id"], r["time"], float(r["price"]), float(r["qty"])) for r in page] == [
             (t, want[t]["event_ts"], want[t]["price"], want[t]["qty"])
             for t in range(tail[0], tail[0] + 5)
         ]
-    assert gap_fills > 0 and final["trades_backfilled"] > gap_filled
+    assert gap_fills > 0 and gap_filled > 0 and after["trades_backfilled"] > 0

@@ -13,6 +13,7 @@ import requests
 from ingest_pipeline.faultproxy import FaultProxy
 from ingest_pipeline.localstack import EmbeddedAWS
 from ingest_pipeline.settings import Settings
+from ingest_pipeline.storage.kinesis_reader import is_depth_snapshot
 from ingest_pipeline.streaming import Streamer
 from ingest_pipeline_tests.streaming.conftest import (
     Running,
@@ -27,9 +28,11 @@ from ingest_pipeline_tests.streaming.conftest import (
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 
 
-def check_trades(settings: Settings, sim: Any) -> dict[str, int]:
+def check_trades(settings: Settings, sim: Any, ordered: bool = False) -> dict[str, int]:
     """Every trade the simulator emitted is on the trade stream; after dedup by key each id is
-    there once, and the ids of a symbol form one unbroken run (gaps were backfilled)."""
+    there once, and the ids of a symbol form one unbroken run (gaps were backfilled). With
+    ``ordered``, a symbol's ids first reached the stream in id order: a hole's fill went out
+    before the live trades after it."""
     records = read_stream(settings, settings.kinesis_trade_stream)
     by_symbol: dict[str, list[int]] = {}
     for r in records:
@@ -46,6 +49,10 @@ def check_trades(settings: Settings, sim: Any) -> dict[str, int]:
             f"{symbol}: {len(missing)} emitted trades missing, e.g. {sorted(missing)[:5]}"
         )
         assert unique == set(range(min(unique), max(unique) + 1)), f"{symbol}: trade id hole"
+        if ordered:
+            seen: set[int] = set()
+            first = [i for i in got if not (i in seen or seen.add(i))]  # type: ignore[func-returns-value]
+            assert first == sorted(first), f"{symbol}: trade ids out of order on the stream"
     return {"records": len(records), "kinesis_duplicates": dups}
 
 
@@ -75,7 +82,7 @@ def test_every_trade_arrives_across_ws_faults(
     assert streamer.flushed_clean is True
     stats = sim_get(sim, "/_sim/ws/stats")
     assert stats["dropped_lifetime"] == 0, "the proactive rollover must beat the server's mark"
-    figures = check_trades(settings, sim)
+    figures = check_trades(settings, sim, ordered=True)
     assert final["kinesis"]["acknowledged"] == final["kinesis"]["put"]
     assert final["trade_ids_unfilled"] == 0
     print(
@@ -163,16 +170,24 @@ def test_malformed_gap_health_and_metrics(
     assert sim_stats["skipped_depth"] == 1
     lost_diffs = sum("@depth@100ms" in x["raw"] for x in lines)
     assert 1 <= final["gaps"] <= 1 + lost_diffs
-    depth = read_stream(settings, settings.kinesis_depth_stream)
+    on_stream = read_stream(settings, settings.kinesis_depth_stream)
+    depth = [d for d in on_stream if not is_depth_snapshot(d)]
     marked = [d for d in depth if d.get("gap")]
     assert len(marked) == final["gaps"]
     for m in marked:
         chain = [d for d in depth if d["symbol"] == m["symbol"]]
         i = chain.index(m)
         assert chain[i]["first_update_id"] > chain[i - 1]["final_update_id"] + 1
+        # A resync snapshot follows the gap on the stream, new enough to bridge to it.
+        after = on_stream[on_stream.index(m) :]
+        assert any(
+            is_depth_snapshot(r) and r["symbol"] == m["symbol"]
+            and r["last_update_id"] + 1 >= m["first_update_id"]
+            for r in after
+        ), f"no resync snapshot after the gap at U={m['first_update_id']}"  # fmt: skip
     first_gap = marked[0]
-    # Malformed trade frames left holes in the id sequence: backfilled from REST.
-    check_trades(settings, sim)
+    # Malformed trade frames left holes in the id sequence: backfilled from REST, in order.
+    check_trades(settings, sim, ordered=True)
 
     # /metrics: the registry of this streamer, with the values of /health.
     values = _samples(metrics)
@@ -210,7 +225,11 @@ def test_real_capture_replay_lands_exactly_the_capture(
     ]
     sim = sim_factory(replay_path=str(path), replay_speed=0.0)
     settings = dataclasses.replace(with_sim(stream_settings, sim), symbols=("BTCUSDT",))
-    streamer = Streamer(settings, make_config(tmp_path, backfill_max_trades=0))
+    # ~40k records at once: on a loaded 2-core machine the moto server takes its time to take
+    # them, and this test is about what lands, not how fast.
+    streamer = Streamer(
+        settings, make_config(tmp_path, backfill_max_trades=0, shutdown_flush_timeout_s=180)
+    )
     run = Running(streamer)
     run.wait_for(
         lambda: (
@@ -220,9 +239,11 @@ def test_real_capture_replay_lands_exactly_the_capture(
         timeout=60,
         what="the whole capture",
     )
-    final = run.stop()
+    final = run.stop(timeout=240)
     trades = [r["trade_id"] for r in read_stream(settings, settings.kinesis_trade_stream)]
-    depth = read_stream(settings, settings.kinesis_depth_stream)
+    depth = [
+        d for d in read_stream(settings, settings.kinesis_depth_stream) if not is_depth_snapshot(d)
+    ]
     assert trades == want_trades
     assert [(d["first_update_id"], d["final_update_id"]) for d in depth] == want_depth
     assert final["gaps"] == 0 and final["malformed"] == 0
@@ -285,7 +306,13 @@ def test_cli_stream_stops_clean_on_sigterm(
          "--progress", "0.5", "--state-dir", str(tmp_path / "state")],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    time.sleep(3.0)
+    # SIGTERM once records flow (the start reads exchangeInfo, the lease and the stream tail).
+    deadline = time.monotonic() + 60
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if " out " in line and int(line.split(" out ")[1].split()[0]) > 0:
+            break
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
