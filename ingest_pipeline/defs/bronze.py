@@ -324,6 +324,9 @@ def hour_metadata(
     meta: dict[str, Any] = {
         "dagster/row_count": dg.MetadataValue.int(result.records),
         "dagster/uri": dg.MetadataValue.text(result.uri),
+        # Both: the UI's overview shows dagster/size_bytes with units and plots it per hour;
+        # the hour's metadata table shows it as a bare integer, hence the readable one too.
+        "dagster/size_bytes": dg.MetadataValue.int(result.bytes),
         "size": dg.MetadataValue.text(human_size(result.bytes)),
         "write_action": dg.MetadataValue.text(result.action),
         "rejected": dg.MetadataValue.int(rejected),

@@ -80,7 +80,7 @@ from ingest_pipeline.records import (
 from ingest_pipeline.settings import Settings
 from ingest_pipeline.storage.bronze import BronzeStore
 from ingest_pipeline.storage.silver import SilverStore
-from ingest_pipeline.timeutil import HOUR_MS, from_ms
+from ingest_pipeline.timeutil import HOUR_MS, from_ms, iso_ms
 
 LAYER = "silver"
 PARTITION_FORMAT = "%Y-%m-%d-%H:%M"
@@ -599,9 +599,17 @@ def preview_markdown(frame: pd.DataFrame, rows: int = PREVIEW_ROWS, max_cols: in
     cols = [c for c in sample.columns if c != "symbol"]
     if len(cols) > max_cols:
         cols = [*cols[: max_cols - 1], "complete"]
-    head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
+    # Grid times as people read them, not epoch milliseconds.
+    times = {c for c in cols if c == "ts" or c.endswith("_ts")}
+    head = "| " + " | ".join(f"{c} (UTC)" if c in times else c for c in cols) + " |\n"
+    head += "|" + "---|" * len(cols) + "\n"
     body = "".join(
-        "| " + " | ".join(_fmt(r[c]) for c in cols) + " |\n" for _, r in sample.iterrows()
+        "| "
+        + " | ".join(
+            iso_ms(int(r[c])) if c in times and pd.notna(r[c]) else _fmt(r[c]) for c in cols
+        )
+        + " |\n"
+        for _, r in sample.iterrows()
     )
     return head + body
 
