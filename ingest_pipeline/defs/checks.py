@@ -31,7 +31,6 @@ import dagster as dg
 from dagster._core.definitions.asset_checks.asset_check_evaluation import (
     AssetCheckEvaluationTargetMaterializationData,
 )
-from dagster._core.events import DagsterEventType
 
 from ingest_pipeline import quality
 from ingest_pipeline.timeutil import from_ms
@@ -87,20 +86,26 @@ def hour_partition_key(hour_ms: int) -> str:
 
 
 def this_run_materializations(
-    context: dg.AssetExecutionContext, asset_key: dg.AssetKey
+    context: dg.AssetExecutionContext, asset_key: dg.AssetKey, partitions: Sequence[str]
 ) -> dict[str, AssetCheckEvaluationTargetMaterializationData]:
-    """This run's stored materializations of ``asset_key``, by partition (the latest one when
-    a partition was materialized twice): what an evaluation of that hour checked."""
+    """This run's stored materializations of ``asset_key`` for ``partitions`` (the latest one
+    when a partition was materialized twice): what an evaluation of that hour checked.
+
+    Read through the asset's records, not the run's events: Dagster compares the storage id
+    with the partition's latest materialization in the asset index, and the sqlite storage of
+    ``dagster dev`` numbers a run's events apart from that index (same ids only in one-database
+    storages such as PostgreSQL or an ephemeral instance)."""
     run_id = context.run.run_id
-    records = context.instance.get_records_for_run(
-        run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION
+    # Newest first: this run's come before any older run's of the same hours.
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=list(partitions)),
+        limit=2 * len(partitions),
     ).records
     out: dict[str, AssetCheckEvaluationTargetMaterializationData] = {}
     for r in records:
-        event = r.event_log_entry.dagster_event
-        if event is None or event.asset_key != asset_key or event.partition is None:
+        if r.run_id != run_id or r.partition_key is None or r.partition_key in out:
             continue
-        out[event.partition] = AssetCheckEvaluationTargetMaterializationData(
+        out[r.partition_key] = AssetCheckEvaluationTargetMaterializationData(
             storage_id=r.storage_id, run_id=run_id, timestamp=r.timestamp
         )
     return out
@@ -123,7 +128,9 @@ def hour_evaluations(
     wanted = [c for c in checks if dg.AssetCheckKey(asset_key, c.name) in selected]
     if not wanted or not verdicts:
         return
-    targets = this_run_materializations(context, asset_key)
+    targets = this_run_materializations(
+        context, asset_key, [hour_partition_key(h) for h in verdicts]
+    )
     blocked: list[str] = []
     for hour, by_check in sorted(verdicts.items()):
         partition = hour_partition_key(hour)
