@@ -167,16 +167,17 @@ def wait_for(
     return value
 
 
-def expanded_groups(groups: set[str]) -> str:
-    """The graph's ``expanded`` URL parameter opening ``groups``: a view holding more than one
-    group (and a hierarchical group counts its parent) starts with all of them collapsed. The
-    UI names a group globally or per code location, depending on a feature flag: both listed."""
+def graph_path(selection: str, groups: set[str]) -> str:
+    """The global asset graph filtered by ``selection`` (what typing it into the filter bar
+    gives: the query is part of the path, after ``~``), with ``groups`` opened: a view holding
+    more than one group (a hierarchical group counts its parent) starts with all collapsed.
+    The UI names a group globally or per code location, depending on a feature flag: both."""
     ids = [
         f"{prefix}{group}"
         for group in sorted(groups)
         for prefix in ("global@global:", "__repository__@ingest_pipeline.definitions:")
     ]
-    return quote(",".join(ids), safe="")
+    return f"/asset-groups~{quote(selection, safe='')}/?expanded={quote(','.join(ids), safe='')}"
 
 
 def key_str(path: list[str]) -> str:
@@ -278,11 +279,7 @@ def check_graph_and_lineage(page: Page, nodes: list[dict[str, Any]]) -> None:
         # Tall enough that the whole group is laid out in view (the graph draws only what is).
         # The group's own page takes the name in one path segment, which the UI's router does
         # not decode ("bronze%2FSYM..."): the graph filtered by group is the same view.
-        selection = quote(f'group:"{group}"', safe="")
-        page.open(
-            f"/asset-groups?asset-selection={selection}&expanded={expanded_groups({group})}",
-            (2400, 4000),
-        )
+        page.open(graph_path(f'group:"{group}"', {group}), (2400, 4000))
         graph = wait_for(
             page.graph,
             lambda g, keys=keys, want=expected_edges: (
@@ -326,12 +323,8 @@ def check_graph_filtered_by_symbol(page: Page, nodes: list[dict[str, Any]]) -> N
     mine = {key_str(n["assetKey"]["path"]) for n in nodes if symbol_of(n) == SYMBOL}
     assert mine and all(f"/{SYMBOL}/" in k for k in mine)
     assert any(symbol_of(n) == SYMBOLS[1] for n in nodes)
-    groups = {n["groupName"] for n in nodes if symbol_of(n) == SYMBOL}
-    selection = quote(f"tag:symbol={SYMBOL}", safe="")
-    page.open(
-        f"/asset-groups?asset-selection={selection}&expanded={expanded_groups(groups)}",
-        (2400, 4000),
-    )
+    # Every group opened, the other symbol's too: were the filter ignored, its assets would show.
+    page.open(graph_path(f"tag:symbol={SYMBOL}", {n["groupName"] for n in nodes}), (2400, 4000))
     graph = wait_for(
         page.graph,
         lambda g: set(g["nodes"]) >= mine,
