@@ -264,10 +264,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 for event in result.get_asset_materialization_events():
                     meta = event.materialization.metadata
                     print(
-                        f"  {key}  {meta['s3_uri'].value}\n"
-                        f"      {meta['records'].value:>7} aggTrades, ids "
+                        f"  {key}  {meta['dagster/uri'].value}\n"
+                        f"      {meta['dagster/row_count'].value:>7} aggTrades, ids "
                         f"{meta['first_trade_id'].value}..{meta['last_trade_id'].value}, "
-                        f"{meta['bytes'].value} bytes, {meta['write_action'].value}"
+                        f"{meta['size'].value}, {meta['write_action'].value}"
                     )
                 print(
                     f"      checks: {len(checks) - len(failed)}/{len(checks)} passed"

@@ -6,13 +6,13 @@ needs to find the defect (the first offending ids, not all of them).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ingest_pipeline import spans
 from ingest_pipeline.records import Record
-from ingest_pipeline.timeutil import HOUR_MS
+from ingest_pipeline.timeutil import HOUR_MS, iso_ms
 
 MAX_LISTED = 10
 VOLUME_TOLERANCE = 1e-8
@@ -32,7 +32,7 @@ class Verdict:
     summary: str
     details: dict[str, Any] = field(default_factory=dict)
     # Numbers worth a plot over partitions (recorded as numeric metadata).
-    numbers: dict[str, float] = field(default_factory=dict)
+    numbers: Mapping[str, float] = field(default_factory=dict)
 
 
 def _ranges(missing: Sequence[tuple[int, int]]) -> list[str]:
@@ -48,14 +48,21 @@ def check_contiguous_ids(records: Sequence[Record], id_field: str) -> Verdict:
     ids = sorted(r[id_field] for r in records)
     gaps = id_gaps(ids)
     dups = len(ids) - len(set(ids))
+    numbers = {
+        "records": len(ids),
+        "gaps": len(gaps),
+        "missing_ids": sum(b - a + 1 for a, b in gaps),
+        "duplicates": dups,
+    }
     if gaps or dups:
         return Verdict(
             False,
             f"{len(gaps)} gap(s), {dups} duplicate(s) in {id_field}",
             {"gaps": _ranges(gaps), "duplicates": dups},
+            numbers,
         )
     span = f"{ids[0]}..{ids[-1]}" if ids else "empty"
-    return Verdict(True, f"{len(ids)} contiguous {id_field}s {span}")
+    return Verdict(True, f"{len(ids)} contiguous {id_field}s {span}", numbers=numbers)
 
 
 def check_no_duplicates(records: Sequence[Record], id_field: str) -> Verdict:
@@ -65,55 +72,82 @@ def check_no_duplicates(records: Sequence[Record], id_field: str) -> Verdict:
         if r[id_field] in seen:
             dups.append(r[id_field])
         seen.add(r[id_field])
+    numbers = {"records": len(records), "duplicates": len(dups)}
     if dups:
-        return Verdict(False, f"{len(dups)} duplicate {id_field}(s)", {"first": dups[:MAX_LISTED]})
-    return Verdict(True, f"no duplicate {id_field} among {len(records)} records")
+        return Verdict(
+            False, f"{len(dups)} duplicate {id_field}(s)", {"first": dups[:MAX_LISTED]}, numbers
+        )
+    return Verdict(True, f"no duplicate {id_field} among {len(records)} records", numbers=numbers)
 
 
 def check_in_hour(records: Sequence[Record], time_field: str, hour_ms: int) -> Verdict:
     outside = [r[time_field] for r in records if not hour_ms <= r[time_field] < hour_ms + HOUR_MS]
+    numbers = {"records": len(records), "outside_hour": len(outside)}
     if outside:
         return Verdict(
-            False, f"{len(outside)} record(s) outside the hour", {"first": outside[:MAX_LISTED]}
+            False,
+            f"{len(outside)} record(s) outside the hour",
+            {"first": outside[:MAX_LISTED]},
+            numbers,
         )
-    return Verdict(True, f"every {time_field} in [{hour_ms}, {hour_ms + HOUR_MS})")
+    return Verdict(
+        True,
+        f"every {time_field} in [{iso_ms(hour_ms)}, {iso_ms(hour_ms + HOUR_MS)})",
+        numbers=numbers,
+    )
 
 
 def check_positive_price_qty(records: Sequence[Record], id_field: str) -> Verdict:
     bad = [r[id_field] for r in records if not (r["price"] > 0 and r["qty"] > 0)]
+    numbers = {"records": len(records), "not_positive": len(bad)}
     if bad:
-        return Verdict(False, f"{len(bad)} record(s) with price or qty <= 0", {"ids": bad[:10]})
-    return Verdict(True, "every price and qty > 0")
+        return Verdict(
+            False, f"{len(bad)} record(s) with price or qty <= 0", {"ids": bad[:10]}, numbers
+        )
+    return Verdict(True, "every price and qty > 0", numbers=numbers)
 
 
 def check_continues_previous_hour(
     records: Sequence[Record], previous: Sequence[Record] | None, id_field: str
 ) -> Verdict:
     """The hour's first id is the previous hour's last id + 1 (when that hour exists)."""
+    # compared = 0: nothing to compare; id_jump = first - (previous last + 1): 0 when it follows.
     if previous is None:
-        return Verdict(True, "previous hour not in bronze: nothing to compare")
+        return Verdict(
+            True, "previous hour not in bronze: nothing to compare", numbers={"compared": 0}
+        )
     if not records or not previous:
-        return Verdict(True, "an hour without records: nothing to compare")
+        return Verdict(True, "an hour without records: nothing to compare", numbers={"compared": 0})
     first = min(r[id_field] for r in records)
     last = max(r[id_field] for r in previous)
+    numbers = {"compared": 1, "id_jump": first - last - 1}
     if first != last + 1:
         return Verdict(
             False,
             f"first {id_field} {first} does not follow the previous hour's last {last}",
             {"missing": _ranges([(last + 1, first - 1)]) if first > last + 1 else []},
+            numbers,
         )
-    return Verdict(True, f"first {id_field} {first} follows the previous hour's last {last}")
+    return Verdict(
+        True, f"first {id_field} {first} follows the previous hour's last {last}", numbers=numbers
+    )
 
 
 def check_trades_match_agg_trades(trades: Sequence[Record], aggs: Sequence[Record]) -> Verdict:
     expected = sum(a["last_trade_id"] - a["first_trade_id"] + 1 for a in aggs)
+    numbers = {"trades": len(trades), "expected": expected, "difference": len(trades) - expected}
     if len(trades) != expected:
         return Verdict(
             False,
             f"{len(trades)} trades, but the hour's aggTrades cover {expected}",
             {"trades": len(trades), "expected": expected},
+            numbers,
         )
-    return Verdict(True, f"{len(trades)} trades == sum(l - f + 1) over {len(aggs)} aggTrades")
+    return Verdict(
+        True,
+        f"{len(trades)} trades == sum(l - f + 1) over {len(aggs)} aggTrades",
+        numbers=numbers,
+    )
 
 
 def check_klines(
@@ -127,12 +161,14 @@ def check_klines(
     problems: dict[str, Any] = {}
     opens = [k["open_time"] for k in klines]
     expected = list(range(hour_ms, hour_ms + HOUR_MS, step))
+    missing = sorted(set(expected) - set(opens))
+    extra = sorted(set(opens) - set(expected))
+    numbers = {"klines": len(opens), "missing_steps": len(missing), "unexpected_steps": len(extra)}
     if opens != expected:
-        missing = sorted(set(expected) - set(opens))
-        extra = sorted(set(opens) - set(expected))
         problems["steps"] = {
             "rows": len(opens), "expected": len(expected),
-            "missing": missing[:MAX_LISTED], "unexpected": extra[:MAX_LISTED],
+            "missing": [iso_ms(t) for t in missing[:MAX_LISTED]],
+            "unexpected": [iso_ms(t) for t in extra[:MAX_LISTED]],
         }  # fmt: skip
     bad_ohlc = [
         k["open_time"]
@@ -142,8 +178,9 @@ def check_klines(
             and max(k["open_price"], k["close_price"]) <= k["high_price"]
         )
     ]
+    numbers["bad_ohlc"] = len(bad_ohlc)
     if bad_ohlc:
-        problems["ohlc"] = bad_ohlc[:MAX_LISTED]
+        problems["ohlc"] = [iso_ms(t) for t in bad_ohlc[:MAX_LISTED]]
     if trades is not None:
         volume: dict[int, float] = {}
         count: dict[int, int] = {}
@@ -158,11 +195,14 @@ def check_klines(
             if abs(k["volume"] - volume.get(k["open_time"], 0.0)) > VOLUME_TOLERANCE
             or k["trade_count"] != count.get(k["open_time"], 0)
         ]
+        numbers["disagree_with_trades"] = len(mismatched)
         if mismatched:
-            problems["disagree_with_trades"] = mismatched[:MAX_LISTED]
+            problems["disagree_with_trades"] = [iso_ms(t) for t in mismatched[:MAX_LISTED]]
     if problems:
-        return Verdict(False, f"klines defects: {', '.join(problems)}", problems)
-    return Verdict(True, f"{len(klines)} {interval} klines, consistent with the hour's trades")
+        return Verdict(False, f"klines defects: {', '.join(problems)}", problems, numbers)
+    return Verdict(
+        True, f"{len(klines)} {interval} klines, consistent with the hour's trades", numbers=numbers
+    )
 
 
 def check_book(snapshot: Record) -> Verdict:
@@ -178,9 +218,18 @@ def check_book(snapshot: Record) -> Verdict:
         problems.append(f"crossed: best bid {bids[0][0]} >= best ask {asks[0][0]}")
     if any(q <= 0 for _, q in bids + asks):
         problems.append("a level with zero size")
+    numbers: dict[str, float] = {"bids": len(bids), "asks": len(asks), "problems": len(problems)}
+    if bids and asks:
+        numbers["spread"] = asks[0][0] - bids[0][0]
     if problems:
-        return Verdict(False, "; ".join(problems), {"last_update_id": snapshot["last_update_id"]})
-    return Verdict(True, f"{len(bids)} bids / {len(asks)} asks ordered, not crossed, no zero size")
+        return Verdict(
+            False, "; ".join(problems), {"last_update_id": snapshot["last_update_id"]}, numbers
+        )
+    return Verdict(
+        True,
+        f"{len(bids)} bids / {len(asks)} asks ordered, not crossed, no zero size",
+        numbers=numbers,
+    )
 
 
 def check_increasing_ids(records: Sequence[Record], id_field: str) -> Verdict:
@@ -188,14 +237,16 @@ def check_increasing_ids(records: Sequence[Record], id_field: str) -> Verdict:
     already removed): a decrease means the stream delivered updates out of order."""
     ids = [r[id_field] for r in records]
     back = [(a, b) for a, b in zip(ids, ids[1:], strict=False) if b <= a]
+    numbers = {"records": len(ids), "not_increasing": len(back)}
     if back:
         return Verdict(
             False,
             f"{len(back)} time(s) {id_field} did not increase",
             {"decreases": [f"{a} -> {b}" for a, b in back[:MAX_LISTED]], "count": len(back)},
+            numbers,
         )
     span = f"{ids[0]}..{ids[-1]}" if ids else "empty"
-    return Verdict(True, f"{len(ids)} {id_field}s strictly increasing ({span})")
+    return Verdict(True, f"{len(ids)} {id_field}s strictly increasing ({span})", numbers=numbers)
 
 
 # A chain with more breaks than this lists the first ones and counts the rest.
@@ -218,6 +269,12 @@ def check_depth_chain(records: Sequence[Record]) -> Verdict:
     breaks = depth_chain_breaks(records)
     marked = sum(1 for r in records if r.get("gap"))
     details: dict[str, Any] = {"breaks": len(breaks), "marked_gap": marked}
+    numbers = {
+        "diffs": len(records),
+        "breaks": len(breaks),
+        "marked_gap": marked,
+        "missing_update_ids": sum(max(first - u - 1, 0) for u, first in breaks),
+    }
     if breaks:
         details["break_list"] = [
             f"u={u} -> U={first} ({first - u - 1} update ids missing)"
@@ -229,8 +286,9 @@ def check_depth_chain(records: Sequence[Record]) -> Verdict:
             False,
             f"{len(breaks)} break(s) in the depth chain, {marked} diff(s) marked gap",
             details,
+            numbers,
         )
-    return Verdict(True, f"{len(records)} diffs chained, {marked} marked gap", details)
+    return Verdict(True, f"{len(records)} diffs chained, {marked} marked gap", details, numbers)
 
 
 def check_coverage(covered: Sequence[tuple[int, int]], hour_ms: int) -> Verdict:

@@ -15,7 +15,13 @@ from urllib.parse import urlsplit
 import yaml
 
 from ingest_pipeline.quality import KLINE_INTERVAL_MS
-from ingest_pipeline.symbols import UnsafeSymbol, parse_symbols
+from ingest_pipeline.symbols import (
+    UnsafeSymbol,
+    asset_key_part,
+    is_key_safe,
+    normalize_symbol,
+    parse_symbols,
+)
 
 CONFIG_DIR = Path(__file__).parent / "config"
 ENVIRONMENTS = ("local", "dev", "prod")
@@ -102,6 +108,16 @@ class Settings:
     # Base URL of the archive (https://data.binance.vision); None: the one binance_rest_url
     # serves, as the local simulator does.
     archive_base_url: str | None = None
+    # Asset key names (``[A-Za-z0-9_]``) for symbols Dagster cannot spell, e.g. 币安人生USDT:
+    # (symbol, alias) pairs. Without one a key spells each such character as ``_u<hex>_``. S3
+    # keys, metadata and the ``symbol`` tag keep the real symbol.
+    symbol_aliases: tuple[tuple[str, str], ...] = ()
+    # Default status of the sensor that runs the hourly freshness checks.
+    freshness_sensor_status: str = "STOPPED"
+
+    def key_part(self, symbol: str) -> str:
+        """The asset key part of ``symbol``: its alias, else ``symbols.asset_key_part``."""
+        return dict(self.symbol_aliases).get(symbol) or asset_key_part(symbol)
 
     @property
     def archive_url(self) -> str:
@@ -127,6 +143,8 @@ ENV_OVERRIDES = {
     "INGEST_STREAMER_STATE_DIR": "streamer_state_dir",
     "INGEST_HISTORY_SOURCE": "history_source",
     "BINANCE_ARCHIVE_URL": "archive_base_url",
+    "INGEST_PARTITIONS_START": "partitions_start",
+    "INGEST_FRESHNESS_SENSOR_STATUS": "freshness_sensor_status",
 }
 
 _FIELDS = {f.name for f in dataclasses.fields(Settings)} - {"env"}
@@ -138,6 +156,8 @@ _INT_FIELDS = {
 }
 # Keys with a default (the dataclass's) when a config file leaves them out.
 _DEFAULTED = _INT_FIELDS | {
+    "symbol_aliases",
+    "freshness_sensor_status",
     "streamer_supervisor_status",
     "streamer_state_dir",
     "history_source",
@@ -200,7 +220,7 @@ def _validate(
     for key in _INT_FIELDS & set(values):
         if isinstance(values[key], bool) or not isinstance(values[key], int) or values[key] < 0:
             raise SettingsError(f"{where(key)} must be an integer >= 0, got {values[key]!r}")
-    for key in _FIELDS - {"symbols", "kline_intervals"} - _INT_FIELDS:
+    for key in _FIELDS - {"symbols", "kline_intervals", "symbol_aliases"} - _INT_FIELDS:
         if values.get(key) is not None and not isinstance(values[key], str):
             raise SettingsError(f"{where(key)} must be a string, got {values[key]!r}")
     if not isinstance(values["kline_intervals"], list) or not all(
@@ -211,9 +231,12 @@ def _validate(
     if not isinstance(values["symbols"], str if "symbols" in origins else list):
         raise SettingsError(f"{where('symbols')} must be a list of strings")
     try:
-        values["symbols"] = parse_symbols(values["symbols"])
+        symbols = parse_symbols(values["symbols"])
     except UnsafeSymbol as exc:
         raise SettingsError(f"{where('symbols')}: {exc}") from None
+    values["symbols"] = symbols
+    if values.get("symbol_aliases") is not None:
+        values["symbol_aliases"] = _aliases(values["symbol_aliases"], symbols, where)
     bad = [i for i in values["kline_intervals"] if i not in KLINE_INTERVALS]
     if bad:
         allowed = ", ".join(sorted(KLINE_INTERVALS, key=KLINE_INTERVAL_MS.__getitem__))
@@ -238,12 +261,12 @@ def _validate(
     for key in ("bronze_prefix", "silver_prefix", "deadletter_prefix"):
         if values[key].startswith("/") or values[key].endswith("/") or ".." in values[key]:
             raise SettingsError(f"{where(key)} must be a relative prefix without '/' ends")
-    status = values.get("streamer_supervisor_status")
-    if status is not None and status not in SUPERVISOR_STATUSES:
-        raise SettingsError(
-            f"{where('streamer_supervisor_status')} must be one of "
-            f"{', '.join(SUPERVISOR_STATUSES)}, got {status!r}"
-        )
+    for key in ("streamer_supervisor_status", "freshness_sensor_status"):
+        status = values.get(key)
+        if status is not None and status not in SUPERVISOR_STATUSES:
+            raise SettingsError(
+                f"{where(key)} must be one of {', '.join(SUPERVISOR_STATUSES)}, got {status!r}"
+            )
     source = values.get("history_source")
     if source is not None and source not in HISTORY_SOURCES:
         raise SettingsError(
@@ -267,3 +290,33 @@ def _validate(
             values[key] = values[key].rstrip("/")
     values.setdefault("aws_endpoint_url", None)
     return Settings(env=env, **values)
+
+
+def _aliases(raw: object, symbols: tuple[str, ...], where: Any) -> tuple[tuple[str, str], ...]:
+    """``{symbol: alias}`` -> sorted pairs. An alias is asset-key-safe and names one symbol:
+    never another alias, nor the key of another configured symbol. Aliases of symbols not
+    configured are kept (``INGEST_SYMBOLS`` may narrow the list)."""
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{where('symbol_aliases')} must be a mapping symbol: alias")
+    pairs: dict[str, str] = {}
+    for symbol, alias in raw.items():
+        try:
+            canonical = normalize_symbol(symbol)
+        except UnsafeSymbol as exc:
+            raise SettingsError(f"{where('symbol_aliases')}: {exc}") from None
+        if not isinstance(alias, str) or not is_key_safe(alias):
+            raise SettingsError(
+                f"{where('symbol_aliases')}: alias {alias!r} of {canonical} must be letters, "
+                "digits and underscores (Dagster asset key rules)"
+            )
+        pairs[canonical] = alias
+    taken: dict[str, str] = {asset_key_part(s): s for s in symbols if s not in pairs}
+    for symbol, alias in pairs.items():
+        other = taken.get(alias)
+        if other is not None:
+            raise SettingsError(
+                f"{where('symbol_aliases')}: alias {alias!r} of {symbol} is already the asset "
+                f"key of {other}"
+            )
+        taken[alias] = symbol
+    return tuple(sorted(pairs.items()))

@@ -135,10 +135,16 @@ def parse_symbols(symbols: str | Iterable[object]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def is_key_safe(name: str) -> bool:
+    """``name`` can be an asset key part as it is (``[A-Za-z0-9_]+``)."""
+    return bool(name) and all(_ASSET_KEY_SAFE.fullmatch(ch) for ch in name)
+
+
 def asset_key_part(symbol: str) -> str:
     """A Dagster asset-key-safe name (``[A-Za-z0-9_]``) for a symbol, unique per symbol.
 
     ASCII symbols map to themselves; any other character becomes ``_u<hex>_`` so that two
-    distinct symbols never share a key. The real symbol is kept in asset metadata.
+    distinct symbols never share a key. The real symbol is kept in asset metadata; a configured
+    alias (``Settings.key_part``) reads better.
     """
     return "".join(ch if _ASSET_KEY_SAFE.fullmatch(ch) else f"_u{ord(ch):x}_" for ch in symbol)

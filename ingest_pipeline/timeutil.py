@@ -22,6 +22,11 @@ def from_ms(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
+def iso_ms(ms: int) -> str:
+    """``2024-08-09T00:00:00.123Z``: an epoch-ms time as people read it, to the millisecond."""
+    return f"{from_ms(ms):%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
+
+
 def floor_hour(ms: int) -> int:
     return ms - ms % HOUR_MS
 

@@ -22,11 +22,18 @@ os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 for _name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_KINESIS"):
     os.environ.pop(_name, None)
 
+# Tests work on the hours of the real captures (2024-08-08/09) and around them; the local
+# config starts its partitions recently. Set here so that subprocesses (`dagster dev`, the CLI)
+# and in-process definitions see the same partitions.
+TEST_PARTITIONS_START = "2024-08-01"
+os.environ.setdefault("INGEST_PARTITIONS_START", TEST_PARTITIONS_START)
+
 
 @pytest.fixture(scope="session")
 def local_settings() -> Settings:
-    """The committed local config, untouched by the caller's environment."""
-    return load_settings("local", environ={})
+    """The committed local config, untouched by the caller's environment, with the tests'
+    partition start."""
+    return load_settings("local", environ={"INGEST_PARTITIONS_START": TEST_PARTITIONS_START})
 
 
 @pytest.fixture(scope="session")

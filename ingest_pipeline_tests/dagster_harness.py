@@ -148,3 +148,17 @@ class DagsterDev:
                 return status
             time.sleep(2)
         raise TimeoutError(f"backfill {backfill_id} still {status}: {self.log_tail()}")
+
+
+def check_partition_statuses(
+    instance: Any, check_key: Any, partitions_def: Any
+) -> dict[str, set[str]]:
+    """A partitioned check's hours by status, as the UI's counters and partition list compute
+    them (``AssetCheckState``): SUCCEEDED, FAILED, SKIPPED, IN_PROGRESS, EXECUTION_FAILED; an
+    hour in none of them shows as "Missing"."""
+    state = instance.event_log_storage.get_asset_check_state([(check_key, partitions_def)])
+    return {
+        status.value: set(subset.subset_value.get_partition_keys())
+        for status, subset in state[check_key].subsets.items()
+        if not subset.is_empty
+    }

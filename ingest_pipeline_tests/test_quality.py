@@ -1,5 +1,5 @@
 from ingest_pipeline import quality
-from ingest_pipeline.timeutil import HOUR_MS
+from ingest_pipeline.timeutil import HOUR_MS, iso_ms
 
 H = 1_723_161_600_000
 
@@ -64,11 +64,13 @@ def test_klines_steps_ohlc_and_agreement_with_trades() -> None:
     assert not quality.check_klines(klines[:-1], trades, "1m", H).passed  # a missing step
     crossed = [dict(k) for k in klines]
     crossed[5]["high_price"] = 9.5  # close 10.5 above high
-    assert quality.check_klines(crossed, trades, "1m", H).details["ohlc"] == [H + 5 * 60_000]
+    assert quality.check_klines(crossed, trades, "1m", H).details["ohlc"] == [
+        iso_ms(H + 5 * 60_000)
+    ]
     wrong = [dict(k) for k in klines]
     wrong[1]["volume"] = 0.25 + 1e-6
     v = quality.check_klines(wrong, trades, "1m", H)
-    assert not v.passed and v.details["disagree_with_trades"] == [H + 60_000]
+    assert not v.passed and v.details["disagree_with_trades"] == ["2024-08-09T00:01:00.000Z"]
 
 
 def test_book_order_crossing_and_zero_sizes() -> None:

@@ -216,6 +216,8 @@ class BinanceRestClient:
                     wait = (minute + 1) * 60 - now + 0.05
                     self.stats.weight_waits += 1
                     self.stats.weight_wait_s += wait
+                    log.info("binance weight %d of %.0f used this minute: waiting %.1f s for "
+                             "the next", self._used_weight, budget, wait)  # fmt: skip
             self._sleep(wait)
 
     # --- endpoints -------------------------------------------------------------------------

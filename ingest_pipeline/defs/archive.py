@@ -25,6 +25,9 @@ Trades the streamer could not put on the stream are in its gap records
 (``streaming.continuity.GapStore``): the ``trade`` asset leaves their time out of the hour's
 coverage, and its id check accepts the holes they explain.
 
+Each hour of a run gets its own materialization figures and check evaluations, as in bronze
+(``defs/bronze.py``, ``defs/checks.py``).
+
 Each asset reads the whole stream of its type for the hour and keeps its symbol's records
 (partition key = symbol): with S symbols a stream is read S times an hour. Fine for a handful of
 symbols; beyond that, one multi_asset per type reading each stream once is the next step.
@@ -39,18 +42,12 @@ from pydantic import PrivateAttr
 
 from ingest_pipeline import quality, spans
 from ingest_pipeline.aws import boto3_client
-from ingest_pipeline.defs.bronze import (
-    BRONZE_GROUP,
-    _asset_metadata,
-    _hour_row,
-    _metadata,
-    bronze_key,
-    skippable_asset,
-)
-from ingest_pipeline.defs.checks import Check, check_results
+from ingest_pipeline.defs.bronze import bronze_asset, bronze_key, hour_metadata, human_size
+from ingest_pipeline.defs.catalog import with_code_references
+from ingest_pipeline.defs.checks import Check, hour_evaluations, hour_partition_key
 from ingest_pipeline.defs.partitions import hourly_partitions, partition_hours
 from ingest_pipeline.defs.resources import BronzeResource
-from ingest_pipeline.records import BBA, DEPTH_DELTA, TRADE, Record
+from ingest_pipeline.records import BBA, DEPTH_DELTA, TRADE
 from ingest_pipeline.settings import Settings
 from ingest_pipeline.spans import Spans
 from ingest_pipeline.storage.kinesis_reader import (
@@ -102,7 +99,6 @@ def kinesis_resource(settings: Settings) -> KinesisResource:
 class ArchiveType:
     data_type: str
     description: str
-    id_name: str
     checks: tuple[Check, ...]
 
 
@@ -112,7 +108,6 @@ ARCHIVE_KINDS = {
         TRADE,
         "Real-time trades (`<symbol>@trade`, MarketTrade, source `sbe`) as they reached "
         "Kinesis, deduplicated by trade id.",
-        "trade_id",
         (
             Check(
                 "ids_contiguous",
@@ -128,7 +123,6 @@ ARCHIVE_KINDS = {
         BBA,
         "Best bid/ask updates (`<symbol>@bookTicker`); spot bookTicker has no event time, so "
         "`event_ts` is the receive time.",
-        "update_id",
         (
             Check(
                 "update_ids_increasing",
@@ -141,7 +135,6 @@ ARCHIVE_KINDS = {
         DEPTH_DELTA,
         "Order book diffs (`<symbol>@depth@100ms`) with first/final update ids; the first diff "
         "after a gap carries `gap: true`.",
-        "final_update_id",
         (
             Check(
                 "depth_chain",
@@ -172,6 +165,7 @@ def _trade_ids_rule(archived: ArchivedHour) -> quality.Verdict:
         True,
         f"{len(ids)} trade_ids, contiguous but for {n} id(s) in recorded streamer gaps",
         {"recorded_gaps": [f"{a}..{b}" for a, b in holes]},
+        verdict.numbers,
     )
 
 
@@ -202,12 +196,15 @@ def stream_of(settings: Settings, data_type: str) -> str:
 
 def build_archive_asset(symbol: str, kind: ArchiveType, settings: Settings) -> dg.AssetsDefinition:
     partitions = hourly_partitions(settings)
-    key = bronze_key(symbol, kind.data_type)
+    key = bronze_key(symbol, kind.data_type, settings)
     stream = stream_of(settings, kind.data_type)
 
     # Skippable: a run over an hour that is not closed yet ends without a materialization.
-    @skippable_asset(
+    @bronze_asset(
         key,
+        settings,
+        symbol,
+        kind.data_type,
         kinds={"s3", "kinesis"},
         partitions=partitions,
         description=(
@@ -215,12 +212,13 @@ def build_archive_asset(symbol: str, kind: ArchiveType, settings: Settings) -> d
             "(AT_TIMESTAMP over every shard, grace for late arrivals, bounded by retention). "
             "Gzip JSONL, one object per hour."
         ),
-        metadata={**_asset_metadata(symbol, kind.data_type, settings), "kinesis_stream": stream},
+        metadata={"kinesis_stream": dg.MetadataValue.text(stream)},
         checks=kind.checks,
+        skippable=True,
     )
     def _asset(
         context: dg.AssetExecutionContext, kinesis: KinesisResource, bronze: BronzeResource
-    ) -> Iterator[dg.MaterializeResult]:
+    ) -> Iterator[dg.MaterializeResult | dg.AssetCheckEvaluation]:
         hours = list(partition_hours(context))
         now = now_ms()
         grace_ms = int(kinesis.grace_seconds * 1000)
@@ -242,15 +240,11 @@ def build_archive_asset(symbol: str, kind: ArchiveType, settings: Settings) -> d
                 "(agg_trades, trades) still cover that hour's trades.",
                 metadata={"retention_hours": reader.retention_hours(stream)},
             ) from None
+        context.log.info(f"Kinesis stream {stream} keeps records {retention} h")
         store = bronze.get_store()
         # Trades the streamer recorded as never put: outside the hour's coverage.
         gaps = stream_gaps(bronze, symbol, hours) if kind.data_type == TRADE else {}
-        rows: list[dict[str, Any]] = []
-        changes: dict[str, int] = {}
-        reads: dict[str, Any] = {}
-        verdicts: dict[str, list[tuple[int, quality.Verdict]]] = {c.name: [] for c in kind.checks}
-        last: list[Record] = []
-        snapshots: dict[str, Any] = {}
+        verdicts: dict[int, dict[str, quality.Verdict]] = {}
         for hour in hours:
             coverage, known = gaps.get(hour, (None, []))
             archived = archive_hour(
@@ -258,28 +252,26 @@ def build_archive_asset(symbol: str, kind: ArchiveType, settings: Settings) -> d
                 coverage, known,
             )  # fmt: skip
             _log_hour(context, bronze, symbol, kind.data_type, hour, archived)
-            rows.append(_hour_row(hour, archived.result, len(archived.read.malformed), "kinesis"))
-            changes = archived.result.changes or changes
-            label = f"{from_ms(hour):%Y-%m-%d %H}h"
-            reads[label] = {**archived.read.summary(), "kinesis_duplicates": archived.duplicates}
-            if archived.snapshot_result is not None:
-                snap = archived.snapshot_result
-                snapshots[label] = {"from_stream": len(archived.snapshots),
-                                    "object_records": snap.records, "uri": snap.uri,
-                                    "write_action": snap.action}  # fmt: skip
-            for check in kind.checks:
-                verdicts[check.name].append((hour, check.rule(archived)))
-            last = archived.records
-        meta = _metadata(rows, kind.id_name, changes, last)
-        meta["kinesis_read"] = dg.MetadataValue.json(reads)
-        if snapshots:
-            meta["stream_depth_snapshots"] = dg.MetadataValue.json(snapshots)
-        meta["retention_hours"] = dg.MetadataValue.int(retention)
-        yield dg.MaterializeResult(
-            asset_key=key,
-            metadata=meta,
-            check_results=check_results(context, key, kind.checks, verdicts),
-        )
+            read = archived.read
+            meta = hour_metadata(
+                kind.data_type, archived.result, archived.records, len(read.malformed)
+            )
+            meta["source"] = dg.MetadataValue.text("kinesis")
+            meta["kinesis_duplicates"] = dg.MetadataValue.int(archived.duplicates)
+            meta["outside_window"] = dg.MetadataValue.int(read.outside_window)
+            meta["kinesis_read"] = dg.MetadataValue.json(read.summary())
+            meta["retention_hours"] = dg.MetadataValue.int(retention)
+            snap = archived.snapshot_result
+            if snap is not None:
+                meta["stream_depth_snapshots"] = dg.MetadataValue.int(len(archived.snapshots))
+                meta["depth_snapshot_uri"] = dg.MetadataValue.text(snap.uri)
+                meta["depth_snapshot_records"] = dg.MetadataValue.int(snap.records)
+                meta["depth_snapshot_write_action"] = dg.MetadataValue.text(snap.action)
+            context.add_asset_metadata(meta, asset_key=key, partition_key=hour_partition_key(hour))
+            verdicts[hour] = {check.name: check.rule(archived) for check in kind.checks}
+        # No metadata here: Dagster would copy it onto every hour of a range.
+        yield dg.MaterializeResult(asset_key=key)
+        yield from hour_evaluations(context, key, kind.checks, verdicts)
 
     return _asset
 
@@ -311,31 +303,16 @@ def _log_hour(
         )
     context.log.info(
         f"{result.uri}: {result.records} records ({archived.duplicates} Kinesis duplicates "
-        f"dropped), {result.bytes} B, {result.action}; shards: {read.summary()['shards']}"
+        f"dropped), {human_size(result.bytes)}, {result.action}; shards: "
+        f"{read.summary()['shards']}"
     )
 
 
 def build_archive_assets(settings: Settings) -> list[dg.AssetsDefinition]:
-    return [
-        build_archive_asset(symbol, ARCHIVE_KINDS[t], settings)
-        for symbol in settings.symbols
-        for t in ARCHIVE_TYPES
-    ]
-
-
-# The archive of the hour just closed, at the same minute as the REST history: the grace
-# (240 s by default) has passed by then. Backfills over past hours are bounded by retention.
-ARCHIVE_MINUTE_OF_HOUR = 5
-archive_selection = dg.AssetSelection.groups(BRONZE_GROUP) & dg.AssetSelection.kind("kinesis")
-
-bronze_archive_job = dg.define_asset_job(
-    "bronze_archive_hourly",
-    selection=archive_selection,
-    description="trade, bba and depth_delta of the hour just closed, read back from Kinesis.",
-)
-
-
-def build_archive_schedule() -> dg.ScheduleDefinition:
-    return dg.build_schedule_from_partitioned_job(
-        bronze_archive_job, minute_of_hour=ARCHIVE_MINUTE_OF_HOUR
+    return with_code_references(
+        [
+            build_archive_asset(symbol, ARCHIVE_KINDS[t], settings)
+            for symbol in settings.symbols
+            for t in ARCHIVE_TYPES
+        ]
     )

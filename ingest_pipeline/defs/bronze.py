@@ -6,8 +6,24 @@ fetched (and re-fetched) at any time, from Binance's public archive where it hol
 (``history_source``). Both give the same records; each hour's metadata says which one it came
 from. ``depth_snapshot`` is the live book: Binance serves no past books, so only the hour in
 progress can be captured, and a run over past hours skips it.
+
+What a run records, one hour or a backfill's range alike (see ``defs/checks.py``):
+
+- one materialization per hour, with *that hour's* figures only (row count, object URI and
+  size, id and time range, preview, source), attached with ``add_asset_metadata(partition_key=)``;
+  the run's ``MaterializeResult`` carries nothing, since Dagster copies its metadata onto every
+  hour of the range;
+- then one evaluation per hour and check, naming the hour's materialization, so that the check's
+  partition view, counters and the hour's panel agree.
+
+An asset that needs another bronze object of the same hours (``trades`` and ``klines`` read the
+hour's ``agg_trades``) refuses the run before it writes anything when one is missing. Expected
+conditions (a missing upstream hour, a symbol Binance does not list, Binance or the archive
+unavailable after every retry) fail the step with a one-line ``dg.Failure``.
 """
 
+import contextlib
+import heapq
 import shutil
 import tempfile
 import time
@@ -20,30 +36,38 @@ from typing import Any
 import dagster as dg
 
 from ingest_pipeline import quality
-from ingest_pipeline.binance.archive import DAY_MS, ArchiveClient
+from ingest_pipeline.binance.archive import DAY_MS, ArchiveClient, ArchiveError
 from ingest_pipeline.binance.history import (
     Fetched,
     HistorySource,
     HourFetch,
     fetch_depth_snapshot,
 )
-from ingest_pipeline.binance.rest import BinanceRestClient
-from ingest_pipeline.defs.checks import (
-    Check,
-    check_results,
-    check_specs,
-    hour_partition_key,
-    overall_result,
+from ingest_pipeline.binance.rest import BinanceAPIError, BinanceRestClient, BinanceUnavailable
+from ingest_pipeline.defs.catalog import (
+    catalog_fields,
+    record_schema,
+    symbol_key_part,
+    with_code_references,
 )
+from ingest_pipeline.defs.checks import Check, check_specs, hour_evaluations, hour_partition_key
 from ingest_pipeline.defs.partitions import hourly_partitions, partition_hours
 from ingest_pipeline.defs.resources import BinanceRestResource, BronzeResource
-from ingest_pipeline.records import AGG_TRADES, DEPTH_SNAPSHOT, TRADES, Record, klines_type
+from ingest_pipeline.records import (
+    AGG_TRADES,
+    DEPTH_SNAPSHOT,
+    TRADES,
+    Record,
+    id_field,
+    klines_type,
+    record_key,
+    time_field,
+)
 from ingest_pipeline.settings import Settings
 from ingest_pipeline.storage.bronze import BronzeStore, WriteResult
-from ingest_pipeline.symbols import asset_key_part
-from ingest_pipeline.timeutil import HOUR_MS, floor_hour, from_ms, now_ms
+from ingest_pipeline.timeutil import HOUR_MS, floor_hour, from_ms, iso_ms, now_ms
 
-BRONZE_GROUP = "bronze"
+LAYER = "bronze"
 # The concurrency pool shared by everything that calls Binance (limit in dagster.yaml).
 BINANCE_POOL = "binance"
 # A month's backfill becomes ~30 runs of a day each instead of 720 single-hour runs. The policy
@@ -51,14 +75,58 @@ BINANCE_POOL = "binance"
 warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=dg.BetaWarning)
 BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=24)
 DEPTH_SNAPSHOT_LIMIT = 1000
+PREVIEW_ROWS = 5
+# Binance's answer to a symbol it does not list (GET /api/v3/exchangeInfo?symbol=...).
+INVALID_SYMBOL_CODE = -1121
 
 
-def bronze_key(symbol: str, data_type: str) -> dg.AssetKey:
-    return dg.AssetKey(["bronze", asset_key_part(symbol), data_type])
+def bronze_key(symbol: str, data_type: str, settings: Settings | None = None) -> dg.AssetKey:
+    """``[bronze, symbol, data_type]``; the symbol as its key part (alias) from ``settings``."""
+    return dg.AssetKey([LAYER, symbol_key_part(symbol, settings), data_type])
 
 
-class UpstreamMissing(Exception):
-    """A partition needs another bronze object of the same hour that does not exist yet."""
+def _hours_text(hours: Sequence[int]) -> str:
+    shown = ", ".join(f"{from_ms(h):%Y-%m-%d %H}h" for h in hours[:5])
+    return shown + (f" and {len(hours) - 5} more" if len(hours) > 5 else "")
+
+
+def upstream_missing(
+    symbol: str, data_type: str, upstream: str, hours: Sequence[int]
+) -> dg.Failure:
+    return dg.Failure(
+        description=f"{symbol} {data_type} needs the {upstream} of {_hours_text(hours)}, not in "
+        f"bronze yet: materialize {upstream} for those hours first (nothing was written)",
+    )
+
+
+def require_upstream(
+    store: BronzeStore, symbol: str, data_type: str, upstream: Sequence[str], hours: Sequence[int]
+) -> None:
+    """Refuse the run before anything is fetched or written when an upstream hour is missing."""
+    for up in upstream:
+        missing = [h for h in hours if store.head(symbol, up, h) is None]
+        if missing:
+            raise upstream_missing(symbol, data_type, up, missing)
+
+
+@contextlib.contextmanager
+def expected_failures(what: str) -> Iterator[None]:
+    """Conditions a run can meet in normal operation become a one-line ``dg.Failure``."""
+    try:
+        yield
+    except BinanceAPIError as exc:
+        unlisted = exc.code == INVALID_SYMBOL_CODE
+        raise dg.Failure(
+            description=f"{what}: Binance does not list this symbol ({exc.msg})"
+            if unlisted
+            else f"{what}: Binance refused {exc.path}: HTTP {exc.status}, code {exc.code}: "
+            f"{exc.msg}",
+            allow_retries=False,
+        ) from None
+    except BinanceUnavailable as exc:
+        raise dg.Failure(description=f"{what}: Binance REST unavailable: {exc}") from None
+    except ArchiveError as exc:
+        raise dg.Failure(description=f"{what}: Binance archive: {exc}") from None
 
 
 # Fetches a run's hours in order: (source, store, symbol, hours) -> one HourFetch per hour.
@@ -91,8 +159,6 @@ class BronzeType:
     data_type: str
     description: str
     fetch: HoursFetcher
-    # Name of the id in the record key, shown as first_<id_name> / last_<id_name>.
-    id_name: str
     upstream: tuple[str, ...] = ()
     checks: tuple[Check, ...] = ()
 
@@ -142,11 +208,8 @@ def _fetch_trades(
 ) -> Iterator[HourFetch]:
     def aggs_of(hour: int) -> list[Record]:
         aggs = store.read_hour(symbol, AGG_TRADES, hour)
-        if aggs is None:
-            raise UpstreamMissing(
-                f"{symbol} trades for {from_ms(hour):%Y-%m-%d %H}h need that hour's agg_trades, "
-                "which are not in bronze yet: materialize agg_trades first"
-            )
+        if aggs is None:  # checked before the run fetched anything; deleted since
+            raise upstream_missing(symbol, TRADES, AGG_TRADES, [hour])
         return aggs
 
     return source.trades(symbol, hours, aggs_of)
@@ -160,7 +223,6 @@ def history_types(settings: Settings) -> list[BronzeType]:
             "`GET /api/v3/aggTrades`): MarketTrade records with the first/last individual trade "
             "ids they cover.",
             lambda src, _s, sym, hours: src.agg_trades(sym, hours),
-            "trade_id",
             checks=(
                 *TRADE_ID_CHECKS,
                 Check(
@@ -179,7 +241,6 @@ def history_types(settings: Settings) -> list[BronzeType]:
             "`GET /api/v3/historicalTrades`), over the id range `[first f, last l]` of the "
             "hour's aggTrades.",
             _fetch_trades,
-            "trade_id",
             upstream=(AGG_TRADES,),
             checks=(
                 Check(
@@ -199,8 +260,7 @@ def history_types(settings: Settings) -> list[BronzeType]:
                 f"The hour's {interval} klines (the archive's klines file, else "
                 "`GET /api/v3/klines`), by open time.",
                 lambda src, _s, sym, hours, i=interval: src.klines(sym, i, hours),
-                "open_time",
-                # Read after agg_trades so the check can compare the klines with the trades.
+                # The check compares the klines with the hour's trades: no run without them.
                 upstream=(AGG_TRADES,),
                 checks=(
                     Check(
@@ -216,70 +276,88 @@ def history_types(settings: Settings) -> list[BronzeType]:
     return types
 
 
-def _hour_row(hour_ms: int, result: WriteResult, rejected: int, source: str) -> dict[str, Any]:
-    return {
-        "hour": f"{from_ms(hour_ms):%Y-%m-%d %H:00}",
-        "source": source,
-        "records": result.records,
-        "first_id": result.first_key[-1] if result.first_key else None,
-        "last_id": result.last_key[-1] if result.last_key else None,
-        "bytes": result.bytes,
-        "action": result.action,
-        "rejected": rejected,
-        "uri": result.uri,
-    }
+# --- per-hour metadata ------------------------------------------------------------------------
 
 
-PREVIEW_ROWS = 5
+def human_size(n: int) -> str:
+    """``1.21 MB (1,213,441 bytes)``: decimal units, as S3 reports sizes."""
+    size, unit = float(n), "bytes"
+    for u in ("kB", "MB", "GB", "TB"):
+        if size < 1000:
+            break
+        size, unit = size / 1000, u
+    exact = f"{n:,} bytes"
+    return exact if unit == "bytes" else f"{size:.3g} {unit} ({exact})"
 
 
-def _md_table(rows: Sequence[dict[str, Any]]) -> str:
-    def cell(v: Any) -> str:
-        text = str(v)
-        # Book levels would make a preview unreadable: show their size only.
-        if isinstance(v, list):
-            text = f"[{len(v)} levels]"
-        return text.replace("|", "\\|")
-
-    header = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
-    return header + "".join("| " + " | ".join(map(cell, r.values())) + " |\n" for r in rows)
+# Fields holding epoch-ms times: shown as ISO times in previews.
+TIME_FIELDS = {"event_ts", "ingest_ts", "timestamp", "open_time", "close_time"}
 
 
-def _metadata(
-    rows: list[dict[str, Any]],
-    id_name: str,
-    changes: dict[str, int],
-    preview: Sequence[Record] = (),
-) -> dict[str, Any]:
-    """Per-partition metadata for a one-hour run; totals plus a per-hour table for a range.
-
-    A ranged (backfill) run records one materialization per partition with the same
-    metadata, so the table is what tells the hours apart there.
-    """
-    total = sum(r["records"] for r in rows)
-    meta: dict[str, Any] = {
-        "dagster/row_count": dg.MetadataValue.int(total),
-        "records": dg.MetadataValue.int(total),
-        "bytes": dg.MetadataValue.int(sum(r["bytes"] for r in rows)),
-        "rejected": dg.MetadataValue.int(sum(r["rejected"] for r in rows)),
-    }
-    if len(rows) == 1:
-        row = rows[0]
-        if row["first_id"] is not None:
-            meta[f"first_{id_name}"] = dg.MetadataValue.int(row["first_id"])
-            meta[f"last_{id_name}"] = dg.MetadataValue.int(row["last_id"])
-        meta["s3_uri"] = dg.MetadataValue.path(row["uri"])
-        meta["write_action"] = dg.MetadataValue.text(row["action"])
-        if changes:
-            meta["changes"] = dg.MetadataValue.json(changes)
+def _cell(name: str, value: Any) -> str:
+    if name in TIME_FIELDS and isinstance(value, int):
+        text = iso_ms(value)
+    elif isinstance(value, list):
+        # Book levels would make a preview unreadable: show their count only.
+        text = f"[{len(value)} levels]"
     else:
-        meta["hours"] = dg.MetadataValue.md(_md_table(rows))
-    if preview:
-        meta["preview"] = dg.MetadataValue.md(_md_table(preview[:PREVIEW_ROWS]))
+        text = str(value)
+    return text.replace("|", "\\|")
+
+
+def preview_table(records: Sequence[Record], data_type: str, rows: int = PREVIEW_ROWS) -> str:
+    """The first records of the object (by record key) as a markdown table; times as ISO UTC."""
+    first = heapq.nsmallest(rows, records, key=record_key(data_type))  # type: ignore[arg-type]
+    if not first:
+        return "(no records)"
+    cols = [c for c in first[0] if c != "symbol"]
+    head = "| " + " | ".join(f"{c} (UTC)" if c in TIME_FIELDS else c for c in cols) + " |\n"
+    head += "|" + "---|" * len(cols) + "\n"
+    body = "".join("| " + " | ".join(_cell(c, r.get(c, "")) for c in cols) + " |\n" for r in first)
+    return head + body
+
+
+def hour_metadata(
+    data_type: str, result: WriteResult, records: Sequence[Record], rejected: int
+) -> dict[str, Any]:
+    """One hour's figures: the object as written, its id and time range, a preview."""
+    meta: dict[str, Any] = {
+        "dagster/row_count": dg.MetadataValue.int(result.records),
+        "dagster/uri": dg.MetadataValue.text(result.uri),
+        # Both: the UI's overview shows dagster/size_bytes with units and plots it per hour;
+        # the hour's metadata table shows it as a bare integer, hence the readable one too.
+        "dagster/size_bytes": dg.MetadataValue.int(result.bytes),
+        "size": dg.MetadataValue.text(human_size(result.bytes)),
+        "write_action": dg.MetadataValue.text(result.action),
+        "rejected": dg.MetadataValue.int(rejected),
+    }
+    ident, when = id_field(data_type), time_field(data_type)
+    if result.first_key is not None and ident != when:
+        meta[f"first_{ident}"] = dg.MetadataValue.int(result.first_key[-1])
+        meta[f"last_{ident}"] = dg.MetadataValue.int(result.last_key[-1])
+    if records:
+        times = [r[when] for r in records]
+        meta[f"first_{when}"] = dg.MetadataValue.text(iso_ms(min(times)))
+        meta[f"last_{when}"] = dg.MetadataValue.text(iso_ms(max(times)))
+    if result.changes:
+        meta["changes"] = dg.MetadataValue.json(result.changes)
+    meta["preview"] = dg.MetadataValue.md(preview_table(records, data_type))
     return meta
 
 
-def _land_hour(
+def _source_metadata(got: HourFetch) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "source": dg.MetadataValue.text(got.source),
+        "source_detail": dg.MetadataValue.text(got.reason),
+    }
+    if got.archive_file:
+        meta["archive_file"] = dg.MetadataValue.text(got.archive_file)
+    if got.invalid_marked:
+        meta["archive_rows_marked_invalid"] = dg.MetadataValue.int(got.invalid_marked)
+    return meta
+
+
+def land_hour(
     context: dg.AssetExecutionContext,
     bronze: BronzeResource,
     store: BronzeStore,
@@ -287,8 +365,8 @@ def _land_hour(
     data_type: str,
     hour: int,
     fetched: Fetched,
-    source: str = "rest",
-) -> tuple[dict[str, Any], WriteResult]:
+) -> WriteResult:
+    """Write one hour (and dead-letter its malformed payloads), saying so in the run's log."""
     if fetched.rejects:
         uri = bronze.write_rejects(symbol, data_type, hour, fetched.rejects)
         context.log.warning(
@@ -299,80 +377,138 @@ def _land_hour(
     result = store.write_hour(symbol, data_type, hour, fetched.records)
     if result.changes:
         context.log.warning(f"{result.uri} replaced, records changed: {result.changes}")
-    context.log.info(f"{result.uri}: {result.records} records, {result.bytes} B, {result.action}")
-    return _hour_row(hour, result, len(fetched.rejects), source), result
+    context.log.info(
+        f"{result.uri}: {result.records} records, {human_size(result.bytes)}, {result.action}"
+    )
+    return result
 
 
-def _asset_metadata(symbol: str, data_type: str, settings: Settings) -> dict[str, Any]:
-    return {
-        "symbol": symbol,
-        "data_type": data_type,
-        "s3_layout": f"s3://{settings.bucket}/{settings.bronze_prefix}/{symbol}/{data_type}/"
-        "yyyy=YYYY/mm=MM/dd=DD/hh=HH/",
-    }
+def asset_definition_metadata(
+    settings: Settings, symbol: str, data_type: str
+) -> tuple[dict[str, Any], str]:
+    """(catalog fields incl. metadata, the S3 prefix of the asset's objects)."""
+    prefix = f"s3://{settings.bucket}/{settings.bronze_prefix}/{symbol}/{data_type}/"
+    fields = catalog_fields(LAYER, settings, symbol, data_type, prefix)
+    fields["metadata"]["s3_layout"] = dg.MetadataValue.text(prefix + "yyyy=YYYY/mm=MM/dd=DD/hh=HH/")
+    fields["metadata"]["dagster/column_schema"] = record_schema(data_type)
+    return fields, prefix
+
+
+def bronze_asset(
+    key: dg.AssetKey,
+    settings: Settings,
+    symbol: str,
+    data_type: str,
+    *,
+    kinds: set[str],
+    partitions: dg.PartitionsDefinition,
+    description: str,
+    checks: Sequence[Check],
+    skippable: bool = False,
+    deps: Sequence[dg.AssetKey] = (),
+    metadata: dict[str, Any] | None = None,
+    pool: str | None = None,
+) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
+    """One bronze asset with its per-hour checks.
+
+    A multi_asset for ``can_subset=True``, which makes the check outputs optional: the body
+    reports each hour's evaluations itself (``defs/checks.py``). ``skippable``: a run may end
+    without a materialization (past books, hours still open).
+    """
+    fields, _ = asset_definition_metadata(settings, symbol, data_type)
+    fields["metadata"].update(metadata or {})
+    return dg.multi_asset(
+        specs=[
+            dg.AssetSpec(
+                key,
+                deps=list(deps),
+                kinds=kinds,
+                partitions_def=partitions,
+                skippable=skippable,
+                description=description,
+                **fields,
+            )
+        ],
+        name=key.to_python_identifier(),
+        partitions_def=partitions,
+        backfill_policy=BACKFILL_POLICY,
+        pool=pool,
+        can_subset=True,
+        check_specs=check_specs(key, checks, partitions),
+    )
+
+
+def _only_checks_selected(context: dg.AssetExecutionContext, key: dg.AssetKey) -> bool:
+    if key in context.selected_asset_keys:
+        return False
+    context.log.info(
+        f"{'/'.join(key.path)} not selected: its checks evaluate what a run lands, so a run "
+        "of the checks alone has nothing to evaluate; materialize the asset instead"
+    )
+    return True
 
 
 def build_history_asset(symbol: str, kind: BronzeType, settings: Settings) -> dg.AssetsDefinition:
-    @dg.asset(
-        key=bronze_key(symbol, kind.data_type),
-        deps=[bronze_key(symbol, u) for u in kind.upstream],
-        group_name=BRONZE_GROUP,
+    key = bronze_key(symbol, kind.data_type, settings)
+
+    @bronze_asset(
+        key,
+        settings,
+        symbol,
+        kind.data_type,
+        deps=[bronze_key(symbol, u, settings) for u in kind.upstream],
         kinds={"s3", "binance"},
-        partitions_def=hourly_partitions(settings),
-        backfill_policy=BACKFILL_POLICY,
+        partitions=hourly_partitions(settings),
         pool=BINANCE_POOL,
         description=f"{symbol}: {kind.description} Gzip JSONL, one object per hour.",
-        metadata=_asset_metadata(symbol, kind.data_type, settings),
-        check_specs=check_specs(
-            bronze_key(symbol, kind.data_type), kind.checks, hourly_partitions(settings)
-        ),
+        checks=kind.checks,
     )
     def _asset(
         context: dg.AssetExecutionContext, binance: BinanceRestResource, bronze: BronzeResource
-    ) -> dg.MaterializeResult:
-        client = binance.get_client()
-        # Checks the symbol is listed (and adopts Binance's announced weight limit).
-        client.exchange_info(symbol)
-        store = bronze.get_store()
+    ) -> Iterator[dg.MaterializeResult | dg.AssetCheckEvaluation]:
+        if _only_checks_selected(context, key):
+            return
         hours = list(partition_hours(context))
-        source = history_source(context, settings, client, hours)
-        rows, changes = [], {}
-        verdicts: dict[str, list[tuple[int, quality.Verdict]]] = {c.name: [] for c in kind.checks}
-        previous: list[Record] = []
+        store = bronze.get_store()
+        require_upstream(store, symbol, kind.data_type, kind.upstream, hours)
+        client = binance.get_client()
+        verdicts: dict[int, dict[str, quality.Verdict]] = {}
         by_source: dict[str, int] = {}
-        for got in kind.fetch(source, store, symbol, hours):
-            hour = got.hour
-            row, result = _land_hour(
-                context, bronze, store, symbol, kind.data_type, hour, got.fetched, got.source
-            )
-            rows.append(row)
-            changes = result.changes or changes
-            data = HourData(
-                symbol, kind.data_type, hour, got.fetched.records, store, previous or None
-            )
-            for check in kind.checks:
-                verdicts[check.name].append((hour, check.rule(data)))
-            previous = got.fetched.records
-            by_source[got.source] = by_source.get(got.source, 0) + 1
-            if len(hours) > 1:
-                # A ranged run records one materialization per hour: each gets its own figures.
+        with expected_failures(f"{symbol} {kind.data_type}"):
+            # Checks the symbol is listed (and adopts Binance's announced weight limit).
+            client.exchange_info(symbol)
+            source = history_source(context, settings, client, hours)
+            previous: list[Record] = []
+            for got in kind.fetch(source, store, symbol, hours):
+                hour, records = got.hour, got.fetched.records
+                result = land_hour(
+                    context, bronze, store, symbol, kind.data_type, hour, got.fetched
+                )
                 context.add_asset_metadata(
-                    {**_metadata([row], kind.id_name, result.changes), **_source_metadata(got)},
+                    {
+                        **hour_metadata(kind.data_type, result, records, len(got.fetched.rejects)),
+                        **_source_metadata(got),
+                    },
+                    asset_key=key,
                     partition_key=hour_partition_key(hour),
                 )
-        landed = [r["hour"] for r in rows]
-        if len(landed) != len(hours):
-            raise RuntimeError(f"{symbol} {kind.data_type}: landed {landed} of {len(hours)} hours")
-        meta = _metadata(rows, kind.id_name, changes, previous)
-        meta["hours_by_source"] = dg.MetadataValue.json(by_source)
-        if len(hours) == 1:
-            meta.update(_source_metadata(got))
-        return dg.MaterializeResult(
-            metadata=meta,
-            check_results=check_results(
-                context, bronze_key(symbol, kind.data_type), kind.checks, verdicts
-            ),
-        )
+                data = HourData(symbol, kind.data_type, hour, records, store, previous or None)
+                verdicts[hour] = {check.name: check.rule(data) for check in kind.checks}
+                previous = records
+                by_source[got.source] = by_source.get(got.source, 0) + 1
+        if sorted(verdicts) != hours:
+            landed = [f"{from_ms(h):%Y-%m-%d %H}h" for h in sorted(verdicts)]
+            raise dg.Failure(
+                description=f"{symbol} {kind.data_type}: the source delivered {landed}, not "
+                f"the run's {len(hours)} hours"
+            )
+        if len(hours) > 1:
+            context.log.info(
+                f"{symbol} {kind.data_type}: {len(hours)} hours landed, by source {by_source}"
+            )
+        # No metadata here: Dagster would copy it onto every hour of a range.
+        yield dg.MaterializeResult(asset_key=key)
+        yield from hour_evaluations(context, key, kind.checks, verdicts)
 
     return _asset
 
@@ -418,18 +554,6 @@ def _sweep_work_dirs() -> None:
             continue
 
 
-def _source_metadata(got: HourFetch) -> dict[str, Any]:
-    meta: dict[str, Any] = {
-        "source": dg.MetadataValue.text(got.source),
-        "source_detail": dg.MetadataValue.text(got.reason),
-    }
-    if got.archive_file:
-        meta["archive_file"] = dg.MetadataValue.text(got.archive_file)
-    if got.invalid_marked:
-        meta["archive_rows_marked_invalid"] = dg.MetadataValue.int(got.invalid_marked)
-    return meta
-
-
 BOOK_CHECK = Check(
     "book_valid",
     "Bids strictly descending, asks strictly ascending, best bid < best ask, no zero size.",
@@ -442,48 +566,15 @@ BOOK_CHECK = Check(
 )
 
 
-def skippable_asset(
-    key: dg.AssetKey,
-    *,
-    kinds: set[str],
-    partitions: dg.PartitionsDefinition,
-    description: str,
-    metadata: dict[str, Any],
-    checks: Sequence[Check],
-    pool: str | None = None,
-) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
-    """A bronze asset whose run may end without a materialization or a check result.
-
-    A multi_asset only for ``can_subset=True``, which makes its outputs (the checks' included)
-    optional: a run over hours that cannot be fetched (past books, open hours) skips them.
-    """
-    return dg.multi_asset(
-        specs=[
-            dg.AssetSpec(
-                key,
-                group_name=BRONZE_GROUP,
-                kinds=kinds,
-                partitions_def=partitions,
-                skippable=True,
-                description=description,
-                metadata=metadata,
-            )
-        ],
-        name=key.to_python_identifier(),
-        partitions_def=partitions,
-        backfill_policy=BACKFILL_POLICY,
-        pool=pool,
-        can_subset=True,
-        check_specs=check_specs(key, checks, partitions),
-    )
-
-
 def build_depth_snapshot_asset(symbol: str, settings: Settings) -> dg.AssetsDefinition:
     partitions = hourly_partitions(settings, end_offset=1)
-    key = bronze_key(symbol, DEPTH_SNAPSHOT)
+    key = bronze_key(symbol, DEPTH_SNAPSHOT, settings)
 
-    @skippable_asset(
+    @bronze_asset(
         key,
+        settings,
+        symbol,
+        DEPTH_SNAPSHOT,
         kinds={"s3", "binance"},
         partitions=partitions,
         description=(
@@ -491,13 +582,15 @@ def build_depth_snapshot_asset(symbol: str, settings: Settings) -> dg.AssetsDefi
             "with Binance's server time. Binance serves no past books: only the hour in "
             "progress can be captured; runs over past hours skip it without failing."
         ),
-        metadata=_asset_metadata(symbol, DEPTH_SNAPSHOT, settings),
         checks=[BOOK_CHECK],
+        skippable=True,
         pool=BINANCE_POOL,
     )
     def _asset(
         context: dg.AssetExecutionContext, binance: BinanceRestResource, bronze: BronzeResource
-    ) -> Iterator[dg.MaterializeResult]:
+    ) -> Iterator[dg.MaterializeResult | dg.AssetCheckEvaluation]:
+        if _only_checks_selected(context, key):
+            return
         hours = list(partition_hours(context))
         current = floor_hour(now_ms())
         if hours != [current]:
@@ -510,8 +603,9 @@ def build_depth_snapshot_asset(symbol: str, settings: Settings) -> dg.AssetsDefi
             )
             return
         client = binance.get_client()
-        client.exchange_info(symbol)
-        fetched = fetch_depth_snapshot(client, symbol, DEPTH_SNAPSHOT_LIMIT)
+        with expected_failures(f"{symbol} depth_snapshot"):
+            client.exchange_info(symbol)
+            fetched = fetch_depth_snapshot(client, symbol, DEPTH_SNAPSHOT_LIMIT)
         snapshot_hours = {floor_hour(r["timestamp"]) for r in fetched.records}
         if snapshot_hours - {current}:
             context.log.info(f"{symbol} depth snapshot taken after the hour ended: skipped")
@@ -520,21 +614,19 @@ def build_depth_snapshot_asset(symbol: str, settings: Settings) -> dg.AssetsDefi
         # Captures accumulate: every snapshot of the hour is a resync point for a book rebuild.
         captured = fetched.records
         fetched.records = (store.read_hour(symbol, DEPTH_SNAPSHOT, current) or []) + captured
-        row, result = _land_hour(context, bronze, store, symbol, DEPTH_SNAPSHOT, current, fetched)
-        meta = _metadata([row], "update_id", result.changes, captured)
-        for name in ("first_update_id", "last_update_id"):
-            meta.pop(name, None)
-        if fetched.records:
-            snap = fetched.records[-1]
-            meta["last_update_id"] = dg.MetadataValue.int(snap["last_update_id"])
-            meta["server_time"] = dg.MetadataValue.timestamp(snap["timestamp"] / 1000)
-            meta["levels"] = dg.MetadataValue.json(
-                {"bids": len(snap["bids"]), "asks": len(snap["asks"])}
-            )
+        result = land_hour(context, bronze, store, symbol, DEPTH_SNAPSHOT, current, fetched)
+        meta = hour_metadata(DEPTH_SNAPSHOT, result, fetched.records, len(fetched.rejects))
+        if captured:
+            snap = captured[-1]
+            meta["captured_update_id"] = dg.MetadataValue.int(snap["last_update_id"])
+            meta["captured_server_time"] = dg.MetadataValue.text(iso_ms(snap["timestamp"]))
+            meta["bid_levels"] = dg.MetadataValue.int(len(snap["bids"]))
+            meta["ask_levels"] = dg.MetadataValue.int(len(snap["asks"]))
+        context.add_asset_metadata(meta, asset_key=key, partition_key=hour_partition_key(current))
         data = HourData(symbol, DEPTH_SNAPSHOT, current, captured, store)
-        verdicts = [(current, BOOK_CHECK.rule(data))]
-        yield dg.MaterializeResult(
-            asset_key=key, metadata=meta, check_results=[overall_result(BOOK_CHECK, verdicts)]
+        yield dg.MaterializeResult(asset_key=key)
+        yield from hour_evaluations(
+            context, key, [BOOK_CHECK], {current: {BOOK_CHECK.name: BOOK_CHECK.rule(data)}}
         )
 
     return _asset
@@ -545,7 +637,7 @@ def build_bronze_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     for symbol in settings.symbols:
         assets += [build_history_asset(symbol, kind, settings) for kind in history_types(settings)]
         assets.append(build_depth_snapshot_asset(symbol, settings))
-    return assets
+    return with_code_references(assets)
 
 
 def build_agg_trades_asset(symbol: str, settings: Settings) -> dg.AssetsDefinition:

@@ -1,16 +1,36 @@
-"""Asset checks shared by the bronze and archive factories: one result per hour partition.
+"""Asset checks shared by bronze, the stream archive and silver: one result per hour partition.
 
-A check is a pure rule from ``ingest_pipeline.quality`` applied to what a run landed for one
-hour. A one-hour run yields the hour's result; a ranged run (backfill policy) logs one
-evaluation per hour and yields one overall result, which is what ``blocking`` acts on.
+A check is a pure rule (``ingest_pipeline.quality``, or silver's frame rules) applied to what a
+run wrote for one hour. Whatever the run covers, one hour or a range of a backfill, each hour
+gets its own ``AssetCheckEvaluation``, and it counts as *that hour's* status in every view of the
+UI (the check's partition list and counters as well as the hour's panel) only if:
+
+- it names the hour (``partition``): ``AssetCheckResult`` has no partition, and Dagster gives it
+  the run's partition only when the run has a ``dagster/partition`` tag, which backfill runs
+  never have, even over one hour (their range tags leave every hour's check SKIPPED);
+- it names the materialization it checked (``target_materialization_data``): Dagster counts an
+  evaluation as current only when that is the partition's latest materialization. So the
+  evaluations come *after* the run's materializations are stored: the asset yields them after
+  its ``MaterializeResult`` (or ``AssetMaterialization`` events), then looks its own run's
+  materializations up (:func:`this_run_materializations`).
+
+Yielded, not logged: a yielded failed evaluation of a blocking check fails the step once the
+body ends (downstream steps of the run do not start); ``context.log_event`` would bypass that.
+The check outputs must then be optional, which a ``multi_asset(can_subset=True)`` gives.
 """
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
+
+# Not re-exported by dagster (1.13): the pointer from an evaluation to the materialization it
+# checked. Public alternatives do not exist for partitioned checks of ranged runs.
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData,
+)
 
 from ingest_pipeline import quality
 from ingest_pipeline.timeutil import from_ms
@@ -48,11 +68,16 @@ def check_specs(
 
 
 def verdict_metadata(v: quality.Verdict) -> dict[str, Any]:
-    meta: dict[str, Any] = {"summary": dg.MetadataValue.text(v.summary)}
+    """The verdict's numbers (what the check's plot draws over time) and details; the summary
+    is the evaluation's description."""
+    meta: dict[str, Any] = {
+        name: dg.MetadataValue.int(value)
+        if isinstance(value, int)
+        else dg.MetadataValue.float(float(value))
+        for name, value in v.numbers.items()
+    }
     if v.details:
         meta["details"] = dg.MetadataValue.json(v.details)
-    for name, value in v.numbers.items():
-        meta[name] = dg.MetadataValue.float(float(value))
     return meta
 
 
@@ -60,64 +85,80 @@ def hour_partition_key(hour_ms: int) -> str:
     return f"{from_ms(hour_ms):%Y-%m-%d-%H:%M}"
 
 
-def check_results(
+def this_run_materializations(
+    context: dg.AssetExecutionContext, asset_key: dg.AssetKey, partitions: Sequence[str]
+) -> dict[str, AssetCheckEvaluationTargetMaterializationData]:
+    """This run's stored materializations of ``asset_key`` for ``partitions`` (the latest one
+    when a partition was materialized twice): what an evaluation of that hour checked.
+
+    Read through the asset's records, not the run's events: Dagster compares the storage id
+    with the partition's latest materialization in the asset index, and the sqlite storage of
+    ``dagster dev`` numbers a run's events apart from that index (same ids only in one-database
+    storages such as PostgreSQL or an ephemeral instance)."""
+    run_id = context.run.run_id
+    # Newest first: this run's come before any older run's of the same hours.
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=list(partitions)),
+        limit=2 * len(partitions),
+    ).records
+    out: dict[str, AssetCheckEvaluationTargetMaterializationData] = {}
+    for r in records:
+        if r.run_id != run_id or r.partition_key is None or r.partition_key in out:
+            continue
+        out[r.partition_key] = AssetCheckEvaluationTargetMaterializationData(
+            storage_id=r.storage_id, run_id=run_id, timestamp=r.timestamp
+        )
+    return out
+
+
+def hour_evaluations(
     context: dg.AssetExecutionContext,
     asset_key: dg.AssetKey,
     checks: Sequence[Check],
-    verdicts: dict[str, list[tuple[int, quality.Verdict]]],
-) -> list[dg.AssetCheckResult]:
-    """Check results of a run: per hour, plus the run's overall result.
+    verdicts: Mapping[int, Mapping[str, quality.Verdict]],
+    fail_on_blocking: bool = True,
+) -> Iterator[dg.AssetCheckEvaluation]:
+    """One evaluation per hour and selected check, each naming this run's materialization of
+    its hour. Call (and yield from) it after the hours' materializations were yielded.
 
-    A one-hour run yields the hour's result (Dagster files it under the run's partition). An
-    AssetCheckResult carries no partition, so a ranged run logs each hour's evaluation itself,
-    then yields one overall result, which is what blocking acts on.
-    """
-    results = []
-    for check in checks:
-        hours = verdicts[check.name]
-        if len(hours) > 1:
-            for hour, v in hours:
-                context.log_event(
-                    dg.AssetCheckEvaluation(
-                        asset_key=asset_key,
-                        check_name=check.name,
-                        passed=v.passed,
-                        metadata=verdict_metadata(v),
-                        severity=check.severity,
-                        description=v.summary,
-                        blocking=check.blocking,
-                        partition=hour_partition_key(hour),
-                    )
-                )
-        results.append(overall_result(check, hours))
-    return results
-
-
-def overall_result(
-    check: Check,
-    verdicts: list[tuple[int, quality.Verdict]],
-    asset_key: dg.AssetKey | None = None,
-) -> dg.AssetCheckResult:
-    """One result for the run (``asset_key``: needed when the step has several assets)."""
-    failed = [(h, v) for h, v in verdicts if not v.passed]
-    if len(verdicts) == 1:
-        summary = verdicts[0][1].summary
-    elif failed:
-        summary = f"{len(failed)} of {len(verdicts)} hours fail"
-    else:
-        summary = f"all {len(verdicts)} hours pass"
-    meta: dict[str, Any] = {"summary": dg.MetadataValue.text(summary)}
-    if len(verdicts) == 1:
-        meta.update(verdict_metadata(verdicts[0][1]))
-    if failed:
-        meta["failures"] = dg.MetadataValue.json(
-            {f"{from_ms(h):%Y-%m-%d %H}h": {"summary": v.summary, **v.details} for h, v in failed}
-        )
-    return dg.AssetCheckResult(
-        asset_key=asset_key,
-        check_name=check.name,
-        passed=not failed,
-        severity=check.severity,
-        metadata=meta,
-        description=summary,
+    Once all are yielded, a failed blocking check fails the step with a ``dg.Failure`` naming
+    the hours and checks (``fail_on_blocking``; Dagster would fail it anyway, with its own
+    stack trace and no hour)."""
+    selected = context.selected_asset_check_keys
+    wanted = [c for c in checks if dg.AssetCheckKey(asset_key, c.name) in selected]
+    if not wanted or not verdicts:
+        return
+    targets = this_run_materializations(
+        context, asset_key, [hour_partition_key(h) for h in verdicts]
     )
+    blocked: list[str] = []
+    for hour, by_check in sorted(verdicts.items()):
+        partition = hour_partition_key(hour)
+        target = targets.get(partition)
+        if target is None:
+            # Never expected: every hour with verdicts was materialized just before.
+            context.log.warning(
+                f"{'/'.join(asset_key.path)} {partition}: no materialization of this run "
+                "found; its check results will not count as the hour's status"
+            )
+        for c in wanted:
+            v = by_check[c.name]
+            if c.blocking and not v.passed and c.severity == dg.AssetCheckSeverity.ERROR:
+                blocked.append(f"{from_ms(hour):%Y-%m-%d %H}h {c.name} ({v.summary})")
+            yield dg.AssetCheckEvaluation(
+                asset_key=asset_key,
+                check_name=c.name,
+                passed=v.passed,
+                metadata=verdict_metadata(v),
+                severity=c.severity,
+                description=v.summary,
+                blocking=c.blocking,
+                partition=partition,
+                target_materialization_data=target,
+            )
+    if blocked and fail_on_blocking:
+        raise dg.Failure(
+            description=f"{'/'.join(asset_key.path)}: {len(blocked)} blocking check(s) failed, "
+            f"downstream assets of this run do not run: {'; '.join(blocked[:5])}"
+            + (f"; and {len(blocked) - 5} more" if len(blocked) > 5 else ""),
+        )

@@ -23,11 +23,10 @@ newest hours still map. A neighbour hour that is not in bronze is simply absent,
 part of an hour its bronze object does not cover (``coverage``): the rows that needed it are
 flagged incomplete (values null), never invented.
 
-Ranged runs (backfills, ``BackfillPolicy.multi_run``): Dagster would file one output as a
-materialization of *every* hour of the range, empty ones included, so a ranged run records one
-materialization per hour that has rows itself (with that hour's metadata), then that hour's
-check evaluations, and fails at the end if a blocking check failed. A one-hour run yields its
-result the ordinary way.
+Hours of a run (one, or a backfill's range): Dagster would file one output as a
+materialization of *every* hour of the range, empty ones included, so a run yields one
+materialization per hour that has rows itself (with that hour's metadata), then the hours'
+check evaluations (``defs/checks.py``), and fails at the end if a blocking check failed.
 
 Automation (see :func:`silver_condition` and :func:`build_silver_sensors`): each table is
 requested once the bronze inputs of its hour *and* of the next hour (labels) have landed with
@@ -46,22 +45,14 @@ from typing import Any
 import dagster as dg
 import numpy as np
 import pandas as pd
-from dagster._core.definitions.asset_checks.asset_check_evaluation import (
-    AssetCheckEvaluationTargetMaterializationData,
-)
 from dagster._core.events import DagsterEventType
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from dagster_aws.s3 import S3Resource
 
 from ingest_pipeline import quality, spans
 from ingest_pipeline.defs.bronze import BACKFILL_POLICY, bronze_key
-from ingest_pipeline.defs.checks import (
-    Check,
-    check_specs,
-    hour_partition_key,
-    overall_result,
-    verdict_metadata,
-)
+from ingest_pipeline.defs.catalog import catalog_fields, symbol_key_part, with_code_references
+from ingest_pipeline.defs.checks import Check, check_specs, hour_evaluations, hour_partition_key
 from ingest_pipeline.defs.partitions import hourly_partitions, partition_hours
 from ingest_pipeline.defs.resources import BronzeResource, s3_resource
 from ingest_pipeline.features.coverage import BBA_SOURCE, DEPTH_SOURCE, KLINE_SOURCE, TRADE_SOURCE
@@ -89,10 +80,9 @@ from ingest_pipeline.records import (
 from ingest_pipeline.settings import Settings
 from ingest_pipeline.storage.bronze import BronzeStore
 from ingest_pipeline.storage.silver import SilverStore
-from ingest_pipeline.symbols import asset_key_part
-from ingest_pipeline.timeutil import HOUR_MS, from_ms
+from ingest_pipeline.timeutil import HOUR_MS, from_ms, iso_ms
 
-SILVER_GROUP = "silver"
+LAYER = "silver"
 PARTITION_FORMAT = "%Y-%m-%d-%H:%M"
 PREVIEW_ROWS = 6
 # An automation sensor evaluated in the code server may target at most 500 assets and checks
@@ -116,8 +106,9 @@ WARMUP_AND_LABELS = dg.TimeWindowPartitionMapping(
 )
 
 
-def silver_asset_key(symbol: str, table: str) -> dg.AssetKey:
-    return dg.AssetKey(["silver", asset_key_part(symbol), table])
+def silver_asset_key(symbol: str, table: str, settings: Settings | None = None) -> dg.AssetKey:
+    """``[silver, symbol, table]``; the symbol as its key part (alias) from ``settings``."""
+    return dg.AssetKey([LAYER, symbol_key_part(symbol, settings), table])
 
 
 class SilverResource(dg.ConfigurableResource):
@@ -238,7 +229,8 @@ def check_grid(frame: pd.DataFrame, hour: int, spec: FeatureSpec) -> quality.Ver
     expected = np.arange(hour + spec.step_ms, hour + HOUR_MS + 1, spec.step_ms, dtype=np.int64)
     ts = frame["ts"].to_numpy(np.int64)
     if len(ts) == len(expected) and bool(np.array_equal(ts, expected)):
-        return quality.Verdict(True, f"{len(ts)} rows, one per {spec.step_ms} ms step")
+        numbers = {"rows": len(ts), "missing_steps": 0, "off_grid": 0, "duplicates": 0}
+        return quality.Verdict(True, f"{len(ts)} rows, one per {spec.step_ms} ms step", {}, numbers)
     have = set(ts.tolist())
     missing = [int(t) for t in expected if t not in have]
     extra = sorted(have - set(expected.tolist()))
@@ -248,18 +240,21 @@ def check_grid(frame: pd.DataFrame, hour: int, spec: FeatureSpec) -> quality.Ver
         f"{len(ts)} rows for {len(expected)} steps: {len(missing)} missing, {len(extra)} off "
         f"the grid, {dup} duplicated",
         {"missing": missing[:10], "off_grid": extra[:10], "duplicates": dup},
+        {"rows": len(ts), "missing_steps": len(missing), "off_grid": len(extra), "duplicates": dup},
     )
 
 
 def check_ts_increasing(frame: pd.DataFrame, hour: int, spec: FeatureSpec) -> quality.Verdict:
     ts = frame["ts"].to_numpy(np.int64)
     bad = np.flatnonzero(np.diff(ts) <= 0)
+    numbers = {"rows": len(ts), "not_increasing": len(bad)}
     if len(bad) == 0:
-        return quality.Verdict(True, "ts strictly increasing")
+        return quality.Verdict(True, "ts strictly increasing", {}, numbers)
     return quality.Verdict(
         False,
         f"ts not strictly increasing at {len(bad)} row(s)",
         {"first_rows": [int(i) + 1 for i in bad[:10]], "ts": [int(ts[i + 1]) for i in bad[:10]]},
+        numbers,
     )
 
 
@@ -278,9 +273,12 @@ def check_complete_rows(frame: pd.DataFrame, hour: int, spec: FeatureSpec) -> qu
         n = int(np.isnan(frame[c].to_numpy(np.float64))[complete].sum())
         if n:
             bad[c] = n
+    numbers = {"complete_rows": int(complete.sum()), "nan_values": sum(bad.values())}
     if not bad:
-        return quality.Verdict(True, f"{int(complete.sum())} complete rows, no NaN in them")
-    return quality.Verdict(False, f"complete rows with NaN in {len(bad)} column(s)", bad)
+        return quality.Verdict(
+            True, f"{int(complete.sum())} complete rows, no NaN in them", {}, numbers
+        )
+    return quality.Verdict(False, f"complete rows with NaN in {len(bad)} column(s)", bad, numbers)
 
 
 def check_complete_share(d: HourFrame) -> quality.Verdict:
@@ -307,10 +305,11 @@ def check_complete_share(d: HourFrame) -> quality.Verdict:
 
 def _violations(name: str, mask: np.ndarray, frame: pd.DataFrame, what: str) -> quality.Verdict:
     n = int(mask.sum())
+    numbers = {"violations": n}
     if n == 0:
-        return quality.Verdict(True, f"{what}: holds on every row with a value")
+        return quality.Verdict(True, f"{what}: holds on every row with a value", {}, numbers)
     first = frame["ts"].to_numpy(np.int64)[mask][:10].tolist()
-    return quality.Verdict(False, f"{what}: violated on {n} row(s)", {"first_ts": first})
+    return quality.Verdict(False, f"{what}: violated on {n} row(s)", {"first_ts": first}, numbers)
 
 
 def check_spread(frame: pd.DataFrame, hour: int, spec: FeatureSpec) -> quality.Verdict:
@@ -404,11 +403,9 @@ class InputsReady(dg.AutomationCondition):
 
     Why not the built-ins: ``any_deps_missing`` and ``all_deps_blocking_checks_passed`` see
     the whole mapped window ``[H-1, H+1]`` at once, so they cannot tell the optional warm-up
-    hour from the needed label hour; and ``check_passed`` counts a partitioned check only when
-    its evaluation targets the partition's latest materialization, which the per-hour results
-    of a ranged bronze run (logged before Dagster files the range's materializations) never
-    do. This condition asks the event log directly, for the few hours still candidates once
-    the cheap built-in parts of :func:`silver_condition` have narrowed them.
+    hour from the needed label hour. This condition asks the event log directly, for the few
+    hours still candidates once the cheap built-in parts of :func:`silver_condition` have
+    narrowed them.
     """
 
     def __init__(self, required: Offsets, optional: Offsets = ()) -> None:
@@ -566,7 +563,9 @@ def build_silver_sensors(
     per_symbol = len(source_tables(settings, spec)) + 1
     sensors = []
     for i, group in enumerate(_symbol_groups(settings.symbols, per_symbol)):
-        keys = [silver_asset_key(s, t) for s in group for t in silver_tables(settings, spec)]
+        keys = [
+            silver_asset_key(s, t, settings) for s in group for t in silver_tables(settings, spec)
+        ]
         sensors.append(
             dg.AutomationConditionSensorDefinition(
                 "silver_automation" if i == 0 else f"silver_automation_{i + 1}",
@@ -600,9 +599,17 @@ def preview_markdown(frame: pd.DataFrame, rows: int = PREVIEW_ROWS, max_cols: in
     cols = [c for c in sample.columns if c != "symbol"]
     if len(cols) > max_cols:
         cols = [*cols[: max_cols - 1], "complete"]
-    head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
+    # Grid times as people read them, not epoch milliseconds.
+    times = {c for c in cols if c == "ts" or c.endswith("_ts")}
+    head = "| " + " | ".join(f"{c} (UTC)" if c in times else c for c in cols) + " |\n"
+    head += "|" + "---|" * len(cols) + "\n"
     body = "".join(
-        "| " + " | ".join(_fmt(r[c]) for c in cols) + " |\n" for _, r in sample.iterrows()
+        "| "
+        + " | ".join(
+            iso_ms(int(r[c])) if c in times and pd.notna(r[c]) else _fmt(r[c]) for c in cols
+        )
+        + " |\n"
+        for _, r in sample.iterrows()
     )
     return head + body
 
@@ -756,16 +763,20 @@ def silver_tables(settings: Settings, spec: FeatureSpec = DEFAULT_SPEC) -> list[
     return [s.table for s in source_tables(settings, spec)] + [TRAINING_TABLE]
 
 
-def _asset_metadata(
+def _catalog(
     symbol: str, table: str, cols: Sequence[str], settings: Settings, spec: FeatureSpec
 ) -> dict[str, Any]:
-    return {
-        "symbol": symbol,
-        "table": table,
-        "s3_layout": f"s3://{settings.bucket}/{settings.silver_prefix}/{table}/symbol={symbol}/"
-        "date=YYYY-MM-DD/hour=HH/part-0.parquet",
-        "dagster/column_schema": _column_schema(cols, spec),
-    }
+    """Group, tags, owners and definition metadata of one table's asset."""
+    prefix = f"s3://{settings.bucket}/{settings.silver_prefix}/{table}/symbol={symbol}/"
+    fields = catalog_fields(LAYER, settings, symbol, table, prefix)
+    fields["metadata"].update(
+        {
+            "table": dg.MetadataValue.text(table),
+            "s3_layout": dg.MetadataValue.text(prefix + "date=YYYY-MM-DD/hour=HH/part-0.parquet"),
+            "dagster/column_schema": _column_schema(cols, spec),
+        }
+    )
+    return fields
 
 
 @dataclass
@@ -804,7 +815,7 @@ def _outcome(
     if uri is None:
         log.info(f"{symbol} {table} {from_ms(hour):%Y-%m-%d %H}h: no input, nothing written")
         return HourOutcome(hour, frame, None, {}, {})
-    extra["s3_uri"] = dg.MetadataValue.path(uri)
+    extra["dagster/uri"] = dg.MetadataValue.text(uri)
     if input_coverage:
         extra["input_coverage"] = dg.MetadataValue.json(input_coverage)
     data = HourFrame(frame, hour, spec, input_coverage)
@@ -852,54 +863,17 @@ def _report(
     key: dg.AssetKey,
     checks: Sequence[Check],
     outcomes: list[HourOutcome],
-    single: bool,
-) -> Iterator[dg.MaterializeResult]:
-    """Record what a run made of one table: a one-hour run yields its result (nothing for an
-    hour without rows); a ranged run logs one materialization and its check evaluations per
-    hour with rows."""
+) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
+    """Record what a run made of one table: a materialization per hour with rows (with that
+    hour's metadata), then their check evaluations; an hour without rows is not materialized."""
     made = [o for o in outcomes if o.uri is not None]
-    if single:
-        for o in made:
-            yield dg.MaterializeResult(
-                asset_key=key,
-                metadata=o.metadata,
-                check_results=[
-                    overall_result(c, [(o.hour, o.verdicts[c.name])], key) for c in checks
-                ],
-            )
-        return
-    instance = context.instance
     for o in made:
-        partition = hour_partition_key(o.hour)
-        context.log_event(dg.AssetMaterialization(key, partition=partition, metadata=o.metadata))
-        stored = instance.event_log_storage.get_latest_storage_id_by_partition(
-            key, DagsterEventType.ASSET_MATERIALIZATION, {partition}
+        yield dg.AssetMaterialization(
+            key, partition=hour_partition_key(o.hour), metadata=o.metadata
         )
-        # The evaluation names the materialization it checked, so Dagster counts it as the
-        # partition's current result.
-        target = None
-        if partition in stored:
-            record = instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=key, storage_ids=[stored[partition]]), limit=1
-            ).records[0]
-            target = AssetCheckEvaluationTargetMaterializationData(
-                storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp
-            )
-        for c in checks:
-            v = o.verdicts[c.name]
-            context.log_event(
-                dg.AssetCheckEvaluation(
-                    asset_key=key,
-                    check_name=c.name,
-                    passed=v.passed,
-                    metadata=verdict_metadata(v),
-                    severity=c.severity,
-                    description=v.summary,
-                    blocking=c.blocking,
-                    partition=partition,
-                    target_materialization_data=target,
-                )
-            )
+    # The multi-asset fails at its end, once the training set has left out the blocked hours.
+    verdicts = {o.hour: o.verdicts for o in made}
+    yield from hour_evaluations(context, key, checks, verdicts, fail_on_blocking=False)
     skipped = len(outcomes) - len(made)
     context.log.info(
         f"{'/'.join(key.path)}: {len(made)} hour(s) materialized"
@@ -915,34 +889,32 @@ def build_symbol_silver(
     sources = source_tables(settings, spec)
     specs, all_checks = [], []
     for source in sources:
-        key = silver_asset_key(symbol, source.table)
-        inputs = [(bronze_key(symbol, t), m) for t, m in source.inputs]
-        required = [(bronze_key(symbol, t), offs) for t, offs in source.required]
-        optional = [(bronze_key(symbol, t), offs) for t, offs in source.optional]
+        key = silver_asset_key(symbol, source.table, settings)
+        inputs = [(bronze_key(symbol, t, settings), m) for t, m in source.inputs]
+        required = [(bronze_key(symbol, t, settings), offs) for t, offs in source.required]
+        optional = [(bronze_key(symbol, t, settings), offs) for t, offs in source.optional]
         cols = table_columns(source.table, spec)
         specs.append(
             dg.AssetSpec(
                 key,
                 deps=[dg.AssetDep(k, partition_mapping=m) for k, m in inputs],
-                group_name=SILVER_GROUP,
                 kinds={"s3", "parquet", "pandas"},
                 partitions_def=partitions_def,
                 skippable=True,
                 automation_condition=silver_condition(required, optional),
                 description=f"{symbol}: {source.description} Parquet (zstd), one object per "
                 "hour; an hour without input writes nothing and is not materialized.",
-                metadata=_asset_metadata(symbol, source.table, cols, settings, spec),
+                **_catalog(symbol, source.table, cols, settings, spec),
             )
         )
         all_checks += check_specs(key, source.checks, partitions_def)
-    training_key = silver_asset_key(symbol, TRAINING_TABLE)
-    source_keys = [silver_asset_key(symbol, s.table) for s in sources]
-    trade_key = silver_asset_key(symbol, TRADE_TABLE)
+    training_key = silver_asset_key(symbol, TRAINING_TABLE, settings)
+    source_keys = [silver_asset_key(symbol, s.table, settings) for s in sources]
+    trade_key = silver_asset_key(symbol, TRADE_TABLE, settings)
     specs.append(
         dg.AssetSpec(
             training_key,
             deps=source_keys,
-            group_name=SILVER_GROUP,
             kinds={"s3", "parquet", "pandas"},
             partitions_def=partitions_def,
             skippable=True,
@@ -954,15 +926,13 @@ def build_symbol_silver(
                 "trade, book and kline features joined on ts; complete when every table's row "
                 "is. An hour whose tables failed a blocking check is not joined."
             ),
-            metadata=_asset_metadata(
-                symbol, TRAINING_TABLE, table_columns(TRAINING_TABLE, spec), settings, spec
-            ),
+            **_catalog(symbol, TRAINING_TABLE, table_columns(TRAINING_TABLE, spec), settings, spec),
         )
     )
     all_checks += check_specs(training_key, TRAINING_CHECKS, partitions_def)
 
     @dg.multi_asset(
-        name=f"silver_{asset_key_part(symbol)}",
+        name=f"silver_{settings.key_part(symbol)}",
         specs=specs,
         check_specs=all_checks,
         partitions_def=partitions_def,
@@ -971,7 +941,7 @@ def build_symbol_silver(
     )
     def _silver(
         context: dg.AssetExecutionContext, bronze: BronzeResource, silver: SilverResource
-    ) -> Iterator[dg.MaterializeResult]:
+    ) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
         selected = context.selected_asset_keys
         hours = list(partition_hours(context))
         b = BronzeHours(bronze.get_store(), symbol)
@@ -979,7 +949,7 @@ def build_symbol_silver(
         done: dict[str, dict[int, HourOutcome]] = {}
         blocked: list[str] = []
         for source in sources:
-            key = silver_asset_key(symbol, source.table)
+            key = silver_asset_key(symbol, source.table, settings)
             if key not in selected:
                 continue
             outcomes = []
@@ -993,7 +963,7 @@ def build_symbol_silver(
                 blocked += [f"{source.table} {from_ms(hour):%Y-%m-%d %H}h {c}" for c in
                             o.blocked(source.checks)]  # fmt: skip
             done[source.table] = {o.hour: o for o in outcomes}
-            yield from _report(context, key, source.checks, outcomes, len(hours) == 1)
+            yield from _report(context, key, source.checks, outcomes)
         if training_key in selected:
             outcomes = []
             for hour in hours:
@@ -1035,10 +1005,9 @@ def build_symbol_silver(
                 )
                 blocked += [f"training_set {from_ms(hour):%Y-%m-%d %H}h {c}" for c in
                             outcomes[-1].blocked(TRAINING_CHECKS)]  # fmt: skip
-            yield from _report(context, training_key, TRAINING_CHECKS, outcomes, len(hours) == 1)
-        if blocked and len(hours) > 1:
-            # A one-hour run fails on its own (blocking check results); a ranged run logged its
-            # evaluations, so it says so itself.
+            yield from _report(context, training_key, TRAINING_CHECKS, outcomes)
+        if blocked:
+            # Dagster would fail the step for the blocking evaluations too; this says which.
             raise dg.Failure(
                 description=f"{len(blocked)} blocking check(s) failed: {'; '.join(blocked[:10])}"
             )
@@ -1050,4 +1019,6 @@ def build_silver_assets(
     settings: Settings, spec: FeatureSpec = DEFAULT_SPEC
 ) -> list[dg.AssetsDefinition]:
     """Per symbol: one multi-asset with the source tables and the training set joining them."""
-    return [build_symbol_silver(symbol, settings, spec) for symbol in settings.symbols]
+    return with_code_references(
+        [build_symbol_silver(symbol, settings, spec) for symbol in settings.symbols]
+    )

@@ -4,8 +4,18 @@ Job ``realtime_streamer``: one op runs ``Streamer`` in a background thread until
 terminated. The op's main thread only waits and records a heartbeat; Dagster delivers
 termination there as ``DagsterExecutionInterruptedError`` (a BaseException), and the
 ``finally`` stops the streamer, which stops reading and flushes the Kinesis producer before the
-run ends. The job runs in process (the run worker is the streamer process) and is tagged
-``dagster/max_runtime: 0``, so run monitoring never times it out.
+run ends. The job is tagged ``dagster/max_runtime: 0``, so run monitoring never times it out.
+
+A deliberate stop is not a failure: the op catches the interrupt, stops cleanly and returns, so
+the step succeeds and the run ends CANCELED (no red step, no stack trace). That takes the
+multiprocess executor (one step process): its run worker receives the termination, forwards it
+to the step and ends the run CANCELED after the step returns; in process, a returning op would
+make the run SUCCESS and a re-raised interrupt a STEP_FAILURE. The streamer therefore runs in
+the step process, a child of the run worker: ``kill -9`` of that process is the crash the
+supervisor detects (the heartbeat's pid is the step process), and a step process whose run
+worker died (``kill -9`` of the worker) stops by itself, so that no orphan keeps the lease.
+The run log says ``starting``, ``running`` and ``stopped`` as they happen (on every change of
+the streamer's state or status, and every ``LOG_EVERY_HEARTBEATS`` heartbeats in between).
 
 Heartbeat: a small JSON (time, host, pid and its start time, health summary, lease epoch) in
 the instance's key-value store
@@ -13,7 +23,8 @@ the instance's key-value store
 ``streamer_heartbeat_seconds``. Why there: it is one upsert of one row, costs nothing in the
 event log (an AssetObservation or log line a minute would add ~1,400 events a day to the run),
 needs no asset, and the sensor reads every live run's heartbeat in one query. The op also logs
-the health summary every ``LOG_EVERY_HEARTBEATS`` heartbeats, for people reading the run.
+a status line when the streamer's state or status changes and every ``LOG_EVERY_HEARTBEATS``
+heartbeats, for people reading the run.
 
 Sensor ``streamer_supervisor``: exactly one streamer run alive (queued, starting, started or
 canceling). Each tick is a few storage queries, never a stream read:
@@ -124,6 +135,21 @@ def lease_timing(settings: Settings) -> tuple[float, float]:
     return renew, ttl
 
 
+def status_line(summary: dict[str, Any]) -> str:
+    """``starting`` / ``running`` / ``stopping`` / ``stopped``, with the health status and its
+    first reason when not ok: what a person reading the run needs from one heartbeat."""
+    state = summary["state"]
+    if state in ("created", "starting", "standby"):
+        phase = "starting"
+        if state == "standby":
+            phase += " (waiting for the lease)"
+        return phase
+    if state != "running" or summary["status"] == "ok":
+        return state
+    reasons = summary.get("reasons") or []
+    return f"running, {summary['status']}" + (f" ({reasons[0]})" if reasons else "")
+
+
 def health_summary(health: dict[str, Any]) -> dict[str, Any]:
     """What the sensor and a person need from ``Streamer.health()``."""
     streams = health["streams"]
@@ -210,9 +236,10 @@ def build_streamer_job(settings: Settings) -> dg.JobDefinition:
                 errors.append(exc)
 
         beats = 0
+        logged = ""
 
         def beat(**extra: Any) -> None:
-            nonlocal beats
+            nonlocal beats, logged
             summary = health_summary(streamer.health())
             payload = {"ts": time.time(), "host": host, "pid": os.getpid(),
                        "proc_start": started, "run_id": run_id, **summary, **extra}  # fmt: skip
@@ -220,8 +247,11 @@ def build_streamer_job(settings: Settings) -> dg.JobDefinition:
                 write_heartbeat(instance, run_id, payload)
             except Exception as exc:  # a busy storage must not stop the stream
                 context.log.warning(f"heartbeat not recorded: {exc!r}")
-            if beats % LOG_EVERY_HEARTBEATS == 0 or extra:
-                context.log.info(f"streamer {summary['status']}: {streamer.progress_line()}")
+            # A changed reason alone (an age that grows) is no news; a changed state or status is.
+            now_in = f"{summary['state']}/{summary['status']}"
+            if now_in != logged or beats % LOG_EVERY_HEARTBEATS == 0:
+                context.log.info(f"streamer {status_line(summary)}: {streamer.progress_line()}")
+                logged = now_in
             beats += 1
 
         thread = threading.Thread(target=target, name="streamer", daemon=True)
@@ -230,18 +260,27 @@ def build_streamer_job(settings: Settings) -> dg.JobDefinition:
             f"streaming {len(streamer.symbols)} symbols (pid {os.getpid()}), state in {state}; "
             f"heartbeat every {heartbeat_s:.0f} s"
         )
-        interrupted = False
+        interrupted = orphaned = False
+        parent = os.getppid()
         try:
             next_beat = 0.0
             while thread.is_alive():
+                if os.getppid() != parent:
+                    # The run worker is gone (kill -9): nobody records this run any more, and
+                    # the supervisor starts a replacement that needs the lease.
+                    orphaned = True
+                    break
                 if time.monotonic() >= next_beat:
                     beat()
                     next_beat = time.monotonic() + heartbeat_s
                 # Interruptible: termination raises DagsterExecutionInterruptedError here.
                 time.sleep(min(0.5, heartbeat_s))
-        except BaseException:
+        except dg.DagsterExecutionInterruptedError:
             interrupted = True
             context.log.info("termination requested: stopping the streamer and flushing")
+        except BaseException:
+            interrupted = True
+            context.log.info("stopping the streamer and flushing after an error")
             raise
         finally:
             stop.set()
@@ -259,14 +298,22 @@ def build_streamer_job(settings: Settings) -> dg.JobDefinition:
                 context.log.error("the Kinesis producer did not flush everything (spilled)")
         if errors:
             raise errors[0]
-        raise dg.Failure("the streamer stopped on its own, without being asked to")
+        if orphaned:
+            raise dg.Failure("the run worker of this streamer is gone: stopped, flushed")
+        if not interrupted:
+            raise dg.Failure("the streamer stopped on its own, without being asked to")
+        context.log.info(
+            "streamer stopped as requested"
+            + (", everything flushed" if streamer.flushed_clean else "")
+            + f": {streamer.progress_line()}"
+        )
 
     @dg.job(
         name=STREAMER_JOB,
         description="Runs the Binance -> Kinesis streamer until terminated; supervised by the "
         f"`{SUPERVISOR}` sensor.",
-        # The run worker is the streamer process: kill -9 of it is the crash the sensor detects.
-        executor_def=dg.in_process_executor,
+        # One step process: a terminated run ends CANCELED once the op has stopped cleanly.
+        executor_def=dg.multiprocess_executor.configured({"max_concurrent": 1}),
         tags={"dagster/max_runtime": "0", TAG_ROLE: ROLE_STREAMER},
     )
     def realtime_streamer() -> None:

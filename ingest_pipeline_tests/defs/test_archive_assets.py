@@ -104,26 +104,35 @@ def test_closed_hour_lands_with_checks(archive_settings: Settings) -> None:
     grace = (now_ms() - (hour + HOUR_MS)) / 1000 - 0.1
 
     result = materialize(s, TRADE, hour, grace)
-    # The hour is written; the blocking gap check then fails the step (downstream must wait).
+    # The hour is written; the blocking gap check then fails the step (downstream must wait),
+    # in one line naming the hour and the check.
     assert not result.success
+    error = result.get_step_failure_events()[0].step_failure_data.error
+    assert error.cls_name == "Failure"
+    assert (
+        f"bronze/{SYMBOL}/trade: 1 blocking check(s) failed, downstream assets of this run do "
+        f"not run: {from_ms(hour):%Y-%m-%d %H}h ids_contiguous (2 gap(s)" in error.message
+    )
     meta = result.asset_materializations_for_node(f"bronze__{SYMBOL}__trade")[0].metadata
-    assert meta["records"].value == 6 and meta["write_action"].value == "created"
-    assert meta["kinesis_read"].value[f"{from_ms(hour):%Y-%m-%d %H}h"]["kinesis_duplicates"] == 2
+    assert meta["dagster/row_count"].value == 6 and meta["write_action"].value == "created"
+    assert meta["kinesis_duplicates"].value == 2
+    assert meta["first_trade_id"].value == 1 and meta["last_trade_id"].value == 12
     ids = checks_of(result)["ids_contiguous"]
-    assert not ids.passed and ids.metadata["failures"].value
-    failure = next(iter(ids.metadata["failures"].value.values()))
-    assert failure["gaps"] == ["4..6", "9..11"]
+    assert not ids.passed and ids.partition == f"{from_ms(hour):%Y-%m-%d-%H:%M}"
+    assert ids.metadata["details"].value["gaps"] == ["4..6", "9..11"]
+    assert ids.metadata["gaps"].value == 2 and ids.metadata["missing_ids"].value == 6
     store = BronzeStore(aws_client("s3", s), s.bucket, s.bronze_prefix)
     assert [r["trade_id"] for r in store.read_hour(SYMBOL, TRADE, hour)] == [1, 2, 3, 7, 8, 12]
 
     result = materialize(s, BBA, hour, grace)
     bba = checks_of(result)["update_ids_increasing"]
-    assert not bba.passed and "15 -> 14" in str(bba.metadata["failures"].value)
+    assert not bba.passed and "15 -> 14" in str(bba.metadata["details"].value)
+    assert bba.metadata["not_increasing"].value == 1
 
     result = materialize(s, DEPTH_DELTA, hour, grace)
     chain_check = checks_of(result)["depth_chain"]
-    assert not chain_check.passed
-    failure = next(iter(chain_check.metadata["failures"].value.values()))
+    assert not chain_check.passed and chain_check.metadata["missing_update_ids"].value == 9
+    failure = chain_check.metadata["details"].value
     assert failure["break_list"] == [
         "u=9 -> U=12 (2 update ids missing)",
         "u=22 -> U=30 (7 update ids missing)",
@@ -150,8 +159,7 @@ def test_recorded_streamer_gaps_leave_the_trade_hour_uncovered_not_failed(
 
     result = materialize(s, TRADE, hour, grace)
     ids = checks_of(result)["ids_contiguous"]
-    failure = next(iter(ids.metadata["failures"].value.values()))
-    assert not ids.passed and failure["gaps"] == ["4..6", "9..11"]
+    assert not ids.passed and ids.metadata["details"].value["gaps"] == ["4..6", "9..11"]
     store = BronzeStore(aws_client("s3", s), s.bucket, s.bronze_prefix)
     # The object's coverage leaves out the recorded gap's time, both ends included.
     assert store.coverage(SYMBOL, TRADE, hour) == ((hour, t + 3000), (t + 7001, hour + HOUR_MS))
@@ -162,6 +170,7 @@ def test_recorded_streamer_gaps_leave_the_trade_hour_uncovered_not_failed(
     result = materialize(s, TRADE, hour, grace)
     ids = checks_of(result)["ids_contiguous"]
     assert ids.passed and "recorded streamer gaps" in ids.description
+    assert ids.metadata["gaps"].value == 2 and ids.metadata["missing_ids"].value == 6
     assert store.coverage(SYMBOL, TRADE, hour) == (
         (hour, t + 3000),
         (t + 7001, t + 8000),
@@ -200,16 +209,15 @@ def test_stream_depth_snapshots_join_the_hours_captures(archive_settings: Settin
     snaps = store.read_hour(SYMBOL, DEPTH_SNAPSHOT, hour)
     assert [x["last_update_id"] for x in snaps] == [3, 15]  # the capture, then the resync
     assert snaps[0] == rest and "epoch" not in snaps[1] and snaps[1]["timestamp"] == t + 3
-    label = f"{from_ms(hour):%Y-%m-%d %H}h"
-    info = meta["stream_depth_snapshots"].value[label]
-    assert info["from_stream"] == 1 and info["object_records"] == 2
-    assert info["write_action"] == "replaced"
+    assert meta["stream_depth_snapshots"].value == 1
+    assert meta["depth_snapshot_records"].value == 2
+    assert meta["depth_snapshot_write_action"].value == "replaced"
     # The snapshot of the next hour is that hour's business.
     assert store.head(SYMBOL, DEPTH_SNAPSHOT, hour + HOUR_MS) is None
     # A re-run finds the same records: both objects stay untouched.
     again = materialize(s, DEPTH_DELTA, hour, grace)
     meta = again.asset_materializations_for_node(f"bronze__{SYMBOL}__depth_delta")[0].metadata
-    assert meta["stream_depth_snapshots"].value[label]["write_action"] == "unchanged"
+    assert meta["depth_snapshot_write_action"].value == "unchanged"
 
 
 def test_open_hour_is_skipped_and_old_hour_fails(archive_settings: Settings) -> None:
@@ -240,7 +248,8 @@ def test_archive_assets_keys_kinds_and_schedule() -> None:
     graph = defs.resolve_asset_graph()
     for key in keys:
         node = graph.get(key)
-        assert node.group_name == "bronze" and node.kinds == {"s3", "kinesis"}
+        assert node.group_name == f"bronze/{key.path[1]}" and node.kinds == {"s3", "kinesis"}
+        assert node.tags["layer"] == "bronze" and node.tags["data_type"] == key.path[-1]
     schedule = defs.resolve_schedule_def("bronze_archive_hourly_schedule")
     at = datetime(2026, 11, 25, 18, 5, tzinfo=UTC)
     tick = schedule.evaluate_tick(dg.build_schedule_context(scheduled_execution_time=at))

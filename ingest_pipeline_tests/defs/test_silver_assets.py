@@ -122,7 +122,9 @@ def test_silver_hour_equals_the_engine_and_reads_as_one_dataset(
     assert isinstance(trade_meta["hourly_realized_vol"].value, float)
     assert trade_meta["hourly_realized_vol"].value > 0
     assert trade_meta["trade_source"].value == AGG_TRADES
-    assert trade_meta["preview"].value.startswith("| ts |")
+    # grid times as people read them
+    preview = trade_meta["preview"].value
+    assert preview.startswith("| ts (UTC) |") and "| 2024-08-09T01:00:" in preview
     assert trade_meta["input_coverage"].value == {AGG_TRADES: 1.0}
     # no archived bba / depth_delta at all: nothing written, not materialized
     assert silver_asset_key(SYMBOL, "book_features") not in by_key
@@ -181,6 +183,9 @@ def test_ranged_silver_run_writes_every_hour_with_per_hour_checks(
     records = instance.fetch_materializations(trade, limit=10).records
     by_hour = {r.partition_key: r.asset_materialization.metadata for r in records}
     assert set(by_hour) == partitions
+    assert {m["dagster/row_count"].value for m in by_hour.values()} == {3600}
+    uris = {m["dagster/uri"].value for m in by_hour.values()}
+    assert len(uris) == 3 and all(u.startswith("s3://") for u in uris)
     assert by_hour["2024-08-09-00:00"]["complete_rows"].value == 3600 - 300
     assert by_hour["2024-08-09-01:00"]["complete_rows"].value == 3600
     # per-hour check results, each counted as the partition's current result
@@ -294,6 +299,12 @@ def test_crossed_book_fails_a_blocking_check_and_stops_the_training_set(
         raise_on_error=False,
     )
     assert not result.success  # a blocking check failed
+    # in one line naming the table, the hour and the checks, no framework stack trace
+    [failure] = result.get_step_failure_events()
+    error = failure.step_failure_data.error
+    assert error.cls_name == "Failure"
+    assert "book_features 2024-08-09 01h spread_non_negative" in error.message
+    assert "training_set" not in error.message
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert checks["spread_non_negative"] is False and checks["bid_le_mid_le_ask"] is False
     assert checks["obi_bounded"] is True
