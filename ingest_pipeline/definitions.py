@@ -1,46 +1,7 @@
-"""The one Definitions object of the project: assets, checks, jobs, schedules, sensors,
-resources."""
+"""The project's Definitions, from the settings of the environment (``INGEST_ENV``)."""
 
-import dagster as dg
-
-from ingest_pipeline.defs.archive import build_archive_assets, kinesis_resource
-from ingest_pipeline.defs.bronze import build_bronze_assets
-from ingest_pipeline.defs.catalog import hourly_freshness
-from ingest_pipeline.defs.resources import build_resources
-from ingest_pipeline.defs.schedules import build_jobs_and_schedules
-from ingest_pipeline.defs.silver import (
-    build_silver_assets,
-    build_silver_resources,
-    build_silver_sensors,
-)
-from ingest_pipeline.defs.streamer import build_streamer_job, build_streamer_supervisor
+from ingest_pipeline.defs.build import build_definitions
 from ingest_pipeline.settings import load_settings
 
 settings = load_settings()
-streamer_job = build_streamer_job(settings)
-bronze_assets = [*build_bronze_assets(settings), *build_archive_assets(settings)]
-# Bronze is scheduled: each closed hour is due by a deadline. Silver follows bronze through its
-# automation sensors, and its hours wait for the next hour's bronze (labels), so its lateness
-# is bronze's.
-freshness_checks, freshness_sensor = hourly_freshness(bronze_assets, settings)
-jobs, schedules = build_jobs_and_schedules(freshness_checks)
-
-defs = dg.Definitions(
-    assets=[*bronze_assets, *build_silver_assets(settings)],
-    asset_checks=freshness_checks,
-    jobs=[*jobs, streamer_job],
-    schedules=schedules,
-    sensors=[
-        build_streamer_supervisor(settings, streamer_job),
-        # Silver keeps itself current: its automation conditions are evaluated by these
-        # sensors (one per group of symbols), on from the start so a fresh deployment needs no
-        # toggle in the UI.
-        *build_silver_sensors(settings),
-        freshness_sensor,
-    ],
-    resources={
-        **build_resources(settings),
-        **build_silver_resources(settings),
-        "kinesis": kinesis_resource(settings),
-    },
-)
+defs = build_definitions(settings)

@@ -27,7 +27,6 @@ import heapq
 import shutil
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,9 +69,7 @@ from ingest_pipeline.timeutil import HOUR_MS, floor_hour, from_ms, iso_ms, now_m
 LAYER = "bronze"
 # The concurrency pool shared by everything that calls Binance (limit in dagster.yaml).
 BINANCE_POOL = "binance"
-# A month's backfill becomes ~30 runs of a day each instead of 720 single-hour runs. The policy
-# is marked beta; DESIGN.md chose it knowingly, so its warning would only be noise.
-warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=dg.BetaWarning)
+# A month's backfill becomes ~30 runs of a day each instead of 720 single-hour runs.
 BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=24)
 DEPTH_SNAPSHOT_LIMIT = 1000
 PREVIEW_ROWS = 5

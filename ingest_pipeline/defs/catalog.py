@@ -16,7 +16,6 @@ group hold the symbol's key part (its configured alias for a symbol such as еЄБе
 """
 
 import typing
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,14 +37,6 @@ from ingest_pipeline.records import (
 )
 from ingest_pipeline.settings import Settings
 from ingest_pipeline.symbols import asset_key_part
-
-# Code references are beta and the time-partition freshness checks "superseded" by freshness
-# policies, which look at the last materialization of *any* hour (a backfilled old hour makes
-# an asset fresh): only these checks tell whether each hour arrived. Both work; the warnings
-# would only be noise in every process that loads the definitions.
-warnings.filterwarnings("ignore", message=".*CodeReference.*", category=dg.BetaWarning)
-warnings.filterwarnings("ignore", message=".*with_source_code_references.*")
-warnings.filterwarnings("ignore", message=".*freshness_checks.*is superseded.*")
 
 # Who answers for the data: shown on every asset, and selectable (`owner:"team:market_data"`).
 OWNERS = ("team:market_data",)

@@ -19,7 +19,6 @@ body ends (downstream steps of the run do not start); ``context.log_event`` woul
 The check outputs must then be optional, which a ``multi_asset(can_subset=True)`` gives.
 """
 
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,8 +33,6 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
 
 from ingest_pipeline import quality
 from ingest_pipeline.timeutil import from_ms
-
-warnings.filterwarnings("ignore", message=".*partitions_def on an AssetCheckSpec.*")
 
 
 @dataclass(frozen=True)

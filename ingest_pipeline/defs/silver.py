@@ -36,7 +36,6 @@ place a custom condition can run.
 """
 
 import functools
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -93,9 +92,6 @@ PREVIEW_ROWS = 6
 # 200 assets each, a few seconds a tick.
 MAX_SENSOR_ENTITIES = 500
 SYMBOLS_PER_SENSOR = 50
-warnings.filterwarnings("ignore", message=".*AutomationCondition.*", category=dg.BetaWarning)
-warnings.filterwarnings("ignore", message=".*use_user_code_server.*", category=dg.BetaWarning)
-warnings.filterwarnings("ignore", message=".*allow_nonexistent_upstream_partitions.*")
 
 # Warm-up only (previous hour + this one) and warm-up plus labels (+ the next hour).
 WARMUP = dg.TimeWindowPartitionMapping(
