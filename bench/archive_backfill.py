@@ -48,7 +48,8 @@ from typing import Any
 import requests
 
 from ingest_pipeline.aws import aws_client
-from ingest_pipeline.binance.archive import ArchiveClient, daily_file, parse_hours, read_batches
+from ingest_pipeline.binance.archive import ArchiveClient, daily_file
+from ingest_pipeline.binance.archive_csv import parse_hours, read_batches
 from ingest_pipeline.binance.history import HistorySource
 from ingest_pipeline.binance.rest import (
     MAX_PAGE,
