@@ -1,21 +1,33 @@
-"""Bulk history from the archive: DAYS days of one busy symbol (agg_trades + trades + klines_1m)
-from the simulator's archive, end to end into bronze, against
+"""Bulk history from the archive: DAYS days (default 30) of one busy symbol (agg_trades + trades
++ klines_1m) from the simulator's archive, end to end into bronze on the embedded moto server,
+against
 (a) the time REST needs for the same records at Binance's weight limit (6000/min), computed
     from the pages and weights our client sends for each hour, and
-(b) bare unzip + gzip of the same archive bytes (zip member inflated, gzip level of bronze),
-in the same run. Not a test: ``python bench/archive_backfill.py [DAYS] [TRADES_PER_HOUR]``.
+(b) bare unzip + gzip of the same archive bytes (zip member inflated, gzip at bronze's level),
+in the same run; the REST weight spent (the simulator's weight counter) and the pipeline's peak
+RSS. Not a test::
 
-Setup (not timed): the simulator (its own process) generates the archive files once; they are
-mirrored to disk with their CHECKSUM files and served by a plain static HTTP server, so the
-timed run measures our download, verification, parsing, normalization and bronze write, not
-the simulator's generation. Bronze objects go through the real write path (sort/dedup checks,
-JSON, gzip, fingerprint) into an S3 stand-in that keeps only sizes: 30 busy days are ~4 GB of
-gzip JSONL, more than an in-memory emulator should hold. Peak RSS of the timed run is read
-from its own process (VmHWM).
+    python bench/archive_backfill.py [--days 30] [--trades-per-hour 125000] [--data DIR]
+                                     [--parallel] [--phases]
+
+The pipeline is the assets' data path without Dagster: ``HistorySource`` (auto mode, REST on
+the simulator) per day, ``BronzeStore.write_hour`` into moto over HTTP, and the trades step
+reading each hour's aggTrades back from bronze as the trades asset does. Setup (not timed):
+the simulator (its own process) generates the archive files, mirrored to disk with their
+CHECKSUM files (``--data`` keeps them for the next run) and served by a static HTTP server, so
+the timed run measures our download, verification, parsing, normalization and bronze write, not
+the simulator's generation. moto keeps every object in a spooled temp file (a busy month is
+~4 GB of gzip JSONL). CPU seconds of the pipeline's process (all its threads) are the figure
+that does not depend on what else the machine runs. ``--phases`` adds a CPU breakdown of one
+day by phase; ``--parallel`` a second pass with two daily runs at once (the ``binance`` pool's
+2 slots).
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -27,10 +39,17 @@ import tempfile
 import time
 import zipfile
 import zlib
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import requests
+
+from ingest_pipeline.aws import aws_client
 from ingest_pipeline.binance.archive import ArchiveClient, daily_file
+from ingest_pipeline.binance.archive_csv import parse_hours, read_batches
 from ingest_pipeline.binance.history import HistorySource
 from ingest_pipeline.binance.rest import (
     MAX_PAGE,
@@ -40,14 +59,23 @@ from ingest_pipeline.binance.rest import (
     BinanceRestClient,
 )
 from ingest_pipeline.records import AGG_TRADES, TRADES, klines_type
-from ingest_pipeline.standins.moto_server import free_port
-from ingest_pipeline.storage.bronze import DEFAULT_GZIP_LEVEL, BronzeStore
+from ingest_pipeline.settings import Settings, load_settings
+from ingest_pipeline.standins.moto_server import EmbeddedAWS, free_port
+from ingest_pipeline.storage.bronze import (
+    DEFAULT_GZIP_LEVEL,
+    BronzeStore,
+    encode_with_fingerprint,
+    prepare_records,
+)
 from ingest_pipeline.timeutil import HOUR_MS, parse_hour
 
 SYMBOL = "BUSYUSDT"
 FIRST_DAY = parse_hour("2024-12-01-00:00")
-TYPES = (AGG_TRADES, TRADES, klines_type("1m"))
+KLINES_1M = klines_type("1m")
+TYPES = (AGG_TRADES, TRADES, KLINES_1M)
 WEIGHT_LIMIT = 6000
+# Paths of the simulator's REST history endpoints: any weight there is weight spent on history.
+HISTORY_PATHS = ("/api/v3/aggTrades", "/api/v3/historicalTrades", "/api/v3/klines")
 
 SIMULATOR = """
 import sys
@@ -59,27 +87,11 @@ SimulatorServer(cfg, port=int(sys.argv[1])).run_forever()
 """
 
 
-class SizeOnlyS3:
-    """The few S3 calls BronzeStore makes, keeping object sizes only (no object exists twice)."""
-
-    def __init__(self) -> None:
-        self.bytes = 0
-        self.objects = 0
-
-    def head_object(self, **_: Any) -> dict[str, Any]:
-        from botocore.exceptions import ClientError
-
-        raise ClientError({"Error": {"Code": "404"}, "ResponseMetadata": {}}, "HeadObject")
-
-    def put_object(self, Body: bytes, **_: Any) -> dict[str, Any]:
-        self.bytes += len(Body)
-        self.objects += 1
-        return {}
+def day_ms(day: int) -> int:
+    return FIRST_DAY + day * 24 * HOUR_MS
 
 
 def wait_up(url: str, timeout: float = 60) -> None:
-    import requests
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -91,18 +103,20 @@ def wait_up(url: str, timeout: float = 60) -> None:
 
 
 def mirror(sim_url: str, root: Path, days: int) -> list[Path]:
-    """Download every file once from the simulator into ``root`` in the archive's layout."""
+    """Every file of the run in ``root`` in the archive's layout; downloaded from the simulator
+    unless a previous run left it there with its CHECKSUM."""
     client = ArchiveClient(sim_url, read_timeout_s=300)
     paths = []
     for d in range(days):
         for data_type in TYPES:
-            f = daily_file(SYMBOL, data_type, FIRST_DAY + d * 24 * HOUR_MS)
-            got = client.fetch(f)
-            assert got is not None, f.path
-            dest = root / f.path
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(got.path, dest)
-            (root / (f.path + ".CHECKSUM")).write_text(f"{got.sha256}  {f.name}\n")
+            f = daily_file(SYMBOL, data_type, day_ms(d))
+            dest, checksum = root / f.path, root / (f.path + ".CHECKSUM")
+            if not checksum.exists():
+                got = client.fetch(f)
+                assert got is not None, f.path
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(got.path, dest)
+                checksum.write_text(f"{got.sha256}  {f.name}\n")
             paths.append(dest)
         print(f"  mirrored day {d + 1}/{days}", file=sys.stderr, flush=True)
     return paths
@@ -119,64 +133,76 @@ def rest_weight(hour_counts: dict[str, list[int]]) -> tuple[int, int]:
         pages = math.ceil(n / MAX_PAGE)
         requests_ += pages
         weight += pages * WEIGHT_HISTORICAL_TRADES
-    for n in hour_counts[klines_type("1m")]:
+    for n in hour_counts[KLINES_1M]:
         pages = max(1, math.ceil(n / MAX_PAGE))
         requests_ += pages
         weight += pages * WEIGHT_KLINES
     return requests_, weight
 
 
-def end_to_end(archive_url: str, sim_url: str, day_numbers: list[int]) -> dict[str, Any]:
-    """The timed pipeline over some days, in its own process so that its peak RSS is its own."""
-    s3 = SizeOnlyS3()
-    store = BronzeStore(s3, "bench", "bronze")
-    archive = ArchiveClient(archive_url, read_timeout_s=120)
-    source = HistorySource(BinanceRestClient(sim_url), archive, "auto")
-    counts: dict[str, list[int]] = {t: [] for t in TYPES}
-    sources: dict[str, int] = {}
-    # The trades of an hour are bounded by its aggTrades: keep the last day's ids only.
-    bounds: dict[int, list[dict[str, Any]]] = {}
-    t0 = time.perf_counter()
-    for n, day in enumerate(day_numbers):
-        day_hours = [FIRST_DAY + (day * 24 + i) * HOUR_MS for i in range(24)]
-        bounds.clear()
-        for got in source.agg_trades(SYMBOL, day_hours):
-            store.write_hour(SYMBOL, AGG_TRADES, got.hour, got.fetched.records)
-            counts[AGG_TRADES].append(len(got.fetched.records))
-            recs = got.fetched.records
-            bounds[got.hour] = [recs[0], recs[-1]] if recs else []
-            sources[got.source] = sources.get(got.source, 0) + 1
-        for got in source.trades(SYMBOL, day_hours, bounds.__getitem__):
-            store.write_hour(SYMBOL, TRADES, got.hour, got.fetched.records)
-            counts[TRADES].append(len(got.fetched.records))
-            sources[got.source] = sources.get(got.source, 0) + 1
-        for got in source.klines(SYMBOL, "1m", day_hours):
-            store.write_hour(SYMBOL, klines_type("1m"), got.hour, got.fetched.records)
-            counts[klines_type("1m")].append(len(got.fetched.records))
-            sources[got.source] = sources.get(got.source, 0) + 1
-        print(f"  bronze day {n + 1}/{len(day_numbers)}: {time.perf_counter() - t0:.1f} s")
-    source.close()
-    seconds = time.perf_counter() - t0
-    usage = resource.getrusage(resource.RUSAGE_SELF)
+def peak_rss_mib() -> float:
     status = Path("/proc/self/status").read_text().splitlines()
-    hwm_kib = int(next(line for line in status if line.startswith("VmHWM")).split()[1])
+    return int(next(line for line in status if line.startswith("VmHWM")).split()[1]) / 1024
+
+
+def cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def end_to_end(settings: Settings, archive_url: str, sim_url: str, days: list[int]) -> dict:
+    """The timed pipeline over some days, in its own process so that its peak RSS is its own."""
+    s3 = aws_client("s3", settings)
+    store = BronzeStore(s3, settings.bucket, settings.bronze_prefix)
+    counts: dict[str, list[int]] = {t: [] for t in TYPES}
+    sources: Counter[str] = Counter()
+    archive_bytes = 0
+    c0, t0 = cpu_s(), time.perf_counter()
+    for n, day in enumerate(days):
+        hours = [day_ms(day) + i * HOUR_MS for i in range(24)]
+        # One run per day and symbol, as a backfill cuts them: its own work dir and source.
+        with tempfile.TemporaryDirectory(prefix="archive-run-") as work:
+            archive = ArchiveClient(archive_url, read_timeout_s=120, work_dir=work)
+            source = HistorySource(BinanceRestClient(sim_url), archive, "auto")
+            steps = (
+                (AGG_TRADES, source.agg_trades(SYMBOL, hours)),
+                # The trades asset bounds each hour by its aggTrades, read back from bronze.
+                (TRADES, source.trades(SYMBOL, hours, read_aggs(store))),
+                (KLINES_1M, source.klines(SYMBOL, "1m", hours)),
+            )
+            for data_type, fetches in steps:
+                for got in fetches:
+                    assert not got.fetched.rejects, got.fetched.rejects[:1]
+                    store.write_hour(SYMBOL, data_type, got.hour, got.fetched.records)
+                    counts[data_type].append(len(got.fetched.records))
+                    sources[got.source] += 1
+            source.close()
+            archive_bytes += archive.stats.bytes
+        print(
+            f"  bronze day {n + 1}/{len(days)}: {time.perf_counter() - t0:.0f} s", file=sys.stderr
+        )
     return {
-        "seconds": seconds,
-        # CPU of this process (all its threads): what the work costs, whatever else the
-        # machine runs at the same time.
-        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        "seconds": time.perf_counter() - t0,
+        "cpu_seconds": cpu_s() - c0,
         "counts": counts,
-        "sources": sources,
-        "bronze_bytes": s3.bytes,
-        "objects": s3.objects,
-        "archive_bytes": archive.stats.bytes,
-        "peak_rss_mib": hwm_kib / 1024,
+        "sources": dict(sources),
+        "archive_bytes": archive_bytes,
+        "peak_rss_mib": peak_rss_mib(),
     }
 
 
-def pipeline(archive_url: str, sim_url: str, days: int, workers: int) -> dict[str, Any]:
-    """Days split over ``workers`` processes, as a backfill runs that many daily runs at once
-    (the ``binance`` pool's 2 slots); wall time of the whole, the highest peak RSS."""
+def read_aggs(store: BronzeStore) -> Callable[[int], list[dict[str, Any]]]:
+    def aggs_of(hour: int) -> list[dict[str, Any]]:
+        aggs = store.read_hour(SYMBOL, AGG_TRADES, hour)
+        assert aggs is not None, hour
+        return aggs
+
+    return aggs_of
+
+
+def pipeline(settings: Settings, archive_url: str, sim_url: str, days: int, workers: int) -> dict:
+    """Days split over ``workers`` processes, as a backfill runs that many daily runs at once;
+    wall time of the whole, CPU summed, the highest peak RSS."""
     t0 = time.perf_counter()
     children = [
         subprocess.Popen(
@@ -184,6 +210,7 @@ def pipeline(archive_url: str, sim_url: str, days: int, workers: int) -> dict[st
                 sys.executable,
                 __file__,
                 "--child",
+                settings.aws_endpoint_url or "",
                 archive_url,
                 sim_url,
                 ",".join(str(d) for d in range(w, days, workers)),
@@ -201,50 +228,108 @@ def pipeline(archive_url: str, sim_url: str, days: int, workers: int) -> dict[st
     merged: dict[str, Any] = {
         "seconds": time.perf_counter() - t0,
         "counts": {t: [n for r in results for n in r["counts"][t]] for t in TYPES},
-        "sources": {},
+        "sources": sum((Counter(r["sources"]) for r in results), Counter()),
         "peak_rss_mib": max(r["peak_rss_mib"] for r in results),
     }
-    for key in ("bronze_bytes", "objects", "archive_bytes", "cpu_seconds"):
+    for key in ("archive_bytes", "cpu_seconds"):
         merged[key] = sum(r[key] for r in results)
-    for r in results:
-        for k, v in r["sources"].items():
-            merged["sources"][k] = merged["sources"].get(k, 0) + v
     return merged
 
 
 def bare_unzip_gzip(paths: list[Path]) -> tuple[float, float]:
     """(wall, CPU) seconds to inflate every zip member and gzip it at bronze's level."""
-    t0, c0 = time.perf_counter(), time.process_time()
-    total = 0
+    t0, c0 = time.perf_counter(), cpu_s()
     for path in paths:
         with zipfile.ZipFile(path) as z, z.open(z.infolist()[0]) as member:
             comp = zlib.compressobj(DEFAULT_GZIP_LEVEL, zlib.DEFLATED, 31)
             while chunk := member.read(8 << 20):
-                total += len(comp.compress(chunk))
-            total += len(comp.flush())
-    return time.perf_counter() - t0, time.process_time() - c0
+                comp.compress(chunk)
+            comp.flush()
+    return time.perf_counter() - t0, cpu_s() - c0
 
 
-def main(days: int, trades_per_hour: int) -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        days = [int(d) for d in sys.argv[4].split(",")]
-        print(json.dumps(end_to_end(sys.argv[2], sys.argv[3], days)))
-        return
+def phases(settings: Settings, archive_url: str) -> dict[str, float]:
+    """CPU seconds of day 0's aggTrades and trades files by phase, each phase run alone."""
+    s3 = aws_client("s3", settings)
+    out: Counter[str] = Counter()
+
+    @contextmanager
+    def timed(name: str) -> Iterator[None]:
+        c = cpu_s()
+        yield
+        out[name] += cpu_s() - c
+
+    for data_type in (AGG_TRADES, TRADES):
+        f = daily_file(SYMBOL, data_type, day_ms(0))
+        with tempfile.TemporaryDirectory() as work:
+            client = ArchiveClient(archive_url, read_timeout_s=120, work_dir=work)
+            with timed("download + checksum"):
+                got = client.fetch(f)
+            assert got is not None
+            with timed("unzip"), zipfile.ZipFile(got.path) as z, z.open(z.infolist()[0]) as m:
+                while m.read(8 << 20):
+                    pass
+            with timed("unzip + CSV"), zipfile.ZipFile(got.path) as z, z.open(z.infolist()[0]) as m:
+                for _ in read_batches(m, f.kind):
+                    pass
+            with timed("unzip + CSV + records"):
+                hours = list(parse_hours(got.path, data_type, SYMBOL, 1))
+        for h in hours:
+            with timed("prepare (order check)"):
+                ordered, _ = prepare_records(h.records, data_type, h.hour, SYMBOL)
+            with timed("JSONL + fingerprint + gzip"):
+                body, _ = encode_with_fingerprint(ordered)
+            jsonl = zlib.decompress(body, 47)
+            with timed("  of which gzip alone"):
+                zlib.compress(jsonl, DEFAULT_GZIP_LEVEL, wbits=31)
+            with timed("  of which sha256 alone"):
+                hashlib.sha256(jsonl).digest()
+            out["(JSONL MB)"] += len(jsonl) / 1e6
+            with timed("S3 put"):
+                s3.put_object(
+                    Bucket=settings.bucket,
+                    Key=f"phases/{data_type}/{h.hour}",
+                    Body=body,
+                    ChecksumAlgorithm="SHA256",
+                )
+        del hours
+    out["CSV parse"] = out.pop("unzip + CSV") - out["unzip"]
+    out["records (normalize)"] = out.pop("unzip + CSV + records") - out["unzip"] - out["CSV parse"]
+    return dict(out)
+
+
+def child() -> None:
+    endpoint, archive_url, sim_url, days = sys.argv[2:6]
+    settings = dataclasses.replace(load_settings("local", environ={}), aws_endpoint_url=endpoint)
+    print(json.dumps(end_to_end(settings, archive_url, sim_url, [int(d) for d in days.split(",")])))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--days", type=int, default=30)
+    ap.add_argument("--trades-per-hour", type=int, default=125_000)
+    ap.add_argument("--data", type=Path, help="keep the mirrored archive here (reused next run)")
+    ap.add_argument("--parallel", action="store_true", help="also two daily runs at once")
+    ap.add_argument("--phases", action="store_true", help="also a CPU breakdown of day 0")
+    args = ap.parse_args()
+    days = args.days
     sim_port, mirror_port = free_port(), free_port()
     sim_url, mirror_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{mirror_port}"
-    root = Path(tempfile.mkdtemp(prefix="archive-bench-"))
+    root = args.data or Path(tempfile.mkdtemp(prefix="archive-bench-"))
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", SIMULATOR, str(sim_port), str(trades_per_hour)],
+            [sys.executable, "-c", SIMULATOR, str(sim_port), str(args.trades_per_hour)],
             stdout=subprocess.DEVNULL,
         )
     ]
+    # moto spools every object over 1 byte to a temp file instead of holding it in memory.
+    os.environ["MOTO_S3_DEFAULT_KEY_BUFFER_SIZE"] = "1"
+    aws = EmbeddedAWS(load_settings("local", environ={}))
     try:
         wait_up(f"{sim_url}/api/v3/ping")
         t = time.perf_counter()
         paths = mirror(sim_url, root, days)
-        setup_s = time.perf_counter() - t
-        print(f"setup: simulator generated {days} days in {setup_s:.0f} s", file=sys.stderr)
+        print(f"setup: {days} days mirrored in {time.perf_counter() - t:.0f} s", file=sys.stderr)
         procs.append(
             subprocess.Popen(
                 [
@@ -262,51 +347,58 @@ def main(days: int, trades_per_hour: int) -> None:
             )  # fmt: skip
         )
         wait_up(mirror_url)
-        import requests
-
-        weight_before = requests.get(f"{sim_url}/_sim/stats", timeout=5).json()["weight"]
-        result = pipeline(mirror_url, sim_url, days, 1)
-        parallel = pipeline(mirror_url, sim_url, days, 2) if days > 1 else result
-        weight_after = requests.get(f"{sim_url}/_sim/stats", timeout=5).json()["weight"]
-        weight_spent = weight_after - weight_before
+        settings = aws.start().settings
+        before = requests.get(f"{sim_url}/_sim/stats", timeout=5).json()
+        result = pipeline(settings, mirror_url, sim_url, days, 1)
+        after = requests.get(f"{sim_url}/_sim/stats", timeout=5).json()
+        parallel = pipeline(settings, mirror_url, sim_url, days, 2) if args.parallel else None
         bare_s, bare_cpu = bare_unzip_gzip(paths)
+        phase_cpu = phases(settings, mirror_url) if args.phases else None
     finally:
+        aws.stop()
         for p in procs:
             p.terminate()
             p.wait(timeout=10)
-        shutil.rmtree(root, ignore_errors=True)
+        if args.data is None:
+            shutil.rmtree(root, ignore_errors=True)
 
+    history_requests = {
+        p: after["by_path"].get(p, 0) - before["by_path"].get(p, 0) for p in HISTORY_PATHS
+    }
     counts = result["counts"]
     n_req, weight = rest_weight(counts)
     rest_s = weight / WEIGHT_LIMIT * 60
     records = {t: sum(c) for t, c in counts.items()}
-    ours = result["seconds"]
-    cpu = result["cpu_seconds"]
-    mb_in, mb_out = result["archive_bytes"] / 1e6, result["bronze_bytes"] / 1e6
+    ours, cpu = result["seconds"], result["cpu_seconds"]
     lines = [
-        f"{days} days of {SYMBOL} ({trades_per_hour:,} trades/h):",
-        f"  records: {records}; hours by source: {result['sources']}",
-        f"  archive {mb_in:,.0f} MB -> bronze {mb_out:,.0f} MB in {result['objects']} objects",
-        f"  ours, archive -> bronze:      {ours:8.1f} s  peak RSS {result['peak_rss_mib']:.0f} MiB",
+        f"{days} days of {SYMBOL} ({args.trades_per_hour:,} trades/h):",
+        f"  records: {records}; hours by source: {dict(result['sources'])}",
+        f"  archive {result['archive_bytes'] / 1e6:,.0f} MB downloaded, "
+        f"{sum(len(c) for c in counts.values())} hourly objects in bronze (moto)",
+        f"  ours, archive -> bronze:      {ours:8.1f} s wall, {cpu:7.1f} s CPU "
+        f"({cpu / days:.1f} s/day), peak RSS {result['peak_rss_mib']:.0f} MiB",
         f"  (a) REST at 6000 weight/min:  {rest_s:8.1f} s  ({n_req:,} requests, {weight:,} weight)",
-        f"  (b) bare unzip + gzip:        {bare_s:8.1f} s",
-        f"  (a)/ours: {rest_s / ours:.0f}x   ours/(b): {ours / bare_s:.2f}   "
-        f"REST weight spent: {weight_spent}",
-        f"  CPU seconds (load-independent): ours {cpu:.1f}, (b) {bare_cpu:.1f}; "
-        f"(a)/ours {rest_s / cpu:.0f}x, ours/(b) {cpu / bare_cpu:.2f}",
-        f"  two daily runs at once (the binance pool's 2 slots): {parallel['seconds']:.1f} s, "
-        f"(a)/that: {rest_s / parallel['seconds']:.0f}x, peak RSS per run "
-        f"{parallel['peak_rss_mib']:.0f} MiB",
+        f"  (b) bare unzip + gzip:        {bare_s:8.1f} s wall, {bare_cpu:7.1f} s CPU",
+        f"  (a)/ours: {rest_s / ours:.0f}x on wall, {rest_s / cpu:.0f}x on CPU;  "
+        f"ours/(b): {ours / bare_s:.2f} on wall, {cpu / bare_cpu:.2f} on CPU",
+        f"  REST weight spent during the run: {after['weight'] - before['weight']} "
+        f"(history requests {history_requests})",
     ]
+    if parallel is not None:
+        lines.append(
+            f"  two daily runs at once: {parallel['seconds']:.1f} s wall, "
+            f"{parallel['cpu_seconds']:.1f} s CPU, (a)/that {rest_s / parallel['seconds']:.0f}x, "
+            f"peak RSS per run {parallel['peak_rss_mib']:.0f} MiB"
+        )
+    if phase_cpu is not None:
+        lines.append("  CPU by phase, day 0 aggTrades + trades (each phase alone):")
+        lines += [f"    {k:28} {v:7.2f}" for k, v in phase_cpu.items()]
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        main(0, 0)
+        child()
     else:
-        main(
-            int(sys.argv[1]) if len(sys.argv) > 1 else 30,
-            int(sys.argv[2]) if len(sys.argv) > 2 else 125_000,
-        )
+        main()
     os._exit(0)

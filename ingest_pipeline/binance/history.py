@@ -22,13 +22,12 @@ from ingest_pipeline.binance.archive import (
     ArchiveFile,
     ArchiveFormatError,
     Download,
-    HourRecords,
     daily_file,
     day_start,
     month_bounds,
     monthly_file,
-    parse_hours,
 )
+from ingest_pipeline.binance.archive_csv import HourRecords, parse_hours
 from ingest_pipeline.binance.normalize import (
     agg_trade_from_rest,
     depth_snapshot_from_rest,

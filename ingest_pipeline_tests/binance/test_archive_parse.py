@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 
 from ingest_pipeline.binance.archive import (
-    INVALID_AGG_REASON,
     ArchiveFormatError,
     daily_file,
     monthly_file,
     parse_checksum,
-    parse_hours,
 )
+from ingest_pipeline.binance.archive_csv import INVALID_AGG_REASON, parse_hours
 from ingest_pipeline.binance.history import expected_kline_opens, plan_files
 from ingest_pipeline.binance.normalize import agg_trade_from_rest, kline_from_rest, trade_from_rest
 from ingest_pipeline.records import AGG_TRADES, TRADES, klines_type
