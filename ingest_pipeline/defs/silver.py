@@ -35,17 +35,13 @@ re-run). The conditions are evaluated in the code server (``use_user_code_server
 place a custom condition can run.
 """
 
-import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
 import numpy as np
 import pandas as pd
-from dagster._core.events import DagsterEventType
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from dagster_aws.s3 import S3Resource
 
 from ingest_pipeline import quality, spans
@@ -54,8 +50,20 @@ from ingest_pipeline.defs.catalog import catalog_fields, symbol_key_part, with_c
 from ingest_pipeline.defs.checks import Check, check_specs, hour_evaluations, hour_partition_key
 from ingest_pipeline.defs.partitions import hourly_partitions, partition_hours
 from ingest_pipeline.defs.resources import BronzeResource, s3_resource
-from ingest_pipeline.features.coverage import BBA_SOURCE, DEPTH_SOURCE, KLINE_SOURCE, TRADE_SOURCE
+from ingest_pipeline.defs.silver_automation import silver_condition
 from ingest_pipeline.features.offline import SymbolInputs
+from ingest_pipeline.features.quality import (
+    HourFrame,
+    check_bid_mid_ask,
+    check_complete_rows,
+    check_complete_share,
+    check_grid,
+    check_obi,
+    check_spread,
+    check_ts_increasing,
+    on_frame,
+    value_columns,
+)
 from ingest_pipeline.features.spec import DEFAULT_SPEC, FeatureSpec, duration_suffix
 from ingest_pipeline.features.tables import (
     BOOK_TABLE,
@@ -73,16 +81,20 @@ from ingest_pipeline.records import (
     DEPTH_DELTA,
     DEPTH_SNAPSHOT,
     TRADE,
-    Record,
     klines_type,
 )
 from ingest_pipeline.settings import Settings
-from ingest_pipeline.storage.bronze import BronzeStore
 from ingest_pipeline.storage.silver import SilverStore
+from ingest_pipeline.storage.silver_inputs import (
+    BronzeHours,
+    load_book,
+    load_klines,
+    load_trades,
+    trade_source,
+)
 from ingest_pipeline.timeutil import HOUR_MS, from_ms, iso_ms
 
 LAYER = "silver"
-PARTITION_FORMAT = "%Y-%m-%d-%H:%M"
 PREVIEW_ROWS = 6
 # An automation sensor evaluated in the code server may target at most 500 assets and checks
 # with a condition (Dagster's MAX_ENTITIES, enforced when the sensor ticks), and its tick must
@@ -127,225 +139,19 @@ def build_silver_resources(settings: Settings) -> dict[str, dg.ConfigurableResou
     }
 
 
-# --------------------------------------------------------------------------------------------
-# Reading one symbol's bronze hours
-
-
-class BronzeHours:
-    """Bronze objects of one symbol, read once per run (a ranged run reads each hour once,
-    not three times). ``None``: the object does not exist; ``[]``: it exists and is empty.
-    Coverage comes from the object's metadata (a HEAD)."""
-
-    def __init__(self, store: BronzeStore, symbol: str) -> None:
-        self.store = store
-        self.symbol = symbol
-        self._cache: dict[tuple[str, int], list[Record] | None] = {}
-        self._coverage: dict[tuple[str, int], spans.Spans | None] = {}
-
-    def read(self, data_type: str, hour: int) -> list[Record] | None:
-        key = (data_type, hour)
-        if key not in self._cache:
-            self._cache[key] = self.store.read_hour(self.symbol, data_type, hour)
-        return self._cache[key]
-
-    def coverage(self, data_type: str, hour: int) -> spans.Spans:
-        """Covered spans of an object; nothing when it does not exist."""
-        key = (data_type, hour)
-        if key not in self._coverage:
-            self._coverage[key] = self.store.coverage(self.symbol, data_type, hour)
-        return self._coverage[key] or ()
-
-
-def _trade_source(b: BronzeHours, hour: int) -> tuple[str, list[Record] | None]:
-    """aggTrades when the hour has any, else the archived ``trade`` records (SPEC §4)."""
-    aggs = b.read(AGG_TRADES, hour)
-    if aggs:
-        return AGG_TRADES, aggs
-    trades = b.read(TRADE, hour)
-    if trades is not None:
-        return TRADE, trades
-    return AGG_TRADES, aggs
-
-
-def _load_trades(b: BronzeHours, hour: int) -> SymbolInputs | None:
-    data_type, records = _trade_source(b, hour)
-    if records is None:
-        return None
-    return SymbolInputs(trades=records, coverage={TRADE_SOURCE: b.coverage(data_type, hour)})
-
-
-def _load_book(b: BronzeHours, hour: int) -> SymbolInputs | None:
-    bba, diffs, snaps = (b.read(t, hour) for t in (BBA, DEPTH_DELTA, DEPTH_SNAPSHOT))
-    if bba is None and diffs is None:
-        # A snapshot alone carries no BBA and no diff: it only helps as warm-up.
-        return None if snaps is None else SymbolInputs(depth_snapshots=snaps)
-    return SymbolInputs(
-        bba=bba or [],
-        depth_deltas=diffs or [],
-        depth_snapshots=snaps or [],
-        coverage={BBA_SOURCE: b.coverage(BBA, hour), DEPTH_SOURCE: b.coverage(DEPTH_DELTA, hour)},
-    )
-
-
-def _load_klines(interval: str) -> Callable[[BronzeHours, int], SymbolInputs | None]:
-    data_type = klines_type(interval)
-
-    def load(b: BronzeHours, hour: int) -> SymbolInputs | None:
-        records = b.read(data_type, hour)
-        if records is None:
-            return None
-        return SymbolInputs(klines=records, coverage={KLINE_SOURCE: b.coverage(data_type, hour)})
-
-    return load
-
-
-# --------------------------------------------------------------------------------------------
-# Checks (pure: a frame in, a verdict out)
-
-
-@dataclass(frozen=True)
-class HourFrame:
-    """What a silver check sees: one symbol-hour of a table as written, and the share of the
-    hour each of its bronze inputs covered."""
-
-    frame: pd.DataFrame
-    hour: int
-    spec: FeatureSpec = DEFAULT_SPEC
-    input_coverage: Mapping[str, float] = field(default_factory=dict)
-
-
-def _on_frame(
-    fn: Callable[[pd.DataFrame, int, FeatureSpec], quality.Verdict],
-) -> Callable[[HourFrame], quality.Verdict]:
-    return lambda d: fn(d.frame, d.hour, d.spec)
-
-
-def check_grid(frame: pd.DataFrame, hour: int, spec: FeatureSpec) -> quality.Verdict:
-    """One row per grid step: ``ts = h0 + k*step``, k = 1..n."""
-    expected = np.arange(hour + spec.step_ms, hour + HOUR_MS + 1, spec.step_ms, dtype=np.int64)
-    ts = frame["ts"].to_numpy(np.int64)
-    if len(ts) == len(expected) and bool(np.array_equal(ts, expected)):
-        numbers = {"rows": len(ts), "missing_steps": 0, "off_grid": 0, "duplicates": 0}
-        return quality.Verdict(True, f"{len(ts)} rows, one per {spec.step_ms} ms step", {}, numbers)
-    have = set(ts.tolist())
-    missing = [int(t) for t in expected if t not in have]
-    extra = sorted(have - set(expected.tolist()))
-    dup = int(len(ts) - len(have))
-    return quality.Verdict(
-        False,
-        f"{len(ts)} rows for {len(expected)} steps: {len(missing)} missing, {len(extra)} off "
-        f"the grid, {dup} duplicated",
-        {"missing": missing[:10], "off_grid": extra[:10], "duplicates": dup},
-        {"rows": len(ts), "missing_steps": len(missing), "off_grid": len(extra), "duplicates": dup},
-    )
-
-
-def check_ts_increasing(frame: pd.DataFrame, hour: int, spec: FeatureSpec) -> quality.Verdict:
-    ts = frame["ts"].to_numpy(np.int64)
-    bad = np.flatnonzero(np.diff(ts) <= 0)
-    numbers = {"rows": len(ts), "not_increasing": len(bad)}
-    if len(bad) == 0:
-        return quality.Verdict(True, "ts strictly increasing", {}, numbers)
-    return quality.Verdict(
-        False,
-        f"ts not strictly increasing at {len(bad)} row(s)",
-        {"first_rows": [int(i) + 1 for i in bad[:10]], "ts": [int(ts[i + 1]) for i in bad[:10]]},
-        numbers,
-    )
-
-
-def _value_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if c not in ("symbol", "ts", "complete")]
-
-
-def check_complete_rows(frame: pd.DataFrame, hour: int, spec: FeatureSpec) -> quality.Verdict:
-    """Rows flagged complete hold no NaN (columns null by definition excepted)."""
-    complete = frame["complete"].to_numpy(np.bool_)
-    optional = spec.nullable_by_definition()
-    bad: dict[str, int] = {}
-    for c in _value_columns(frame):
-        if c in optional:
-            continue
-        n = int(np.isnan(frame[c].to_numpy(np.float64))[complete].sum())
-        if n:
-            bad[c] = n
-    numbers = {"complete_rows": int(complete.sum()), "nan_values": sum(bad.values())}
-    if not bad:
-        return quality.Verdict(
-            True, f"{int(complete.sum())} complete rows, no NaN in them", {}, numbers
-        )
-    return quality.Verdict(False, f"complete rows with NaN in {len(bad)} column(s)", bad, numbers)
-
-
-def check_complete_share(d: HourFrame) -> quality.Verdict:
-    """Every row of the hour complete; otherwise how many are not, and how much of the hour
-    the inputs covered (numbers for a plot over partitions)."""
-    complete = d.frame["complete"].to_numpy(np.bool_)
-    share = float(complete.mean()) if len(complete) else 0.0
-    covered = min(d.input_coverage.values(), default=1.0)
-    numbers = {
-        "complete_share": share,
-        "complete_rows": float(complete.sum()),
-        "input_covered_share": covered,
-    }
-    inputs = ", ".join(f"{t} {v:.1%}" for t, v in sorted(d.input_coverage.items()))
-    summary = f"{int(complete.sum())} of {len(complete)} rows complete ({share:.1%})"
-    if inputs:
-        summary += f"; inputs cover {inputs} of the hour"
-    details = {}
-    if share < 1.0:
-        ts = d.frame["ts"].to_numpy(np.int64)[~complete]
-        details = {"first_incomplete_ts": ts[:5].tolist(), "last_incomplete_ts": ts[-5:].tolist()}
-    return quality.Verdict(share == 1.0, summary, details, numbers)
-
-
-def _violations(name: str, mask: np.ndarray, frame: pd.DataFrame, what: str) -> quality.Verdict:
-    n = int(mask.sum())
-    numbers = {"violations": n}
-    if n == 0:
-        return quality.Verdict(True, f"{what}: holds on every row with a value", {}, numbers)
-    first = frame["ts"].to_numpy(np.int64)[mask][:10].tolist()
-    return quality.Verdict(False, f"{what}: violated on {n} row(s)", {"first_ts": first}, numbers)
-
-
-def check_spread(frame: pd.DataFrame, hour: int, spec: FeatureSpec) -> quality.Verdict:
-    spread = frame["spread"].to_numpy(np.float64)
-    return _violations("spread", spread < 0, frame, "spread >= 0")
-
-
-def check_obi(frame: pd.DataFrame, hour: int, spec: FeatureSpec) -> quality.Verdict:
-    obi = frame["obi_1"].to_numpy(np.float64)
-    return _violations("obi_1", np.abs(obi) > 1, frame, "|obi_1| <= 1")
-
-
-def check_bid_mid_ask(frame: pd.DataFrame, hour: int, spec: FeatureSpec) -> quality.Verdict:
-    """bid <= mid <= ask and bid <= microprice <= ask, with bid/ask = mid -/+ spread/2 (to a
-    relative 1e-12: the three are recomputed from rounded columns)."""
-    mid = frame["mid"].to_numpy(np.float64)
-    half = frame["spread"].to_numpy(np.float64) / 2
-    micro = frame["microprice"].to_numpy(np.float64)
-    bid, ask = mid - half, mid + half
-    tol = np.abs(mid) * 1e-12
-    with np.errstate(invalid="ignore"):
-        bad = (bid > mid + tol) | (mid > ask + tol) | (micro < bid - tol) | (micro > ask + tol)
-    return _violations("bid_mid_ask", bad, frame, "bid <= mid, microprice <= ask")
-
-
 GRID_CHECKS = (
     Check(
         "one_row_per_step",
         "One row per grid step per symbol-hour: ts = h0 + k*step, k = 1..3600 (1 s grid).",
-        _on_frame(check_grid),
+        on_frame(check_grid),
         blocking=True,
     ),
-    Check(
-        "ts_strictly_increasing", "ts strictly increasing.", _on_frame(check_ts_increasing), True
-    ),
+    Check("ts_strictly_increasing", "ts strictly increasing.", on_frame(check_ts_increasing), True),
     Check(
         "complete_rows_have_no_nan",
         "No NaN in rows flagged complete (vwap and the kline taker ratio are null by "
         "definition on zero volume).",
-        _on_frame(check_complete_rows),
+        on_frame(check_complete_rows),
         blocking=True,
     ),
     Check(
@@ -358,12 +164,12 @@ GRID_CHECKS = (
     ),
 )
 BOOK_CHECKS = (
-    Check("spread_non_negative", "spread >= 0 (BBA never crossed).", _on_frame(check_spread), True),
-    Check("obi_bounded", "|obi_1| <= 1.", _on_frame(check_obi), True),
+    Check("spread_non_negative", "spread >= 0 (BBA never crossed).", on_frame(check_spread), True),
+    Check("obi_bounded", "|obi_1| <= 1.", on_frame(check_obi), True),
     Check(
         "bid_le_mid_le_ask",
         "bid <= mid <= ask and bid <= microprice <= ask (bid, ask = mid -/+ spread/2).",
-        _on_frame(check_bid_mid_ask),
+        on_frame(check_bid_mid_ask),
         True,
     ),
 )
@@ -371,171 +177,7 @@ TRAINING_CHECKS = GRID_CHECKS + (BOOK_CHECKS[2],)
 
 
 # --------------------------------------------------------------------------------------------
-# Automation
-
-
-@functools.lru_cache(maxsize=2**18)
-def _shift_partition(key: str, hours: int) -> str:
-    # Cached: every tick shifts the same hours again (a code server lives long).
-    dt = datetime.strptime(key, PARTITION_FORMAT).replace(tzinfo=UTC)
-    return (dt + timedelta(hours=hours)).strftime(PARTITION_FORMAT)
-
-
-# (upstream key, hour offsets)
-Offsets = Sequence[tuple[dg.AssetKey, tuple[int, ...]]]
-
-
-def _offsets_label(items: Offsets) -> str:
-    def one(o: int) -> str:
-        return "H" if o == 0 else f"H{o:+d}"
-
-    return ", ".join(f"{'/'.join(k.path)}@{'|'.join(one(o) for o in offs)}" for k, offs in items)
-
-
-class InputsReady(dg.AutomationCondition):
-    """True for hour H when each ``required`` input is materialized at H + offset, and every
-    input hour that is materialized (``required`` or ``optional``, e.g. the warm-up hour) has
-    its blocking checks passed in the run that produced it or later.
-
-    Why not the built-ins: ``any_deps_missing`` and ``all_deps_blocking_checks_passed`` see
-    the whole mapped window ``[H-1, H+1]`` at once, so they cannot tell the optional warm-up
-    hour from the needed label hour. This condition asks the event log directly, for the few
-    hours still candidates once the cheap built-in parts of :func:`silver_condition` have
-    narrowed them.
-    """
-
-    def __init__(self, required: Offsets, optional: Offsets = ()) -> None:
-        self.required = tuple((k, tuple(o)) for k, o in required)
-        self.optional = tuple((k, tuple(o)) for k, o in optional)
-
-    @property
-    def name(self) -> str:
-        return "inputs_ready"
-
-    @property
-    def description(self) -> str:
-        text = f"landed, blocking checks passed: {_offsets_label(self.required)}"
-        if self.optional:
-            text += f"; checks passed if landed: {_offsets_label(self.optional)}"
-        return text
-
-    def evaluate(self, context: Any) -> dg.AutomationResult:
-        candidates = context.candidate_subset
-        if candidates.is_empty:
-            return dg.AutomationResult(context=context, true_subset=candidates)
-        instance = context.asset_graph_view.instance
-        inputs = self.required + self.optional
-        # Cheap first, from the data rather than the candidates (after the first tick every
-        # missing hour is one): the hours whose required inputs have all landed, one query per
-        # input; the check lookups below are then only for those.
-        landed = {key: instance.get_materialized_partitions(key) for key, _ in inputs}
-        possible: set[str] | None = None
-        for key, offs in self.required:
-            for o in offs:
-                hours = {_shift_partition(p, -o) for p in landed[key]}
-                possible = hours if possible is None else possible & hours
-        narrowed = candidates.compute_intersection_with_partition_keys(possible or set())
-        keys = [] if narrowed.is_empty else narrowed.expensively_compute_partition_keys()
-        wanted: dict[dg.AssetKey, set[str]] = {key: set() for key, _ in inputs}
-        for key, offs in inputs:
-            wanted[key].update(
-                p for pk in keys for o in offs if (p := _shift_partition(pk, o)) in landed[key]
-            )
-        good = {
-            key: _good_partitions(instance, context.asset_graph, key, parts)
-            for key, parts in wanted.items()
-        }
-        ok = {pk for pk in keys if all(p in good[k] for k, p in self._hours(pk, wanted))}
-        true_subset = (
-            candidates.compute_intersection_with_partition_keys(ok)
-            if ok
-            else context.get_empty_subset()
-        )
-        return dg.AutomationResult(context=context, true_subset=true_subset)
-
-    def _hours(
-        self, pk: str, landed: Mapping[dg.AssetKey, set[str]]
-    ) -> Iterator[tuple[dg.AssetKey, str]]:
-        """The input hours of ``pk`` to vouch for: the required ones, and the optional ones
-        that landed."""
-        for key, offs in self.required:
-            for o in offs:
-                yield key, _shift_partition(pk, o)
-        for key, offs in self.optional:
-            for o in offs:
-                if (p := _shift_partition(pk, o)) in landed[key]:
-                    yield key, p
-
-
-def _good_partitions(
-    instance: dg.DagsterInstance, graph: Any, key: dg.AssetKey, partitions: set[str]
-) -> set[str]:
-    """Partitions of ``key`` whose blocking checks passed in the run that materialized them
-    last, or in a later run. A few queries per input whatever the number of hours."""
-    blocking = [ck for ck in graph.get(key).check_keys if graph.get(ck).blocking]
-    if not blocking or not partitions:
-        return set(partitions)
-    storage = instance.event_log_storage
-    ordered = sorted(partitions)
-    good = set(ordered)
-    for i in range(0, len(ordered), _CHUNK):
-        chunk = ordered[i : i + _CHUNK]
-        latest = storage.get_latest_storage_id_by_partition(
-            key, DagsterEventType.ASSET_MATERIALIZATION, set(chunk)
-        )
-        records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=key, storage_ids=list(latest.values())),
-            limit=len(latest),
-        ).records
-        made_by = {r.storage_id: r.run_id for r in records}
-        good -= set(chunk) - set(latest)
-        for ck in blocking:
-            infos = {
-                info.partition_key: info
-                for info in storage.get_asset_check_partition_info([ck], partition_keys=chunk)
-            }
-            for partition, storage_id in latest.items():
-                if not _vouches(infos.get(partition), storage_id, made_by.get(storage_id)):
-                    good.discard(partition)
-    return good
-
-
-# Partition keys per query (SQL parameter limits).
-_CHUNK = 500
-
-
-def _vouches(info: Any, materialization_id: int, materialization_run: str | None) -> bool:
-    """A passed check evaluation from the materializing run (a ranged run logs its hours'
-    results before Dagster files the materializations), or one after the materialization."""
-    if info is None or info.latest_execution_status != AssetCheckExecutionRecordStatus.SUCCEEDED:
-        return False
-    same_run = bool(materialization_run) and info.latest_planned_run_id == materialization_run
-    return same_run or info.latest_check_event_storage_id > materialization_id
-
-
-def silver_condition(required: Offsets, optional: Offsets = ()) -> dg.AutomationCondition:
-    """Requested once its inputs have landed with their blocking checks passed (the hour and
-    the next one where labels need it), and again whenever an input is updated; never while
-    an input or the asset is running.
-
-    The trigger is ``newly_missing | any_deps_updated`` latched until the asset is requested
-    or updated. Unlike ``since_last_handled`` it is not reset by the condition's first
-    evaluation: on the first tick every missing hour counts as newly missing, so a deployment
-    that starts (or a sensor turned on) after bronze landed catches up. An hour that turns out
-    to have no input is requested once and stays missing without being asked again.
-    """
-    handled = (
-        dg.AutomationCondition.newly_requested() | dg.AutomationCondition.newly_updated()
-    ).with_label("requested or updated")
-    trigger = (
-        dg.AutomationCondition.newly_missing() | dg.AutomationCondition.any_deps_updated()
-    ).since(handled)
-    return (
-        trigger
-        & ~dg.AutomationCondition.any_deps_in_progress()
-        & ~dg.AutomationCondition.in_progress()
-        & InputsReady(required, optional)
-    ).with_label("silver_inputs_landed")
+# Automation sensors (the condition: silver_automation.py)
 
 
 def _symbol_groups(symbols: Sequence[str], per_symbol: int) -> list[list[str]]:
@@ -625,7 +267,7 @@ def hourly_realized_vol(frame: pd.DataFrame, spec: FeatureSpec) -> float:
 
 
 def _null_counts(frame: pd.DataFrame) -> dict[str, int]:
-    return {c: int(frame[c].isna().sum()) for c in _value_columns(frame) if frame[c].isna().any()}
+    return {c: int(frame[c].isna().sum()) for c in value_columns(frame) if frame[c].isna().any()}
 
 
 def _float_meta(v: float) -> dg.MetadataValue:
@@ -722,7 +364,7 @@ def source_tables(settings: Settings, spec: FeatureSpec = DEFAULT_SPEC) -> list[
             ((AGG_TRADES, WARMUP_AND_LABELS), (TRADE, WARMUP_AND_LABELS)),
             ((AGG_TRADES, (0, 1)),),
             ((AGG_TRADES, (-1,)),),
-            _load_trades,
+            load_trades,
             GRID_CHECKS,
             True,
         ),
@@ -734,7 +376,7 @@ def source_tables(settings: Settings, spec: FeatureSpec = DEFAULT_SPEC) -> list[
             ((BBA, WARMUP_AND_LABELS), (DEPTH_DELTA, WARMUP_AND_LABELS), (DEPTH_SNAPSHOT, WARMUP)),
             ((BBA, (0, 1)), (DEPTH_DELTA, (0, 1))),
             ((BBA, (-1,)), (DEPTH_DELTA, (-1,)), (DEPTH_SNAPSHOT, (-1, 0))),
-            _load_book,
+            load_book,
             GRID_CHECKS + BOOK_CHECKS,
             True,
         ),
@@ -747,7 +389,7 @@ def source_tables(settings: Settings, spec: FeatureSpec = DEFAULT_SPEC) -> list[
                 ((klines, WARMUP),),
                 ((klines, (0,)),),
                 ((klines, (-1,)),),
-                _load_klines(spec.kline_interval),
+                load_klines(spec.kline_interval),
                 GRID_CHECKS,
                 False,
             )
@@ -838,11 +480,11 @@ def _source_hour(
     if source.labels:
         extra["next_hour_in_bronze"] = dg.MetadataValue.bool(following is not None)
     if source.table == TRADE_TABLE:
-        extra["trade_source"] = dg.MetadataValue.text(_trade_source(b, hour)[0])
+        extra["trade_source"] = dg.MetadataValue.text(trade_source(b, hour)[0])
     if result.book is not None and source.table == BOOK_TABLE:
         extra["book_sync"] = dg.MetadataValue.json(_jsonable(result.book))
     read = (
-        [_trade_source(b, hour)[0]]
+        [trade_source(b, hour)[0]]
         if source.table == TRADE_TABLE
         else [data_type for data_type, _ in source.required]
     )

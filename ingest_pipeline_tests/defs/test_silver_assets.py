@@ -14,16 +14,18 @@ from ingest_pipeline.aws import aws_client
 from ingest_pipeline.defs.bronze import build_history_asset, history_types
 from ingest_pipeline.defs.resources import build_resources
 from ingest_pipeline.defs.silver import (
-    HourFrame,
     build_silver_assets,
     build_silver_resources,
+    silver_asset_key,
+)
+from ingest_pipeline.features import DEFAULT_SPEC, SymbolInputs, hour_features
+from ingest_pipeline.features.quality import (
+    HourFrame,
     check_bid_mid_ask,
     check_grid,
     check_spread,
     check_ts_increasing,
-    silver_asset_key,
 )
-from ingest_pipeline.features import DEFAULT_SPEC, SymbolInputs, hour_features
 from ingest_pipeline.records import AGG_TRADES, BBA, TRADE, TRADES, klines_type
 from ingest_pipeline.settings import Settings
 from ingest_pipeline.storage.bronze import BronzeStore
