@@ -34,7 +34,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import orjson
@@ -298,13 +298,18 @@ class WeightPacer:
     """
 
     def __init__(
-        self, per_minute: float, burst: float, monotonic: Callable[[], float] = time.monotonic
+        self,
+        per_minute: float,
+        burst: float,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if per_minute <= 0 or burst <= 0:
             raise ValueError("per_minute and burst must be > 0")
         self.rate = per_minute / 60.0
         self.burst = burst
         self._mono = monotonic
+        self._sleep = sleep
         self._tokens = burst
         self._t = monotonic()
         self._lock = asyncio.Lock()
@@ -329,12 +334,12 @@ class WeightPacer:
                         if self._tokens < need:
                             wait = (need - self._tokens) / self.rate
                             self.waited_s += wait
-                            await asyncio.sleep(wait)
+                            await self._sleep(wait)
                             self._refill()
                         self._tokens -= weight
                         self.spent += weight
                         return
-                await asyncio.sleep(0.05)  # urgent requests are waiting: after them
+                await self._sleep(0.05)  # urgent requests are waiting: after them
         finally:
             if urgent:
                 self._urgent -= 1

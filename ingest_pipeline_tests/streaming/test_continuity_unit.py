@@ -117,17 +117,13 @@ def test_pacer_spreads_weight() -> None:
         now[0] += s
 
     async def run() -> None:
-        pacer = WeightPacer(600, 100, monotonic=lambda: now[0])  # 10 weight/s, burst 100
+        # 10 weight/s, burst 100; its own clock and sleep (other threads' loops sleep too)
+        pacer = WeightPacer(600, 100, monotonic=lambda: now[0], sleep=fake_sleep)
         for _ in range(4):
             await pacer.acquire(50)
         assert pacer.spent == 200
 
-    orig = asyncio.sleep
-    asyncio.sleep = fake_sleep  # type: ignore[assignment]
-    try:
-        asyncio.run(run())
-    finally:
-        asyncio.sleep = orig  # type: ignore[assignment]
+    asyncio.run(run())
     # 100 of burst, then 100 more at 10/s: 10 s of waiting in total.
     assert sum(sleeps) == pytest.approx(10.0)
 
