@@ -1,4 +1,4 @@
-"""Load the real Binance captures (``../shared/data/binance-capture``) as records in arrival
+"""Load the real Binance captures (``data/binance-capture`` in the repository) as records in arrival
 order: ``(data_type, record)`` with data types of ``ingest_pipeline.records``."""
 
 from __future__ import annotations
