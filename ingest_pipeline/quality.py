@@ -11,19 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ingest_pipeline import spans
-from ingest_pipeline.records import Record
+from ingest_pipeline.records import KLINE_INTERVALS, KLINE_WIDTH_MS, Record
 from ingest_pipeline.timeutil import HOUR_MS, iso_ms
 
 MAX_LISTED = 10
 VOLUME_TOLERANCE = 1e-8
-# The kline intervals bronze can hold: those that tile an hour, so that each hourly object is
-# exactly the hour's klines and can be checked against the hour's trades. Binance's longer
-# intervals (2h .. 1M) open in some hours only and cover trades of several: the settings refuse
-# them (``settings.KLINE_INTERVALS`` is this table's keys).
-KLINE_INTERVAL_MS = {
-    "1s": 1_000, "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000,
-    "30m": 1_800_000, "1h": 3_600_000,
-}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -157,7 +149,9 @@ def check_klines(
 
     ``trades`` may be aggTrades (counts come from ``l - f + 1``) or individual trades.
     """
-    step = KLINE_INTERVAL_MS[interval]
+    if interval not in KLINE_INTERVALS:
+        raise ValueError(f"{interval} klines do not tile an hour: bronze holds none")
+    step = KLINE_WIDTH_MS[interval]
     problems: dict[str, Any] = {}
     opens = [k["open_time"] for k in klines]
     expected = list(range(hour_ms, hour_ms + HOUR_MS, step))

@@ -14,7 +14,14 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from ingest_pipeline.quality import KLINE_INTERVAL_MS
+from ingest_pipeline.records import (
+    KLINE_WIDTH_MS,
+    KLINES,
+    ROUTE_BBA,
+    ROUTE_DEPTH,
+    ROUTE_TRADE,
+    datatype,
+)
 from ingest_pipeline.symbols import (
     UnsafeSymbol,
     asset_key_part,
@@ -25,9 +32,9 @@ from ingest_pipeline.symbols import (
 
 CONFIG_DIR = Path(__file__).parent / "config"
 ENVIRONMENTS = ("local", "dev", "prod")
-# Only the intervals that tile an hourly partition (quality.KLINE_INTERVAL_MS): 2h .. 1M open in
-# some hours only and are refused here rather than failing a check later.
-KLINE_INTERVALS = frozenset(KLINE_INTERVAL_MS)
+# Only the intervals that tile an hourly partition (the registry's klines entry): 2h .. 1M open
+# in some hours only and are refused here rather than failing a check later.
+KLINE_INTERVALS = frozenset(datatype(KLINES).intervals)
 
 
 class SettingsError(ValueError):
@@ -124,8 +131,24 @@ class Settings:
         return self.archive_base_url or self.binance_rest_url
 
     @property
-    def kinesis_streams(self) -> tuple[str, str, str]:
-        return (self.kinesis_trade_stream, self.kinesis_bba_stream, self.kinesis_depth_stream)
+    def kinesis_streams(self) -> tuple[str, ...]:
+        return tuple(self.kinesis_routes.values())
+
+    @property
+    def kinesis_routes(self) -> dict[str, str]:
+        """The Kinesis stream of each route (``records.ROUTES``, in that order)."""
+        return {
+            ROUTE_TRADE: self.kinesis_trade_stream,
+            ROUTE_BBA: self.kinesis_bba_stream,
+            ROUTE_DEPTH: self.kinesis_depth_stream,
+        }
+
+    def stream_of(self, data_type: str) -> str:
+        """The Kinesis stream that carries ``data_type`` (the registry's route)."""
+        route = datatype(data_type).route
+        if route is None:
+            raise ValueError(f"{data_type} is not on Kinesis")
+        return self.kinesis_routes[route]
 
 
 # Environment variable -> settings field. AWS_ENDPOINT_URL is boto3's own variable: honouring it
@@ -239,7 +262,7 @@ def _validate(
         values["symbol_aliases"] = _aliases(values["symbol_aliases"], symbols, where)
     bad = [i for i in values["kline_intervals"] if i not in KLINE_INTERVALS]
     if bad:
-        allowed = ", ".join(sorted(KLINE_INTERVALS, key=KLINE_INTERVAL_MS.__getitem__))
+        allowed = ", ".join(sorted(KLINE_INTERVALS, key=KLINE_WIDTH_MS.__getitem__))
         raise SettingsError(
             f"{where('kline_intervals')}: {bad} do not tile an hourly partition "
             f"(allowed: {allowed})"

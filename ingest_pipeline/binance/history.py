@@ -36,7 +36,14 @@ from ingest_pipeline.binance.normalize import (
     trade_from_rest,
 )
 from ingest_pipeline.binance.rest import BinanceRestClient, Page, read_ahead
-from ingest_pipeline.records import AGG_TRADES, TRADES, MalformedPayload, Record, klines_type
+from ingest_pipeline.records import (
+    AGG_TRADES,
+    KLINE_WIDTH_MS,
+    TRADES,
+    MalformedPayload,
+    Record,
+    klines_type,
+)
 from ingest_pipeline.settings import HISTORY_SOURCES
 from ingest_pipeline.timeutil import HOUR_MS, now_ms
 
@@ -177,11 +184,6 @@ def expected_kline_opens(interval: str, hour: int) -> list[int]:
     return list(range(first, hour + HOUR_MS, width))
 
 
-KLINE_WIDTH_MS = {
-    "1s": 1_000, "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000,
-    "30m": 1_800_000, "1h": HOUR_MS, "2h": 2 * HOUR_MS, "4h": 4 * HOUR_MS, "6h": 6 * HOUR_MS,
-    "8h": 8 * HOUR_MS, "12h": 12 * HOUR_MS, "1d": DAY_MS, "3d": 3 * DAY_MS, "1w": 7 * DAY_MS,
-}  # fmt: skip
 # Binance weeks open on Monday 00:00 UTC; 1970-01-01 was a Thursday.
 WEEK_OFFSET_MS = 4 * DAY_MS
 

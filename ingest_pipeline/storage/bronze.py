@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from ingest_pipeline.records import KLINES_PREFIX, Record, id_field, record_key, time_field
+from ingest_pipeline.records import Record, id_field, kline_interval, record_key, time_field
 from ingest_pipeline.spans import Span, Spans, clip
 from ingest_pipeline.storage.s3objects import get_bytes_or_none, head_or_none
 from ingest_pipeline.symbols import check_symbol
@@ -87,8 +87,9 @@ def prepare_records(
             f"outside the hour [{hour_ms}, {hour_ms + HOUR_MS})"
         )
     strays = {r["symbol"] for r in records} - {symbol}
-    if data_type.startswith(KLINES_PREFIX):
-        strays |= {r["interval"] for r in records} - {data_type[len(KLINES_PREFIX) :]}
+    interval = kline_interval(data_type)
+    if interval is not None:
+        strays |= {r["interval"] for r in records} - {interval}
     if strays:
         raise ValueError(f"{data_type} object of {symbol} given records of {sorted(strays)}")
     ids = list(map(operator.itemgetter(id_field(data_type)), records))
