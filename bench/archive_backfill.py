@@ -270,7 +270,7 @@ def phases(settings: Settings, archive_url: str) -> dict[str, float]:
                 while m.read(8 << 20):
                     pass
             with timed("unzip + CSV"), zipfile.ZipFile(got.path) as z, z.open(z.infolist()[0]) as m:
-                for _ in read_batches(m, f.kind):
+                for _ in read_batches(m, data_type):
                     pass
             with timed("unzip + CSV + records"):
                 hours = list(parse_hours(got.path, data_type, SYMBOL, 1))

@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 import requests
 
-from ingest_pipeline.records import AGG_TRADES, KLINES_PREFIX, TRADES
+from ingest_pipeline.records import datatype, kline_interval
 from ingest_pipeline.symbols import check_symbol
 from ingest_pipeline.timeutil import HOUR_MS
 
@@ -59,14 +59,12 @@ class ArchiveFormatError(ArchiveError):
 
 
 def file_kind(data_type: str) -> tuple[str, str | None]:
-    """Archive kind and kline interval of a bronze data type (``klines_1m`` -> klines, 1m)."""
-    if data_type == AGG_TRADES:
-        return "aggTrades", None
-    if data_type == TRADES:
-        return "trades", None
-    if data_type.startswith(KLINES_PREFIX):
-        return "klines", data_type[len(KLINES_PREFIX) :]
-    raise ValueError(f"the archive holds no {data_type!r}")
+    """Archive kind (the registry's archive folder) and kline interval of a bronze data type
+    (``klines_1m`` -> klines, 1m)."""
+    folder = datatype(data_type).archive
+    if folder is None:
+        raise ValueError(f"the archive holds no {data_type!r}")
+    return folder, kline_interval(data_type)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import pyarrow.csv as pacsv
 
 from ingest_pipeline.binance.archive import ArchiveFormatError, file_kind
 from ingest_pipeline.binance.rest import read_ahead
-from ingest_pipeline.records import SOURCE_REST, Record
+from ingest_pipeline.records import AGG_TRADES, KLINES, SOURCE_REST, TRADES, Record, datatype
 from ingest_pipeline.timeutil import HOUR_MS
 
 log = logging.getLogger(__name__)
@@ -38,17 +38,18 @@ CSV_BLOCK_BYTES = 8 << 20
 _INT = pa.int64()
 _FLOAT = pa.float64()
 _BOOL = pa.bool_()
-# Column names and Arrow types of each spot file kind, in file order.
+# Column names and Arrow types of the spot archive file of each data type (the registry's name),
+# in file order: the archive's wire format.
 COLUMNS: dict[str, tuple[tuple[str, pa.DataType], ...]] = {
-    "aggTrades": (
+    AGG_TRADES: (
         ("a", _INT), ("p", _FLOAT), ("q", _FLOAT), ("f", _INT), ("l", _INT), ("T", _INT),
         ("m", _BOOL), ("M", _BOOL),
     ),
-    "trades": (
+    TRADES: (
         ("id", _INT), ("price", _FLOAT), ("qty", _FLOAT), ("quoteQty", _FLOAT), ("time", _INT),
         ("isBuyerMaker", _BOOL), ("isBestMatch", _BOOL),
     ),
-    "klines": (
+    KLINES: (
         ("openTime", _INT), ("open", _FLOAT), ("high", _FLOAT), ("low", _FLOAT),
         ("close", _FLOAT), ("volume", _FLOAT), ("closeTime", _INT), ("quoteVolume", _FLOAT),
         ("numTrades", _INT), ("takerBuyBase", _FLOAT), ("takerBuyQuote", _FLOAT),
@@ -64,14 +65,15 @@ def _has_header(first_line: bytes) -> bool:
 
 
 def read_batches(
-    source: IO[bytes], kind: str, block_bytes: int = CSV_BLOCK_BYTES
+    source: IO[bytes], data_type: str, block_bytes: int = CSV_BLOCK_BYTES
 ) -> Iterator[pa.RecordBatch]:
-    """Stream one archive CSV as Arrow batches with the kind's column names and types.
+    """Stream one archive CSV of ``data_type`` as Arrow batches with its column names and types.
 
     ``source`` must support ``peek`` (a ``zipfile`` member does): the first line decides
     whether a header row is skipped. Any row Arrow cannot convert raises ArchiveFormatError.
     """
-    columns = COLUMNS[kind]
+    kind, _ = file_kind(data_type)
+    columns = COLUMNS[datatype(data_type).name]
     head = source.peek(4096)[:4096]  # type: ignore[attr-defined]
     first_line = head.split(b"\n", 1)[0]
     if not first_line.strip():
@@ -359,7 +361,8 @@ def parse_hours(
     Raises ArchiveFormatError where the file stops being readable (hours already yielded are
     complete).
     """
-    kind, interval = file_kind(data_type)
+    name = datatype(data_type).name
+    _, interval = file_kind(data_type)
     try:
         archive = zipfile.ZipFile(zip_path)
     except zipfile.BadZipFile as exc:
@@ -374,10 +377,10 @@ def parse_hours(
             with archive.open(members[0]) as source:
                 # Inflating and parsing the next block (C++, without the GIL) overlaps with
                 # building and writing the records of this one, as REST pages do.
-                for batch in read_ahead(read_batches(source, kind, block_bytes)):
-                    if kind == "aggTrades":
+                for batch in read_ahead(read_batches(source, data_type, block_bytes)):
+                    if name == AGG_TRADES:
                         parts = agg_trade_parts(batch, symbol, ingest_ts)
-                    elif kind == "trades":
+                    elif name == TRADES:
                         parts = trade_parts(batch, symbol, ingest_ts)
                     else:
                         parts = kline_parts(batch, symbol, interval or "", ingest_ts)
