@@ -47,10 +47,9 @@ from ingest_pipeline.binance.normalize import (
     parse_ws_message,
 )
 from ingest_pipeline.records import (
-    BBA,
-    DEPTH_DELTA,
     DEPTH_SNAPSHOT,
-    TRADE,
+    REGISTRY,
+    STREAMED,
     MalformedPayload,
     Record,
     time_field,
@@ -62,9 +61,11 @@ from ingest_pipeline.timeutil import HOUR_MS, floor_hour
 # The real captures kept in the repository (provenance and checksums in its README).
 CAPTURES_DIR = Path(__file__).resolve().parents[1] / "data" / "binance-capture"
 
-CAPTURE_TYPES = (TRADE, BBA, DEPTH_DELTA, DEPTH_SNAPSHOT)
+# A capture records what the streamer puts on Kinesis: the WebSocket streams and the depth
+# snapshots taken beside them.
+CAPTURE_TYPES = tuple(t.name for t in REGISTRY if t.route is not None)
 # Stream types: recorded continuously, so the capture covers a span of their time.
-STREAM_TYPES = (TRADE, BBA, DEPTH_DELTA)
+STREAM_TYPES = tuple(t.name for t in STREAMED)
 # hftbacktest captures: <symbol>_<YYYYMMDD>.gz
 CAPTURE_FILE = re.compile(r"^([a-z0-9]+)_(\d{8})\.gz$")
 _SNAPSHOT_PREFIX = b'{"lastUpdateId"'

@@ -48,6 +48,7 @@ from typing import TypeVar
 import aiohttp
 import orjson
 
+from ingest_pipeline.records import STREAMED
 from ingest_pipeline.settings import WS_SCHEMES, InvalidEndpoint, check_url
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,8 @@ MAX_STREAMS_PER_CONNECTION = 1024
 # Binance: at most 300 connection attempts per 5 minutes per IP.
 MAX_ATTEMPTS = 300
 ATTEMPT_WINDOW_S = 300.0
-DEFAULT_KINDS = ("trade", "bookTicker", "depth@100ms")
+# The WebSocket streams of the streamed data types (the registry's), per symbol.
+DEFAULT_KINDS = tuple(t.ws for t in STREAMED if t.ws is not None)
 T = TypeVar("T")
 
 

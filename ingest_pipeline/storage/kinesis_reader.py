@@ -33,7 +33,14 @@ from typing import Any
 
 import orjson
 
-from ingest_pipeline.records import DEPTH_DELTA, DEPTH_SNAPSHOT, PRODUCER_EPOCH, Record, record_key
+from ingest_pipeline.records import (
+    DEPTH_DELTA,
+    DEPTH_SNAPSHOT,
+    PRODUCER_EPOCH,
+    Record,
+    datatype,
+    record_key,
+)
 from ingest_pipeline.spans import Spans
 from ingest_pipeline.storage.bronze import BronzeStore, WriteResult
 from ingest_pipeline.timeutil import HOUR_MS
@@ -89,10 +96,16 @@ class WindowRead:
         }  # fmt: skip
 
 
+_SNAPSHOT_ID = datatype(DEPTH_SNAPSHOT).id_field
+_SNAPSHOT_TIME = datatype(DEPTH_SNAPSHOT).time_field
+_DIFF_ID = datatype(DEPTH_DELTA).id_field
+
+
 def is_depth_snapshot(record: dict[str, Any]) -> bool:
-    """A ``DepthSnapshot`` (SPEC §2) among the depth stream's ``DepthDelta`` records: the
-    streamer publishes one after every restart and depth gap (a resync point for books)."""
-    return "last_update_id" in record and "final_update_id" not in record
+    """A ``DepthSnapshot`` (SPEC §2) among the depth stream's ``DepthDelta`` records (told apart
+    by their id fields): the streamer publishes one after every restart and depth gap (a resync
+    point for books)."""
+    return _SNAPSHOT_ID in record and _DIFF_ID not in record
 
 
 def _arrival_ms(record: dict[str, Any]) -> int:
@@ -233,9 +246,10 @@ class KinesisReader:
                     record = orjson.loads(rec["Data"])
                     # A depth snapshot published by the streamer on the depth stream carries
                     # the snapshot's server time instead of an event time.
-                    ts = record["timestamp" if is_depth_snapshot(record) else time_field]
+                    field = _SNAPSHOT_TIME if is_depth_snapshot(record) else time_field
+                    ts = record[field]
                     if not isinstance(ts, int):
-                        raise TypeError(f"{time_field} is not an integer")
+                        raise TypeError(f"{field} is not an integer")
                 except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
                     out.malformed.append({
                         "reason": f"{type(exc).__name__}: {exc}",
@@ -359,7 +373,10 @@ def archive_hour(
     restart or a gap): they join the hour's ``depth_snapshot`` object, next to the hourly REST
     captures already there, so offline books resync where online ones did.
     """
-    read = reader.read_window(stream, hour_ms, hour_ms + HOUR_MS, cutoff_ms, partition_key=symbol)
+    read = reader.read_window(
+        stream, hour_ms, hour_ms + HOUR_MS, cutoff_ms, partition_key=symbol,
+        time_field=datatype(data_type).time_field,
+    )  # fmt: skip
     # Our partition key is the symbol, so only this symbol's records are left; a record that
     # says otherwise is kept aside rather than written under the wrong symbol.
     mine: list[Record] = []

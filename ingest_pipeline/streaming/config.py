@@ -10,14 +10,11 @@ from ingest_pipeline.binance.stream import (
     MAX_STREAMS_PER_CONNECTION,
     StreamConfig,
 )
-from ingest_pipeline.records import (
-    BBA,
-    DEPTH_DELTA,
-    TRADE,
-)
+from ingest_pipeline.records import STREAMED
 from ingest_pipeline.storage.kinesis import ProducerConfig
 
-DATA_TYPES = (TRADE, BBA, DEPTH_DELTA)
+# What the streamer reads from the WebSocket and puts on Kinesis (the registry's streamed types).
+DATA_TYPES = tuple(t.name for t in STREAMED)
 # S3 calls of the lease and checkpoint: short, so that a slow renewal lets the lease lapse
 # (and the producer stop) rather than hold the process in one call past the lease's end.
 STATE_S3_CONFIG = Config(

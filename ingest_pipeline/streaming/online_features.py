@@ -56,7 +56,7 @@ import orjson
 
 from ingest_pipeline.features.online import OnlineFeatureEngine
 from ingest_pipeline.features.spec import DEFAULT_SPEC, FeatureSpec
-from ingest_pipeline.records import BBA, DEPTH_DELTA, DEPTH_SNAPSHOT, TRADE
+from ingest_pipeline.records import BBA, DEPTH_DELTA, DEPTH_SNAPSHOT, TRADE, live_type
 from ingest_pipeline.settings import Settings
 from ingest_pipeline.storage.bronze import BronzeStore
 from ingest_pipeline.storage.kinesis_reader import (
@@ -187,10 +187,10 @@ class OnlineFeatureConsumer:
         self._clock = clock
         self._mono = monotonic
         self._bronze = bronze
+        # Each stream by the live type it exists for; the depth stream's snapshots are told
+        # apart by their shape (``_route``).
         self._streams = {
-            settings.kinesis_trade_stream: TRADE,
-            settings.kinesis_bba_stream: BBA,
-            settings.kinesis_depth_stream: DEPTH_DELTA,
+            stream: live_type(route).name for route, stream in settings.kinesis_routes.items()
         }
         self.engines: dict[str, OnlineFeatureEngine] = {}
         self._shards: dict[tuple[str, str], _Shard] = {}

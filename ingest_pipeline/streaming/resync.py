@@ -17,6 +17,7 @@ from ingest_pipeline.binance.rest import depth_weight
 from ingest_pipeline.binance.stream import now_ms
 from ingest_pipeline.records import (
     DEPTH_DELTA,
+    DEPTH_SNAPSHOT,
     PRODUCER_EPOCH,
 )
 from ingest_pipeline.storage.kinesis import ProducerClosedError
@@ -95,7 +96,7 @@ class DepthResync:
                 try:
                     # run() sets the producer before any resync starts.
                     self._producer.put(  # type: ignore[union-attr]
-                        self._routes[DEPTH_DELTA], symbol, orjson.dumps(snap)
+                        self.settings.stream_of(DEPTH_SNAPSHOT), symbol, orjson.dumps(snap)
                     )
                 except ProducerClosedError as exc:
                     self._refused(exc)

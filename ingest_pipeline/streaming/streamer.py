@@ -71,7 +71,6 @@ from ingest_pipeline.binance.stream import (
     shard_streams,
 )
 from ingest_pipeline.records import (
-    BBA,
     DEPTH_DELTA,
     PRODUCER_EPOCH,
     TRADE,
@@ -161,11 +160,7 @@ class Streamer(GapFill, DepthResync, Reporting):
         # The one symbol check for every origin (ingest_pipeline.symbols): unsafe ones refused.
         self.symbols = parse_symbols(cfg.symbols or settings.symbols)
         self._symbol_set = frozenset(self.symbols)
-        self._routes = {
-            TRADE: settings.kinesis_trade_stream,
-            BBA: settings.kinesis_bba_stream,
-            DEPTH_DELTA: settings.kinesis_depth_stream,
-        }
+        self._routes = {t: settings.stream_of(t) for t in DATA_TYPES}
         self._keys = {t: record_key(t) for t in DATA_TYPES}
         self._dedup = {t: DedupWindow(cfg.dedup_window) for t in DATA_TYPES}
         self._kinesis_client = kinesis_client
