@@ -47,7 +47,7 @@ from ingest_pipeline.defs.catalog import with_code_references
 from ingest_pipeline.defs.checks import Check, hour_evaluations, hour_partition_key
 from ingest_pipeline.defs.partitions import hourly_partitions, partition_hours
 from ingest_pipeline.defs.resources import BronzeResource
-from ingest_pipeline.records import BBA, DEPTH_DELTA, TRADE
+from ingest_pipeline.records import BBA, DEPTH_DELTA, STREAMED, TRADE, id_field
 from ingest_pipeline.settings import Settings
 from ingest_pipeline.spans import Spans
 from ingest_pipeline.storage.kinesis_reader import (
@@ -60,7 +60,8 @@ from ingest_pipeline.streaming import StreamerConfig
 from ingest_pipeline.streaming.continuity import GapStore, gap_span
 from ingest_pipeline.timeutil import HOUR_MS, from_ms, now_ms
 
-ARCHIVE_TYPES = (TRADE, BBA, DEPTH_DELTA)
+# The types the streamer puts on Kinesis, each read back into bronze.
+ARCHIVE_TYPES = tuple(t.name for t in STREAMED)
 
 
 class KinesisResource(dg.ConfigurableResource):
@@ -127,7 +128,7 @@ ARCHIVE_KINDS = {
             Check(
                 "update_ids_increasing",
                 "Update ids strictly increase in the order Kinesis delivered them.",
-                lambda a: quality.check_increasing_ids(a.records, "update_id"),
+                lambda a: quality.check_increasing_ids(a.records, id_field(BBA)),
             ),
         ),
     ),
@@ -149,10 +150,11 @@ ARCHIVE_KINDS = {
 
 def _trade_ids_rule(archived: ArchivedHour) -> quality.Verdict:
     """Contiguous trade ids; holes the streamer recorded (gap records) are known, not bad."""
-    verdict = quality.check_contiguous_ids(archived.records, "trade_id")
+    ident = id_field(TRADE)
+    verdict = quality.check_contiguous_ids(archived.records, ident)
     if verdict.passed or not archived.known_gaps:
         return verdict
-    ids = sorted(r["trade_id"] for r in archived.records)
+    ids = sorted(r[ident] for r in archived.records)
     if len(ids) != len(set(ids)):
         return verdict
     holes = quality.id_gaps(ids)
@@ -163,7 +165,7 @@ def _trade_ids_rule(archived: ArchivedHour) -> quality.Verdict:
     n = sum(b - a + 1 for a, b in holes)
     return quality.Verdict(
         True,
-        f"{len(ids)} trade_ids, contiguous but for {n} id(s) in recorded streamer gaps",
+        f"{len(ids)} {ident}s, contiguous but for {n} id(s) in recorded streamer gaps",
         {"recorded_gaps": [f"{a}..{b}" for a, b in holes]},
         verdict.numbers,
     )
@@ -186,18 +188,10 @@ def stream_gaps(
     return out
 
 
-def stream_of(settings: Settings, data_type: str) -> str:
-    return {
-        TRADE: settings.kinesis_trade_stream,
-        BBA: settings.kinesis_bba_stream,
-        DEPTH_DELTA: settings.kinesis_depth_stream,
-    }[data_type]
-
-
 def build_archive_asset(symbol: str, kind: ArchiveType, settings: Settings) -> dg.AssetsDefinition:
     partitions = hourly_partitions(settings)
     key = bronze_key(symbol, kind.data_type, settings)
-    stream = stream_of(settings, kind.data_type)
+    stream = settings.stream_of(kind.data_type)
 
     # Skippable: a run over an hour that is not closed yet ends without a materialization.
     @bronze_asset(

@@ -21,20 +21,7 @@ from typing import Any
 
 import dagster as dg
 
-from ingest_pipeline.records import (
-    AGG_TRADES,
-    BBA,
-    DEPTH_DELTA,
-    DEPTH_SNAPSHOT,
-    KLINES_PREFIX,
-    TRADE,
-    TRADES,
-    BestBidAsk,
-    DepthDelta,
-    DepthSnapshot,
-    Kline,
-    MarketTrade,
-)
+from ingest_pipeline.records import datatype
 from ingest_pipeline.settings import Settings
 from ingest_pipeline.symbols import asset_key_part
 
@@ -77,18 +64,8 @@ def catalog_fields(
     }
 
 
-# --- bronze column schemas, from the record types of records.py ------------------------------
+# --- bronze column schemas, from the registry of records.py -----------------------------------
 
-_RECORD_TYPES: dict[str, type] = {
-    AGG_TRADES: MarketTrade,
-    TRADES: MarketTrade,
-    TRADE: MarketTrade,
-    BBA: BestBidAsk,
-    DEPTH_DELTA: DepthDelta,
-    DEPTH_SNAPSHOT: DepthSnapshot,
-}
-# MarketTrade's optional fields belong to aggTrades only.
-_AGG_ONLY = ("first_trade_id", "last_trade_id")
 _TYPE_NAMES = {int: "int64", float: "float64", bool: "bool", str: "string"}
 _TIME_NOTE = "epoch ms, UTC"
 _COLUMN_DOCS = {
@@ -126,18 +103,15 @@ def _type_name(tp: Any) -> str:
 
 def record_schema(data_type: str) -> dg.TableSchema:
     """The columns of a bronze data type's records (``dagster/column_schema``)."""
-    record = Kline if data_type.startswith(KLINES_PREFIX) else _RECORD_TYPES[data_type]
-    optional: frozenset[str] = getattr(record, "__optional_keys__", frozenset())
+    kind = datatype(data_type)
     columns = []
-    for name, tp in typing.get_type_hints(record).items():
-        if data_type != AGG_TRADES and name in _AGG_ONLY:
-            continue
+    for name, tp in kind.fields().items():
         columns.append(
             dg.TableColumn(
                 name,
                 _type_name(tp),
                 description=_COLUMN_DOCS.get(name, ""),
-                constraints=dg.TableColumnConstraints(nullable=name in optional),
+                constraints=dg.TableColumnConstraints(nullable=name in kind.optional),
             )
         )
     return dg.TableSchema(columns=columns)
