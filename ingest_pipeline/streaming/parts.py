@@ -1,8 +1,9 @@
 """What the ``Streamer``'s parts share, for the type checker: ``GapFill`` (gapfill.py),
-``DepthResync`` (resync.py) and ``Reporting`` (report.py) are mixed into ``Streamer``
-(streamer.py) and read and write its state. Their methods take ``self: StreamerParts``, so mypy
-checks each part against this description and ``Streamer`` against it wherever it calls them.
-No runtime role: every import here is for annotations only."""
+``DepthResync`` (resync.py), ``Takeover`` (takeover.py) and ``Reporting`` (report.py) are mixed
+into ``Streamer`` (streamer.py) and read and write its state. Their methods take
+``self: StreamerParts``, so mypy checks each part against this description and ``Streamer``
+against it wherever it calls them. No runtime role: every import here is for annotations
+only."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from ingest_pipeline.settings import Settings
     from ingest_pipeline.storage.kinesis import ProducerClosedError, ProducerStats, RecordSink
     from ingest_pipeline.streaming.config import StreamerConfig
-    from ingest_pipeline.streaming.continuity import GapStore, WeightPacer
+    from ingest_pipeline.streaming.continuity import AckTracker, GapStore, Resume, WeightPacer
     from ingest_pipeline.streaming.gapfill import TradeIds
     from ingest_pipeline.streaming.lease import S3Lease
     from ingest_pipeline.streaming.metrics import StreamerMetrics
@@ -44,6 +45,7 @@ class StreamerParts(Protocol):
     resyncs: collections.deque[dict[str, Any]]
     gap_records: list[dict[str, Any]]
     takeover: dict[str, Any]
+    resume: dict[str, Resume]
     fenced: str | None
     lease: S3Lease | None
     epoch: int | None
@@ -64,6 +66,7 @@ class StreamerParts(Protocol):
     _tasks: set[asyncio.Future[None]]
     _gap_writes: set[asyncio.Future[None]]
     _gap_store: GapStore | None
+    _acks: AckTracker | None
     _rest: BinanceRestClient | None
     _rest_stop: threading.Event
     _loop: asyncio.AbstractEventLoop | None
@@ -85,6 +88,7 @@ class StreamerParts(Protocol):
     def _refused(self, exc: ProducerClosedError) -> None: ...
     def _producer_stats(self) -> ProducerStats | None: ...
     def _reconnect_reasons(self) -> dict[str, int]: ...
+    def stop(self) -> None: ...
 
     # --- GapFill ------------------------------------------------------------------------------
     def _can_fill(self) -> bool: ...
@@ -117,6 +121,9 @@ class StreamerParts(Protocol):
     # --- DepthResync --------------------------------------------------------------------------
     def _need_resync(self, symbol: str, first_update_id: int) -> None: ...
     async def _resync(self, symbol: str) -> None: ...
+
+    # --- Takeover -----------------------------------------------------------------------------
+    def _checkpoint(self) -> dict[str, Any]: ...
 
     # --- Reporting ----------------------------------------------------------------------------
     def _continuity_health(self, filling: int, resyncing: int) -> dict[str, Any]: ...

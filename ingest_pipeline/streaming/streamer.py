@@ -27,9 +27,10 @@ first diff after a start or a chain gap triggers a REST snapshot of that symbol,
 the depth stream as a ``DepthSnapshot`` record (a resync point for every book downstream). All
 REST calls share one weight pacer (``rest_weight_per_minute``).
 
-The class is in four modules along its seams: this one (the hot path: routing, dedup, chain
-checks; the lifecycle and continuity), ``gapfill`` (trade-id holes: REST fills, gap records),
-``resync`` (depth chain gaps: REST snapshots) and ``report`` (progress, ``/health``,
+The class is in five modules along its seams: this one (the hot path: routing, dedup, chain
+checks; the lifecycle: start, run, stop, flush), ``takeover`` (continuity across processes:
+the lease, the checkpoint, the resume points), ``gapfill`` (trade-id holes: REST fills, gap
+records), ``resync`` (depth chain gaps: REST snapshots) and ``report`` (progress, ``/health``,
 ``/metrics``); ``config`` holds ``StreamerConfig``.
 
 API for the Dagster job (no Dagster import here)::
@@ -53,7 +54,6 @@ from typing import Any
 import aiohttp
 import orjson
 
-from ingest_pipeline.aws import aws_client
 from ingest_pipeline.binance.normalize import (
     CONTROL,
     SERVER_SHUTDOWN,
@@ -67,7 +67,6 @@ from ingest_pipeline.binance.stream import (
     AttemptLimiter,
     Link,
     ShardConnection,
-    now_ms,
     shard_streams,
 )
 from ingest_pipeline.records import (
@@ -88,10 +87,8 @@ from ingest_pipeline.storage.kinesis import (
     RecordTooLargeError,
     producer_client,
 )
-from ingest_pipeline.storage.kinesis_reader import KinesisReader
 from ingest_pipeline.streaming.config import (
     DATA_TYPES,
-    STATE_S3_CONFIG,
     StreamerConfig,
 )
 from ingest_pipeline.streaming.continuity import (
@@ -99,16 +96,15 @@ from ingest_pipeline.streaming.continuity import (
     GapStore,
     Resume,
     WeightPacer,
-    resume_points,
-    tail_trades,
 )
 from ingest_pipeline.streaming.deadletter import DeadLetterWriter
 from ingest_pipeline.streaming.gapfill import GapFill, TradeIds
 from ingest_pipeline.streaming.health import HealthServer
-from ingest_pipeline.streaming.lease import LeaseLost, LeaseUnavailable, S3Lease, holder_identity
+from ingest_pipeline.streaming.lease import LeaseLost, S3Lease
 from ingest_pipeline.streaming.metrics import StreamerMetrics
 from ingest_pipeline.streaming.report import Reporting
 from ingest_pipeline.streaming.resync import DepthResync, DepthSync
+from ingest_pipeline.streaming.takeover import Takeover
 from ingest_pipeline.symbols import parse_symbols
 
 log = logging.getLogger(__name__)
@@ -139,7 +135,7 @@ class DedupWindow:
         return len(self._seen)
 
 
-class Streamer(GapFill, DepthResync, Reporting):
+class Streamer(GapFill, DepthResync, Takeover, Reporting):
     """Streams ``symbols`` from Binance into the three Kinesis streams until stopped.
 
     ``kinesis_client``: what the producer calls (default: ``producer_client(settings)``; a
@@ -351,15 +347,6 @@ class Streamer(GapFill, DepthResync, Reporting):
             adopt_from=self.cfg.spill_root,
         )
 
-    def _gate(self) -> bool:
-        """The producer's fencing gate: the lease is held. Before it is acquired (a spill file
-        adopted at start waits for it) the answer is "not now" (raising), never "no", which
-        would fence the producer for good."""
-        lease = self.lease
-        if lease is None or lease.epoch is None:
-            raise LeaseUnavailable("the lease is not acquired yet", 1.0)
-        return lease.valid()
-
     def stop(self) -> None:
         """Ask a running ``run`` to stop (thread-safe)."""
         if self._loop is not None and self._stop is not None:
@@ -451,107 +438,6 @@ class Streamer(GapFill, DepthResync, Reporting):
             self.state = "stopped"
         if self.fenced is not None:
             raise LeaseLost(self.fenced)
-
-    # --- continuity ----------------------------------------------------------------------------
-
-    async def _take_over(self, stop: asyncio.Event) -> None:
-        """Acquire the lease (waiting while another process holds it), then learn where the
-        previous holder stopped: its checkpoint, corrected by the trade stream's tail."""
-        settings = self.settings
-        s3 = aws_client("s3", settings, STATE_S3_CONFIG)
-        prefix = self.cfg.state_prefix
-        self._gap_store = GapStore(aws_client("s3", settings), settings.bucket, prefix)
-        self.lease = lease = S3Lease(
-            s3, settings.bucket, self.cfg.state_prefix, self.cfg.name, self.symbols,
-            ttl_s=self.cfg.lease_ttl_s, skew_s=self.cfg.lease_skew_s,
-            holder=holder_identity(self.cfg.name),
-        )  # fmt: skip
-        began = time.monotonic()
-        while True:
-            try:
-                previous = await asyncio.to_thread(lease.try_acquire)
-                break
-            except LeaseUnavailable as exc:
-                self.state = "standby"
-                self.takeover["waiting_for"] = str(exc)
-                log.warning("waiting for the lease: %s (retry in %.1f s)", exc, exc.retry_in_s)
-                try:
-                    await asyncio.wait_for(stop.wait(), min(exc.retry_in_s, self.cfg.lease_renew_s))
-                    return
-                except TimeoutError:
-                    continue
-        self.state = "starting"
-        self.epoch = lease.epoch
-        checkpoint = (previous or {}).get("payload")
-        now = now_ms()
-        if checkpoint and checkpoint.get("written_at_ms"):
-            from_ms = checkpoint["written_at_ms"] - int(self.cfg.tail_lead_s * 1000)
-        else:
-            from_ms = now - int(self.cfg.tail_lookback_s * 1000)
-        t0 = time.monotonic()
-        reader = KinesisReader(aws_client("kinesis", settings))
-        tail = await asyncio.to_thread(reader.read_tail, self._routes[TRADE], from_ms, now + 1)
-        self.resume = resume_points(checkpoint, tail_trades(tail.records, self.symbols),
-                                    self.symbols)  # fmt: skip
-        for sym, r in self.resume.items():
-            self._trades[sym].last = r.frontier
-            self._trades[sym].last_ts = r.frontier_ts
-            self._trades[sym].present = list(r.present)
-            if r.depth_u is not None:
-                self._last_u[sym] = r.depth_u
-        if self._acks is not None:
-            self._acks.seed({s: (r.frontier, r.frontier_ts) for s, r in self.resume.items()
-                             if r.frontier is not None})  # fmt: skip
-        self.takeover = {
-            "epoch": self.epoch,
-            "waited_s": round(t0 - began, 3),
-            "previous_holder": (previous or {}).get("holder"),
-            "previous_released": (previous or {}).get("released"),
-            "checkpoint_age_s": round((now - checkpoint["written_at_ms"]) / 1000, 3)
-            if checkpoint and checkpoint.get("written_at_ms") else None,
-            "tail_from_ms": from_ms,
-            "tail_records": len(tail.records),
-            "tail_read_s": round(time.monotonic() - t0, 3),
-            "frontiers": {s: r.frontier for s, r in self.resume.items()},
-            "sources": {s: r.source for s, r in self.resume.items()},
-        }  # fmt: skip
-        log.info("took over as epoch %d: %s", self.epoch, self.takeover)
-
-    def _checkpoint(self) -> dict[str, Any]:
-        """The payload stored with every lease renewal (``continuity.py``)."""
-        acked = self._acks.snapshot() if self._acks is not None else {}
-        previous = (self.lease.payload or {}) if self.lease is not None else {}
-        entries = dict(previous.get("symbols", {}))  # symbols no longer streamed keep theirs
-        # Called from the lease thread: dict() copies in one step under the GIL.
-        last_u = dict(self._last_u)
-        for sym in self.symbols:
-            entry = dict(entries.get(sym, {}))
-            if sym in acked:
-                entry["trade_id"], entry["trade_ts"] = acked[sym]
-            if sym in last_u:
-                entry["depth_u"] = last_u[sym]
-            if entry:
-                entries[sym] = entry
-        return {"written_at_ms": now_ms(), "epoch": self.epoch, "symbols": entries}
-
-    def _keep_lease(self, stop: threading.Event) -> None:
-        """Renew the lease (with the checkpoint) every ``lease_renew_s``, on a thread of its
-        own: a busy event loop must not let the lease lapse."""
-        lease = self.lease
-        assert lease is not None
-        while not stop.wait(self.cfg.lease_renew_s):
-            try:
-                lease.renew(self._checkpoint())
-                self._checkpoint_at = time.monotonic()
-            except LeaseLost as exc:
-                self.fenced = str(exc)
-                log.error("lease lost: %s; stopping (nothing more is sent)", exc)
-                self.stop()
-                return
-            except Exception as exc:  # S3 trouble: retried; the lease lapses if it lasts
-                self.counts["lease_renew_errors"] += 1
-                log.warning("lease renewal failed (%.1f s of lease left): %r",
-                            lease.remaining_s(), exc)  # fmt: skip
 
     async def _shutdown(
         self,
