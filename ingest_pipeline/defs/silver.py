@@ -33,9 +33,14 @@ requested once the bronze inputs of its hour *and* of the next hour (labels) hav
 their blocking checks passed, and again when any input is updated (a late warm-up hour, a
 re-run). The conditions are evaluated in the code server (``use_user_code_server``), the only
 place a custom condition can run.
+
+This module wires; the rest is in the core: which bronze hours each table reads and waits for
+(``storage/silver_inputs.py``), one hour of a table computed (``storage/silver_hours.py``), the
+quality rules (``features/quality.py``), the numbers and preview of an hour
+(``features/summary.py``).
 """
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,14 +49,13 @@ import numpy as np
 import pandas as pd
 from dagster_aws.s3 import S3Resource
 
-from ingest_pipeline import quality, spans
+from ingest_pipeline import quality
 from ingest_pipeline.defs.bronze import BACKFILL_POLICY, bronze_key
 from ingest_pipeline.defs.catalog import catalog_fields, symbol_key_part, with_code_references
 from ingest_pipeline.defs.checks import Check, check_specs, hour_evaluations, hour_partition_key
 from ingest_pipeline.defs.partitions import hourly_partitions, partition_hours
 from ingest_pipeline.defs.resources import BronzeResource, s3_resource
 from ingest_pipeline.defs.silver_automation import silver_condition
-from ingest_pipeline.features.offline import SymbolInputs
 from ingest_pipeline.features.quality import (
     HourFrame,
     check_bid_mid_ask,
@@ -62,40 +66,23 @@ from ingest_pipeline.features.quality import (
     check_spread,
     check_ts_increasing,
     on_frame,
-    value_columns,
 )
-from ingest_pipeline.features.spec import DEFAULT_SPEC, FeatureSpec, duration_suffix
+from ingest_pipeline.features.spec import DEFAULT_SPEC, FeatureSpec
+from ingest_pipeline.features.summary import hour_numbers, null_counts, preview_markdown
 from ingest_pipeline.features.tables import (
     BOOK_TABLE,
     KLINE_TABLE,
-    SOURCE_TABLES,
     TRADE_TABLE,
     TRAINING_TABLE,
-    hour_table,
-    join_tables,
     table_columns,
-)
-from ingest_pipeline.records import (
-    AGG_TRADES,
-    BBA,
-    DEPTH_DELTA,
-    DEPTH_SNAPSHOT,
-    TRADE,
-    klines_type,
 )
 from ingest_pipeline.settings import Settings
 from ingest_pipeline.storage.silver import SilverStore
-from ingest_pipeline.storage.silver_inputs import (
-    BronzeHours,
-    load_book,
-    load_klines,
-    load_trades,
-    trade_source,
-)
-from ingest_pipeline.timeutil import HOUR_MS, from_ms, iso_ms
+from ingest_pipeline.storage.silver_hours import SourceHour, source_hour, training_hour
+from ingest_pipeline.storage.silver_inputs import BronzeHours, silver_tables, source_tables
+from ingest_pipeline.timeutil import from_ms
 
 LAYER = "silver"
-PREVIEW_ROWS = 6
 # An automation sensor evaluated in the code server may target at most 500 assets and checks
 # with a condition (Dagster's MAX_ENTITIES, enforced when the sensor ticks), and its tick must
 # answer within the sensor call's timeout (60 s unless DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS says
@@ -104,14 +91,6 @@ PREVIEW_ROWS = 6
 # 200 assets each, a few seconds a tick.
 MAX_SENSOR_ENTITIES = 500
 SYMBOLS_PER_SENSOR = 50
-
-# Warm-up only (previous hour + this one) and warm-up plus labels (+ the next hour).
-WARMUP = dg.TimeWindowPartitionMapping(
-    start_offset=-1, end_offset=0, allow_nonexistent_upstream_partitions=True
-)
-WARMUP_AND_LABELS = dg.TimeWindowPartitionMapping(
-    start_offset=-1, end_offset=1, allow_nonexistent_upstream_partitions=True
-)
 
 
 def silver_asset_key(symbol: str, table: str, settings: Settings | None = None) -> dg.AssetKey:
@@ -174,6 +153,12 @@ BOOK_CHECKS = (
     ),
 )
 TRAINING_CHECKS = GRID_CHECKS + (BOOK_CHECKS[2],)
+TABLE_CHECKS: dict[str, tuple[Check, ...]] = {
+    TRADE_TABLE: GRID_CHECKS,
+    BOOK_TABLE: GRID_CHECKS + BOOK_CHECKS,
+    KLINE_TABLE: GRID_CHECKS,
+    TRAINING_TABLE: TRAINING_CHECKS,
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,76 +206,9 @@ def build_silver_sensors(
 # Metadata
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float | np.floating):
-        return "" if np.isnan(v) else f"{v:.6g}"
-    return str(v)
-
-
-def preview_markdown(frame: pd.DataFrame, rows: int = PREVIEW_ROWS, max_cols: int = 12) -> str:
-    """A few rows spread over the hour (complete ones when there are), as a markdown table."""
-    if frame.empty:
-        return "(no rows)"
-    pool = frame[frame["complete"]] if bool(frame["complete"].any()) else frame
-    idx = np.linspace(0, len(pool) - 1, num=min(rows, len(pool))).round().astype(int)
-    sample = pool.iloc[np.unique(idx)]
-    cols = [c for c in sample.columns if c != "symbol"]
-    if len(cols) > max_cols:
-        cols = [*cols[: max_cols - 1], "complete"]
-    # Grid times as people read them, not epoch milliseconds.
-    times = {c for c in cols if c == "ts" or c.endswith("_ts")}
-    head = "| " + " | ".join(f"{c} (UTC)" if c in times else c for c in cols) + " |\n"
-    head += "|" + "---|" * len(cols) + "\n"
-    body = "".join(
-        "| "
-        + " | ".join(
-            iso_ms(int(r[c])) if c in times and pd.notna(r[c]) else _fmt(r[c]) for c in cols
-        )
-        + " |\n"
-        for _, r in sample.iterrows()
-    )
-    return head + body
-
-
-def hourly_realized_vol(frame: pd.DataFrame, spec: FeatureSpec) -> float:
-    """sqrt of the sum of squared step returns over the hour, from the non-overlapping longest
-    windows ``rv_W`` ending at h0 + W, h0 + 2W, ... (NaN windows count as 0; NaN if all are)."""
-    if frame.empty:
-        return float("nan")
-    w = spec.max_window_ms
-    col = f"rv_{duration_suffix(w)}"
-    ts = frame["ts"].to_numpy(np.int64)
-    rv = frame[col].to_numpy(np.float64)[(ts % w) == 0]
-    if np.isnan(rv).all():
-        return float("nan")
-    return float(np.sqrt(np.nansum(rv * rv)))
-
-
-def _null_counts(frame: pd.DataFrame) -> dict[str, int]:
-    return {c: int(frame[c].isna().sum()) for c in value_columns(frame) if frame[c].isna().any()}
-
-
 def _float_meta(v: float) -> dg.MetadataValue:
     # NaN is not JSON: leave the point out of the plot rather than store an invalid value.
     return dg.MetadataValue.float(v) if np.isfinite(v) else dg.MetadataValue.null()
-
-
-def hour_numbers(table: str, frame: pd.DataFrame, spec: FeatureSpec) -> dict[str, float]:
-    """Plot-friendly numbers of one hour (UI asset plots chart them over partitions)."""
-    out: dict[str, float] = {
-        "rows": float(len(frame)),
-        "complete_rows": float(frame["complete"].sum()),
-    }
-    if table in (TRADE_TABLE, TRAINING_TABLE):
-        out["hourly_realized_vol"] = hourly_realized_vol(frame, spec)
-        out["trade_count"] = float(np.nansum(frame["trade_count"].to_numpy(np.float64)))
-    if table in (BOOK_TABLE, TRAINING_TABLE):
-        out["mean_spread_bps"] = (
-            float(np.nanmean(frame["spread_bps"]))
-            if frame["spread_bps"].notna().any()
-            else float("nan")
-        )
-    return out
 
 
 def _hour_metadata(
@@ -298,18 +216,26 @@ def _hour_metadata(
 ) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "dagster/row_count": dg.MetadataValue.int(len(frame)),
-        "null_counts": dg.MetadataValue.json(_null_counts(frame)),
+        "null_counts": dg.MetadataValue.json(null_counts(frame)),
         "preview": dg.MetadataValue.md(preview_markdown(frame)),
     }
     for name, v in hour_numbers(table, frame, spec).items():
-        if name == "rows":
-            continue
-        meta[name] = (
-            dg.MetadataValue.int(int(v))
-            if name in ("complete_rows", "trade_count")
-            else _float_meta(v)
-        )
+        meta[name] = dg.MetadataValue.int(v) if isinstance(v, int) else _float_meta(v)
     meta.update(extra)
+    return meta
+
+
+def _source_metadata(h: SourceHour) -> dict[str, Any]:
+    """What a source table's hour was computed from, as materialization metadata."""
+    meta: dict[str, Any] = {
+        "previous_hour_in_bronze": dg.MetadataValue.bool(h.previous_in_bronze),
+    }
+    if h.next_in_bronze is not None:
+        meta["next_hour_in_bronze"] = dg.MetadataValue.bool(h.next_in_bronze)
+    if h.trade_source is not None:
+        meta["trade_source"] = dg.MetadataValue.text(h.trade_source)
+    if h.book_sync is not None:
+        meta["book_sync"] = dg.MetadataValue.json(h.book_sync)
     return meta
 
 
@@ -322,83 +248,16 @@ def _column_schema(cols: Sequence[str], spec: FeatureSpec) -> dg.TableSchema:
     )
 
 
-def _jsonable(obj: Any) -> Any:
-    if hasattr(obj, "__dataclass_fields__"):
-        return {k: _jsonable(getattr(obj, k)) for k in obj.__dataclass_fields__}
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
-
 # --------------------------------------------------------------------------------------------
 # Tables
 
 
-@dataclass(frozen=True)
-class SourceTable:
-    table: str
-    description: str
-    # (bronze data type, mapping); the asset reads these through BronzeStore.
-    inputs: tuple[tuple[str, dg.TimeWindowPartitionMapping], ...]
-    # Bronze types that must have landed at H + offset before automation requests H ...
-    required: tuple[tuple[str, tuple[int, ...]], ...]
-    # ... and those that, if they landed, must have passed their blocking checks (the warm-up
-    # hour; not the archived trades, only a fallback when aggTrades are empty).
-    optional: tuple[tuple[str, tuple[int, ...]], ...]
-    load: Callable[[BronzeHours, int], SymbolInputs | None]
-    checks: tuple[Check, ...]
-    labels: bool
-
-
-def source_tables(settings: Settings, spec: FeatureSpec = DEFAULT_SPEC) -> list[SourceTable]:
-    klines = klines_type(spec.kline_interval)
-    tables = [
-        SourceTable(
-            TRADE_TABLE,
-            "Trade features on the 1 s grid (trade time T) with the fwd_ret labels: bronze "
-            "agg_trades, or the archived trade stream for hours without aggTrades.",
-            ((AGG_TRADES, WARMUP_AND_LABELS), (TRADE, WARMUP_AND_LABELS)),
-            ((AGG_TRADES, (0, 1)),),
-            ((AGG_TRADES, (-1,)),),
-            load_trades,
-            GRID_CHECKS,
-            True,
-        ),
-        SourceTable(
-            BOOK_TABLE,
-            "BBA features (receive time: spot bookTicker has no exchange time), book depth "
-            "imbalance (book rebuilt from snapshot + diffs, exchange time E) and the mid-move "
-            "labels.",
-            ((BBA, WARMUP_AND_LABELS), (DEPTH_DELTA, WARMUP_AND_LABELS), (DEPTH_SNAPSHOT, WARMUP)),
-            ((BBA, (0, 1)), (DEPTH_DELTA, (0, 1))),
-            ((BBA, (-1,)), (DEPTH_DELTA, (-1,)), (DEPTH_SNAPSHOT, (-1, 0))),
-            load_book,
-            GRID_CHECKS + BOOK_CHECKS,
-            True,
-        ),
-    ]
-    if spec.kline_interval in settings.kline_intervals:
-        tables.append(
-            SourceTable(
-                KLINE_TABLE,
-                f"Kline features from the last {spec.kline_interval} kline closed before ts.",
-                ((klines, WARMUP),),
-                ((klines, (0,)),),
-                ((klines, (-1,)),),
-                load_klines(spec.kline_interval),
-                GRID_CHECKS,
-                False,
-            )
-        )
-    return tables
-
-
-def silver_tables(settings: Settings, spec: FeatureSpec = DEFAULT_SPEC) -> list[str]:
-    return [s.table for s in source_tables(settings, spec)] + [TRAINING_TABLE]
+def _hours_read(offsets: tuple[int, int]) -> dg.TimeWindowPartitionMapping:
+    """The hours of an input a table reads, as (first, last) offsets from its own hour."""
+    first, last = offsets
+    return dg.TimeWindowPartitionMapping(
+        start_offset=first, end_offset=last, allow_nonexistent_upstream_partitions=True
+    )
 
 
 def _catalog(
@@ -421,17 +280,18 @@ def _catalog(
 class HourOutcome:
     """One table's hour as computed by a run: what was written and what the checks said."""
 
+    table: str
     hour: int
     frame: pd.DataFrame
     uri: str | None
     metadata: dict[str, Any]
     verdicts: dict[str, quality.Verdict]
 
-    def blocked(self, checks: Sequence[Check]) -> list[str]:
+    def blocked(self) -> list[str]:
         """Blocking checks that failed (an hour without rows was not checked)."""
         return [
             c.name
-            for c in checks
+            for c in TABLE_CHECKS[self.table]
             if c.blocking and c.name in self.verdicts and not self.verdicts[c.name].passed
         ]
 
@@ -442,58 +302,32 @@ def _outcome(
     frame: pd.DataFrame,
     store: SilverStore,
     symbol: str,
-    checks: Sequence[Check],
     spec: FeatureSpec,
     extra: dict[str, Any],
     input_coverage: Mapping[str, float],
     log: Any,
 ) -> HourOutcome:
+    """Write one table's hour (nothing when it has no rows) and apply the table's checks."""
     written = store.write_hour(symbol, hour, frame, table, spec, columns=table_columns(table, spec))
     uri = written.uri if written.rows else None
     if uri is None:
         log.info(f"{symbol} {table} {from_ms(hour):%Y-%m-%d %H}h: no input, nothing written")
-        return HourOutcome(hour, frame, None, {}, {})
+        return HourOutcome(table, hour, frame, None, {}, {})
     extra["dagster/uri"] = dg.MetadataValue.text(uri)
     if input_coverage:
         extra["input_coverage"] = dg.MetadataValue.json(input_coverage)
     data = HourFrame(frame, hour, spec, input_coverage)
-    verdicts = {c.name: c.rule(data) for c in checks}
+    verdicts = {c.name: c.rule(data) for c in TABLE_CHECKS[table]}
     log.info(
         f"{symbol} {table} {from_ms(hour):%Y-%m-%d %H}h: {len(frame)} rows, "
         f"{int(frame['complete'].sum())} complete, {uri}"
     )
-    return HourOutcome(hour, frame, uri, _hour_metadata(table, frame, spec, extra), verdicts)
+    metadata = _hour_metadata(table, frame, spec, extra)
+    return HourOutcome(table, hour, frame, uri, metadata, verdicts)
 
 
-def _source_hour(
-    source: SourceTable, b: BronzeHours, hour: int, symbol: str, spec: FeatureSpec
-) -> tuple[pd.DataFrame, dict[str, Any], dict[str, float]]:
-    current = source.load(b, hour)
-    previous = source.load(b, hour - HOUR_MS)
-    following = source.load(b, hour + HOUR_MS) if source.labels else None
-    result = hour_table(
-        source.table, symbol, hour, current or SymbolInputs(), previous, following, spec
-    )
-    extra: dict[str, Any] = {
-        "previous_hour_in_bronze": dg.MetadataValue.bool(previous is not None),
-    }
-    if source.labels:
-        extra["next_hour_in_bronze"] = dg.MetadataValue.bool(following is not None)
-    if source.table == TRADE_TABLE:
-        extra["trade_source"] = dg.MetadataValue.text(trade_source(b, hour)[0])
-    if result.book is not None and source.table == BOOK_TABLE:
-        extra["book_sync"] = dg.MetadataValue.json(_jsonable(result.book))
-    read = (
-        [trade_source(b, hour)[0]]
-        if source.table == TRADE_TABLE
-        else [data_type for data_type, _ in source.required]
-    )
-    coverage = {
-        data_type: spans.length(b.coverage(data_type, hour)) / HOUR_MS
-        for data_type in read
-        if b.read(data_type, hour) is not None
-    }
-    return result.frame, extra, coverage
+def _blocked(outcomes: Sequence[HourOutcome]) -> list[str]:
+    return [f"{o.table} {from_ms(o.hour):%Y-%m-%d %H}h {c}" for o in outcomes for c in o.blocked()]
 
 
 def _report(
@@ -528,7 +362,7 @@ def build_symbol_silver(
     specs, all_checks = [], []
     for source in sources:
         key = silver_asset_key(symbol, source.table, settings)
-        inputs = [(bronze_key(symbol, t, settings), m) for t, m in source.inputs]
+        inputs = [(bronze_key(symbol, t, settings), _hours_read(h)) for t, h in source.inputs]
         required = [(bronze_key(symbol, t, settings), offs) for t, offs in source.required]
         optional = [(bronze_key(symbol, t, settings), offs) for t, offs in source.optional]
         cols = table_columns(source.table, spec)
@@ -545,7 +379,7 @@ def build_symbol_silver(
                 **_catalog(symbol, source.table, cols, settings, spec),
             )
         )
-        all_checks += check_specs(key, source.checks, partitions_def)
+        all_checks += check_specs(key, TABLE_CHECKS[source.table], partitions_def)
     training_key = silver_asset_key(symbol, TRAINING_TABLE, settings)
     source_keys = [silver_asset_key(symbol, s.table, settings) for s in sources]
     trade_key = silver_asset_key(symbol, TRADE_TABLE, settings)
@@ -592,23 +426,30 @@ def build_symbol_silver(
                 continue
             outcomes = []
             for hour in hours:
-                frame, extra, coverage = _source_hour(source, b, hour, symbol, spec)
-                o = _outcome(
-                    source.table, hour, frame, store, symbol, source.checks, spec, extra,
-                    coverage, context.log,
-                )  # fmt: skip
-                outcomes.append(o)
-                blocked += [f"{source.table} {from_ms(hour):%Y-%m-%d %H}h {c}" for c in
-                            o.blocked(source.checks)]  # fmt: skip
+                h = source_hour(source, b, hour, symbol, spec)
+                outcomes.append(
+                    _outcome(
+                        source.table,
+                        hour,
+                        h.frame,
+                        store,
+                        symbol,
+                        spec,
+                        _source_metadata(h),
+                        h.coverage,
+                        context.log,
+                    )  # fmt: skip
+                )
             done[source.table] = {o.hour: o for o in outcomes}
-            yield from _report(context, key, source.checks, outcomes)
+            blocked += _blocked(outcomes)
+            yield from _report(context, key, TABLE_CHECKS[source.table], outcomes)
         if training_key in selected:
             outcomes = []
             for hour in hours:
                 stopped = [
-                    s.table
-                    for s in sources
-                    if (o := done.get(s.table, {}).get(hour)) is not None and o.blocked(s.checks)
+                    table
+                    for table, by_hour in done.items()
+                    if (o := by_hour.get(hour)) is not None and o.blocked()
                 ]
                 if stopped:
                     context.log.warning(
@@ -616,33 +457,17 @@ def build_symbol_silver(
                         f"{', '.join(stopped)} failed a blocking check"
                     )
                     continue
-                parts = {
-                    t: done[t][hour].frame if hour in done.get(t, {}) else
-                    store.read_hour(t, symbol, hour)
-                    for t in SOURCE_TABLES
-                }  # fmt: skip
-                frame = join_tables(symbol, parts, spec)
-                extra = {
-                    "tables_present": dg.MetadataValue.json(
-                        sorted(t for t, f in parts.items() if f is not None and len(f))
-                    )
+                computed = {
+                    t: by_hour[hour].frame for t, by_hour in done.items() if hour in by_hour
                 }
+                frame, present = training_hour(store, symbol, hour, computed, spec)
+                extra = {"tables_present": dg.MetadataValue.json(present)}
                 outcomes.append(
                     _outcome(
-                        TRAINING_TABLE,
-                        hour,
-                        frame,
-                        store,
-                        symbol,
-                        TRAINING_CHECKS,
-                        spec,
-                        extra,
-                        {},
-                        context.log,
-                    )  # fmt: skip
+                        TRAINING_TABLE, hour, frame, store, symbol, spec, extra, {}, context.log
+                    )
                 )
-                blocked += [f"training_set {from_ms(hour):%Y-%m-%d %H}h {c}" for c in
-                            outcomes[-1].blocked(TRAINING_CHECKS)]  # fmt: skip
+            blocked += _blocked(outcomes)
             yield from _report(context, training_key, TRAINING_CHECKS, outcomes)
         if blocked:
             # Dagster would fail the step for the blocking evaluations too; this says which.

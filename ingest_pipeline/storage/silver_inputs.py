@@ -1,11 +1,15 @@
 """A symbol's bronze hours as the inputs of its silver tables: each object read once per run,
-its coverage from the object's metadata, and which bronze type feeds which input."""
+its coverage from the object's metadata, which bronze type feeds which input, and which hours
+of them each source table reads and waits for (:func:`source_tables`)."""
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from ingest_pipeline import spans
 from ingest_pipeline.features.coverage import BBA_SOURCE, DEPTH_SOURCE, KLINE_SOURCE, TRADE_SOURCE
 from ingest_pipeline.features.offline import SymbolInputs
+from ingest_pipeline.features.spec import DEFAULT_SPEC, FeatureSpec
+from ingest_pipeline.features.tables import BOOK_TABLE, KLINE_TABLE, TRADE_TABLE, TRAINING_TABLE
 from ingest_pipeline.records import (
     AGG_TRADES,
     BBA,
@@ -15,7 +19,13 @@ from ingest_pipeline.records import (
     Record,
     klines_type,
 )
+from ingest_pipeline.settings import Settings
 from ingest_pipeline.storage.bronze import BronzeStore
+
+# Hours of an input a table reads, as (first, last) offsets from its own hour: the previous
+# hour warms the windows up, the next one gives the labels.
+WARMUP = (-1, 0)
+WARMUP_AND_LABELS = (-1, 1)
 
 
 class BronzeHours:
@@ -84,3 +94,68 @@ def load_klines(interval: str) -> Callable[[BronzeHours, int], SymbolInputs | No
         return SymbolInputs(klines=records, coverage={KLINE_SOURCE: b.coverage(data_type, hour)})
 
     return load
+
+
+@dataclass(frozen=True)
+class SourceTable:
+    """A silver table computed from bronze, and its bronze inputs."""
+
+    table: str
+    description: str
+    # (bronze data type, (first, last) hour offsets read); the asset reads them through
+    # BronzeHours.
+    inputs: tuple[tuple[str, tuple[int, int]], ...]
+    # Bronze types that must have landed at H + offset before automation requests H ...
+    required: tuple[tuple[str, tuple[int, ...]], ...]
+    # ... and those that, if they landed, must have passed their blocking checks (the warm-up
+    # hour; not the archived trades, only a fallback when aggTrades are empty).
+    optional: tuple[tuple[str, tuple[int, ...]], ...]
+    load: Callable[[BronzeHours, int], SymbolInputs | None]
+    labels: bool
+
+
+def source_tables(settings: Settings, spec: FeatureSpec = DEFAULT_SPEC) -> list[SourceTable]:
+    """The source tables of every symbol: trades and book always, klines when bronze lands the
+    feature spec's kline interval."""
+    klines = klines_type(spec.kline_interval)
+    tables = [
+        SourceTable(
+            TRADE_TABLE,
+            "Trade features on the 1 s grid (trade time T) with the fwd_ret labels: bronze "
+            "agg_trades, or the archived trade stream for hours without aggTrades.",
+            ((AGG_TRADES, WARMUP_AND_LABELS), (TRADE, WARMUP_AND_LABELS)),
+            ((AGG_TRADES, (0, 1)),),
+            ((AGG_TRADES, (-1,)),),
+            load_trades,
+            True,
+        ),
+        SourceTable(
+            BOOK_TABLE,
+            "BBA features (receive time: spot bookTicker has no exchange time), book depth "
+            "imbalance (book rebuilt from snapshot + diffs, exchange time E) and the mid-move "
+            "labels.",
+            ((BBA, WARMUP_AND_LABELS), (DEPTH_DELTA, WARMUP_AND_LABELS), (DEPTH_SNAPSHOT, WARMUP)),
+            ((BBA, (0, 1)), (DEPTH_DELTA, (0, 1))),
+            ((BBA, (-1,)), (DEPTH_DELTA, (-1,)), (DEPTH_SNAPSHOT, (-1, 0))),
+            load_book,
+            True,
+        ),
+    ]
+    if spec.kline_interval in settings.kline_intervals:
+        tables.append(
+            SourceTable(
+                KLINE_TABLE,
+                f"Kline features from the last {spec.kline_interval} kline closed before ts.",
+                ((klines, WARMUP),),
+                ((klines, (0,)),),
+                ((klines, (-1,)),),
+                load_klines(spec.kline_interval),
+                False,
+            )
+        )
+    return tables
+
+
+def silver_tables(settings: Settings, spec: FeatureSpec = DEFAULT_SPEC) -> list[str]:
+    """Every silver table of a symbol: the source tables, then the training set joining them."""
+    return [s.table for s in source_tables(settings, spec)] + [TRAINING_TABLE]
