@@ -208,12 +208,12 @@ def check_agg_hour(records: Sequence[Record], reference_count: int | None) -> st
     return None
 
 
-def check_trade_hour(records: Sequence[Record], aggs: Sequence[Record]) -> str | None:
+def check_trade_hour(records: Sequence[Record], bounds: tuple[int, int] | None) -> str | None:
     """Why an archive hour of trades cannot be trusted, or None: its ids must be exactly the
-    range ``[first f, last l]`` of the hour's aggTrades."""
-    if not aggs:
+    range ``bounds`` = ``(first f, last l)`` of the hour's aggTrades (None: no aggTrade)."""
+    if bounds is None:
         return None if not records else f"{len(records)} trades in an hour without aggTrades"
-    first, last = aggs[0]["first_trade_id"], aggs[-1]["last_trade_id"]
+    first, last = bounds
     ids = [r["trade_id"] for r in records]
     if ids != list(range(first, last + 1)):
         return f"{len(ids)} trades in the file, the hour's aggTrades cover ids {first}..{last}"
@@ -284,25 +284,26 @@ class HistorySource:
         return self._hours(symbol, AGG_TRADES, hours, check, rest)
 
     def trades(
-        self, symbol: str, hours: Iterable[int], aggs_of: Callable[[int], list[Record]]
+        self,
+        symbol: str,
+        hours: Iterable[int],
+        bounds_of: Callable[[int], tuple[int, int] | None],
     ) -> Iterator[HourFetch]:
-        """``aggs_of(hour)``: the hour's aggTrades in bronze, which bound its trade ids."""
-        aggs: dict[int, list[Record]] = {}
+        """``bounds_of(hour)``: the first ``f`` and last ``l`` of the hour's aggTrades in
+        bronze (None: the hour has none), the range of its trade ids."""
+        bounds: dict[int, tuple[int, int] | None] = {}
 
-        def hour_aggs(h: int) -> list[Record]:
-            if h not in aggs:
-                aggs.clear()  # hours come in order: keep one
-                aggs[h] = aggs_of(h)
-            return aggs[h]
+        def hour_bounds(h: int) -> tuple[int, int] | None:
+            if h not in bounds:
+                bounds[h] = bounds_of(h)
+            return bounds[h]
 
         def rest(h: int) -> Fetched:
-            a = hour_aggs(h)
-            if not a:
-                return Fetched()
-            return fetch_trades(self.rest, symbol, a[0]["first_trade_id"], a[-1]["last_trade_id"])
+            b = hour_bounds(h)
+            return Fetched() if b is None else fetch_trades(self.rest, symbol, *b)
 
         def check(f: ArchiveFile, h: int, records: list[Record]) -> str | None:
-            return check_trade_hour(records, hour_aggs(h))
+            return check_trade_hour(records, hour_bounds(h))
 
         return self._hours(symbol, TRADES, hours, check, rest)
 

@@ -63,7 +63,7 @@ from ingest_pipeline.records import (
     time_field,
 )
 from ingest_pipeline.settings import Settings
-from ingest_pipeline.storage.bronze import BronzeStore, WriteResult
+from ingest_pipeline.storage.bronze import BronzeStore, TradeCoverage, WriteResult
 from ingest_pipeline.timeutil import HOUR_MS, floor_hour, from_ms, iso_ms, now_ms
 
 LAYER = "bronze"
@@ -171,7 +171,8 @@ def _klines_rule(interval: str) -> Callable[[HourData], quality.Verdict]:
 
 
 def _trades_rule(d: HourData) -> quality.Verdict:
-    return quality.check_trades_match_agg_trades(d.records, d.other(AGG_TRADES) or [])
+    coverage = d.store.trade_coverage(d.symbol, d.hour) or TradeCoverage(0, 0)
+    return quality.check_trades_match_agg_trades(d.records, coverage.covered, coverage.aggs)
 
 
 TRADE_ID_CHECKS = (
@@ -203,13 +204,13 @@ TRADE_ID_CHECKS = (
 def _fetch_trades(
     source: HistorySource, store: BronzeStore, symbol: str, hours: list[int]
 ) -> Iterator[HourFetch]:
-    def aggs_of(hour: int) -> list[Record]:
-        aggs = store.read_hour(symbol, AGG_TRADES, hour)
-        if aggs is None:  # checked before the run fetched anything; deleted since
+    def bounds_of(hour: int) -> tuple[int, int] | None:
+        coverage = store.trade_coverage(symbol, hour)
+        if coverage is None:  # checked before the run fetched anything; deleted since
             raise upstream_missing(symbol, TRADES, AGG_TRADES, [hour])
-        return aggs
+        return coverage.bounds
 
-    return source.trades(symbol, hours, aggs_of)
+    return source.trades(symbol, hours, bounds_of)
 
 
 def history_types(settings: Settings) -> list[BronzeType]:
