@@ -12,15 +12,15 @@ RSS. Not a test::
 
 The pipeline is the assets' data path without Dagster: ``HistorySource`` (auto mode, REST on
 the simulator) per day, ``BronzeStore.write_hour`` into moto over HTTP, and the trades step
-bounding each hour by its aggTrades' coverage in bronze (a HEAD) as the trades asset does. Setup (not timed):
-the simulator (its own process) generates the archive files, mirrored to disk with their
-CHECKSUM files (``--data`` keeps them for the next run) and served by a static HTTP server, so
-the timed run measures our download, verification, parsing, normalization and bronze write, not
-the simulator's generation. moto keeps every object in a spooled temp file (a busy month is
-~4 GB of gzip JSONL). CPU seconds of the pipeline's process (all its threads) are the figure
-that does not depend on what else the machine runs. ``--phases`` adds a CPU breakdown of one
-day by phase; ``--parallel`` a second pass with two daily runs at once (the ``binance`` pool's
-2 slots).
+bounding each hour by its aggTrades' coverage in bronze (a HEAD) as the trades asset does.
+Setup (not timed): the simulator (its own process) generates the archive files, mirrored to
+disk with their CHECKSUM files (``--data`` keeps them for the next run) and served by a static
+HTTP server, so the timed run measures our download, verification, parsing, normalization and
+bronze write, not the simulator's generation. moto keeps every object in a spooled temp file
+(a busy month is ~4 GB of gzip JSONL). CPU seconds of the pipeline's process (all its threads)
+are the figure that does not depend on what else the machine runs. ``--phases`` adds a CPU
+breakdown of one day by phase; ``--parallel`` a second pass with two daily runs at once (the
+``binance`` pool's 2 slots).
 """
 
 from __future__ import annotations
