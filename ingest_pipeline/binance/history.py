@@ -9,9 +9,11 @@ reason), so a caller can land the one and dead-letter the other.
 from __future__ import annotations
 
 import logging
+import operator
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 from ingest_pipeline.binance.archive import (
@@ -192,14 +194,22 @@ def check_agg_hour(records: Sequence[Record], reference_count: int | None) -> st
     as many as Binance's 1m klines count in the hour (a cut file fails here)."""
     if reference_count is None:
         return "no trade count to hold the hour against (1m klines unavailable)"
-    covered = 0
-    prev_id = prev_last = None
-    for r in records:
-        a, f, last = r["trade_id"], r["first_trade_id"], r["last_trade_id"]
-        if prev_id is not None and (a != prev_id + 1 or f != prev_last + 1):  # type: ignore[operator]
-            return f"ids jump from aggTrade {prev_id} (l={prev_last}) to {a} (f={f})"
-        covered += last - f + 1
-        prev_id, prev_last = a, last
+    # Whole columns compared at C speed (a day is ~2M aggTrades); the loop only names a jump.
+    ids, firsts, lasts = (
+        list(map(operator.itemgetter(k), records))
+        for k in ("trade_id", "first_trade_id", "last_trade_id")
+    )
+    if ids and (
+        ids != list(range(ids[0], ids[0] + len(ids)))
+        or not all(map(operator.eq, islice(firsts, 1, None), map((1).__add__, lasts)))
+    ):
+        for i in range(1, len(ids)):
+            if ids[i] != ids[i - 1] + 1 or firsts[i] != lasts[i - 1] + 1:
+                return (
+                    f"ids jump from aggTrade {ids[i - 1]} (l={lasts[i - 1]}) to {ids[i]} "
+                    f"(f={firsts[i]})"
+                )
+    covered = sum(lasts) - sum(firsts) + len(ids)
     if covered != reference_count:
         return (
             f"the file covers {covered} trades, Binance's 1m klines count {reference_count}: "
@@ -214,7 +224,7 @@ def check_trade_hour(records: Sequence[Record], bounds: tuple[int, int] | None) 
     if bounds is None:
         return None if not records else f"{len(records)} trades in an hour without aggTrades"
     first, last = bounds
-    ids = [r["trade_id"] for r in records]
+    ids = list(map(operator.itemgetter("trade_id"), records))
     if ids != list(range(first, last + 1)):
         return f"{len(ids)} trades in the file, the hour's aggTrades cover ids {first}..{last}"
     return None

@@ -67,6 +67,8 @@ _IGNORED_IN_FINGERPRINT = "ingest_ts"
 # ingest_ts is an integer and no other field can hold this text (symbols are alphanumeric,
 # prices and sizes are numbers or numeric strings), so masking it in the JSON is exact.
 _INGEST_TS = re.compile(rb'"ingest_ts":\d+')
+_INGEST_TS_KEY = b'"ingest_ts":'
+_INGEST_TS_ZERO = b'"ingest_ts":0'
 
 
 def hour_path(symbol: str, data_type: str, hour_ms: int) -> str:
@@ -95,16 +97,17 @@ def prepare_records(
     if not records:
         return records, 0
     tfield = time_field(data_type)
-    times = [r[tfield] for r in records]
+    times = list(map(operator.itemgetter(tfield), records))
     if min(times) < hour_ms or max(times) >= hour_ms + HOUR_MS:
         bad = next(r for r in records if not hour_ms <= r[tfield] < hour_ms + HOUR_MS)
         raise ValueError(
             f"{data_type} record {record_key(data_type)(bad)} has {tfield}={bad[tfield]} "
             f"outside the hour [{hour_ms}, {hour_ms + HOUR_MS})"
         )
-    strays = {r["symbol"] for r in records} - {symbol}
+    strays = set(map(operator.itemgetter("symbol"), records)) - {symbol}
     if data_type.startswith(KLINES_PREFIX):
-        strays |= {r["interval"] for r in records} - {data_type[len(KLINES_PREFIX) :]}
+        intervals = set(map(operator.itemgetter("interval"), records))
+        strays |= intervals - {data_type[len(KLINES_PREFIX) :]}
     if strays:
         raise ValueError(f"{data_type} object of {symbol} given records of {sorted(strays)}")
     ids = list(map(operator.itemgetter(id_field(data_type)), records))
@@ -136,6 +139,22 @@ def _jsonl(records: Sequence[Record]) -> bytes:
     return b"\n".join(map(orjson.dumps, records)) + b"\n"
 
 
+def _ingest_ts_zeroed(chunk: bytes, records: Sequence[Record]) -> bytes:
+    """The JSONL ``chunk`` of ``records`` with every ``ingest_ts`` value zeroed.
+
+    An archive file's records share one ``ingest_ts`` (the download's receive time): then, when
+    the key occurs once per record and nowhere else, one plain replace of that value gives
+    exactly what the regex gives, for about half its cost (measured on a day of trades).
+    """
+    values = {r.get(_IGNORED_IN_FINGERPRINT) for r in records}
+    if len(values) == 1:
+        (value,) = values
+        # The regex zeroes digits only: a negative or non-integer value takes the regex.
+        if type(value) is int and value >= 0 and chunk.count(_INGEST_TS_KEY) == len(records):
+            return chunk.replace(_INGEST_TS_KEY + b"%d" % value, _INGEST_TS_ZERO)
+    return _INGEST_TS.sub(_INGEST_TS_ZERO, chunk)
+
+
 def encode_with_fingerprint(
     records: Sequence[Record], level: int = DEFAULT_GZIP_LEVEL
 ) -> tuple[bytes, str]:
@@ -160,8 +179,9 @@ def encode_with_fingerprint(
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending: deque[Future[bytes]] = deque()
             for i in range(0, len(records), CHUNK_RECORDS):
-                chunk = _jsonl(records[i : i + CHUNK_RECORDS])
-                digest.update(_INGEST_TS.sub(b'"ingest_ts":0', chunk))
+                part = records[i : i + CHUNK_RECORDS]
+                chunk = _jsonl(part)
+                digest.update(_ingest_ts_zeroed(chunk, part))
                 pending.append(pool.submit(compressor.compress, chunk))
                 if len(pending) > 2:
                     parts.append(pending.popleft().result())
@@ -209,7 +229,8 @@ class TradeCoverage:
     @classmethod
     def of(cls, aggs: Sequence[Record]) -> TradeCoverage:
         """Of aggTrades ordered by id (as a bronze object holds them)."""
-        covered = sum(a["last_trade_id"] - a["first_trade_id"] + 1 for a in aggs)
+        firsts = map(operator.itemgetter("first_trade_id"), aggs)
+        covered = sum(map(operator.itemgetter("last_trade_id"), aggs)) - sum(firsts) + len(aggs)
         if not aggs:
             return cls(0, covered)
         return cls(len(aggs), covered, aggs[0]["first_trade_id"], aggs[-1]["last_trade_id"])

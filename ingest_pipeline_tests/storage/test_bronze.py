@@ -1,4 +1,6 @@
 import gzip
+import hashlib
+import re
 
 import pytest
 
@@ -121,6 +123,25 @@ def test_fingerprint_ignores_ingest_ts_only() -> None:
     assert encode_with_fingerprint([trade(i, i, ingest=10**12 + i) for i in range(3)])[1] == fp
     assert encode_with_fingerprint([trade(i, i, price=100.5) for i in range(3)])[1] != fp
     assert encode_with_fingerprint(base[:2])[1] != fp
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        [trade(i, i, ingest=1_733_011_200_123) for i in range(25_000)],  # one value: a replace
+        [trade(i, i, ingest=7) for i in range(3)],
+        [trade(i, i, ingest=i // 2) for i in range(5)],  # several values
+        [trade(1, ingest=-5), trade(2, ingest=-5)],  # no digits right after the key
+        [{**trade(1, ingest=12), 'x"ingest_ts': 4}, {**trade(2, ingest=12), 'x"ingest_ts': 4}],
+        [trade(1, ingest=3), {k: v for k, v in trade(2).items() if k != "ingest_ts"}],
+    ],
+)
+def test_fingerprint_is_the_sha256_of_the_body_with_ingest_ts_digits_zeroed(
+    records: list[dict],
+) -> None:
+    body, fingerprint = encode_with_fingerprint(records)
+    masked = re.sub(rb'"ingest_ts":\d+', b'"ingest_ts":0', gzip.decompress(body))
+    assert fingerprint == hashlib.sha256(masked).hexdigest()
 
 
 def test_prepare_keeps_already_ordered_input_as_is() -> None:
