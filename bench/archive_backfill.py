@@ -12,15 +12,15 @@ RSS. Not a test::
 
 The pipeline is the assets' data path without Dagster: ``HistorySource`` (auto mode, REST on
 the simulator) per day, ``BronzeStore.write_hour`` into moto over HTTP, and the trades step
-reading each hour's aggTrades back from bronze as the trades asset does. Setup (not timed):
-the simulator (its own process) generates the archive files, mirrored to disk with their
-CHECKSUM files (``--data`` keeps them for the next run) and served by a static HTTP server, so
-the timed run measures our download, verification, parsing, normalization and bronze write, not
-the simulator's generation. moto keeps every object in a spooled temp file (a busy month is
-~4 GB of gzip JSONL). CPU seconds of the pipeline's process (all its threads) are the figure
-that does not depend on what else the machine runs. ``--phases`` adds a CPU breakdown of one
-day by phase; ``--parallel`` a second pass with two daily runs at once (the ``binance`` pool's
-2 slots).
+bounding each hour by its aggTrades' coverage in bronze (a HEAD) as the trades asset does.
+Setup (not timed): the simulator (its own process) generates the archive files, mirrored to
+disk with their CHECKSUM files (``--data`` keeps them for the next run) and served by a static
+HTTP server, so the timed run measures our download, verification, parsing, normalization and
+bronze write, not the simulator's generation. moto keeps every object in a spooled temp file
+(a busy month is ~4 GB of gzip JSONL). CPU seconds of the pipeline's process (all its threads)
+are the figure that does not depend on what else the machine runs. ``--phases`` adds a CPU
+breakdown of one day by phase; ``--parallel`` a second pass with two daily runs at once (the
+``binance`` pool's 2 slots).
 """
 
 from __future__ import annotations
@@ -166,8 +166,8 @@ def end_to_end(settings: Settings, archive_url: str, sim_url: str, days: list[in
             source = HistorySource(BinanceRestClient(sim_url), archive, "auto")
             steps = (
                 (AGG_TRADES, source.agg_trades(SYMBOL, hours)),
-                # The trades asset bounds each hour by its aggTrades, read back from bronze.
-                (TRADES, source.trades(SYMBOL, hours, read_aggs(store))),
+                # The trades asset bounds each hour by its aggTrades in bronze (a HEAD).
+                (TRADES, source.trades(SYMBOL, hours, trade_bounds(store))),
                 (KLINES_1M, source.klines(SYMBOL, "1m", hours)),
             )
             for data_type, fetches in steps:
@@ -191,13 +191,13 @@ def end_to_end(settings: Settings, archive_url: str, sim_url: str, days: list[in
     }
 
 
-def read_aggs(store: BronzeStore) -> Callable[[int], list[dict[str, Any]]]:
-    def aggs_of(hour: int) -> list[dict[str, Any]]:
-        aggs = store.read_hour(SYMBOL, AGG_TRADES, hour)
-        assert aggs is not None, hour
-        return aggs
+def trade_bounds(store: BronzeStore) -> Callable[[int], tuple[int, int] | None]:
+    def bounds_of(hour: int) -> tuple[int, int] | None:
+        coverage = store.trade_coverage(SYMBOL, hour)
+        assert coverage is not None, hour
+        return coverage.bounds
 
-    return aggs_of
+    return bounds_of
 
 
 def pipeline(settings: Settings, archive_url: str, sim_url: str, days: int, workers: int) -> dict:

@@ -49,10 +49,12 @@ def test_hour_continues_previous_hour() -> None:
 
 
 def test_trade_count_must_match_agg_ranges() -> None:
-    aggs = [agg(1, f=100, n=3), agg(2, f=103, n=2)]
+    # Two aggTrades covering 3 + 2 trades (storage's TradeCoverage sums them).
     trades = [{"trade_id": i} for i in range(100, 105)]
-    assert quality.check_trades_match_agg_trades(trades, aggs).passed
-    assert not quality.check_trades_match_agg_trades(trades[:-1], aggs).passed
+    ok = quality.check_trades_match_agg_trades(trades, 5, 2)
+    assert ok.passed and ok.numbers == {"trades": 5, "expected": 5, "difference": 0}
+    short = quality.check_trades_match_agg_trades(trades[:-1], 5, 2)
+    assert not short.passed and short.numbers["difference"] == -1
 
 
 def test_klines_steps_ohlc_and_agreement_with_trades() -> None:

@@ -42,11 +42,12 @@ from pydantic import PrivateAttr
 
 from ingest_pipeline import quality, spans
 from ingest_pipeline.aws import boto3_client
-from ingest_pipeline.defs.bronze import bronze_asset, bronze_key, hour_metadata, human_size
+from ingest_pipeline.defs.bronze import bronze_asset, bronze_key, hour_metadata
 from ingest_pipeline.defs.catalog import with_code_references
 from ingest_pipeline.defs.checks import Check, hour_evaluations, hour_partition_key
 from ingest_pipeline.defs.partitions import hourly_partitions, partition_hours
 from ingest_pipeline.defs.resources import BronzeResource
+from ingest_pipeline.preview import human_size
 from ingest_pipeline.records import BBA, DEPTH_DELTA, STREAMED, TRADE, id_field
 from ingest_pipeline.settings import Settings
 from ingest_pipeline.spans import Spans

@@ -23,26 +23,21 @@ unavailable after every retry) fail the step with a one-line ``dg.Failure``.
 """
 
 import contextlib
-import heapq
-import shutil
-import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
 from ingest_pipeline import quality
-from ingest_pipeline.binance.archive import DAY_MS, ArchiveClient, ArchiveError
+from ingest_pipeline.binance.archive import ArchiveError
 from ingest_pipeline.binance.history import (
     Fetched,
     HistorySource,
     HourFetch,
     fetch_depth_snapshot,
 )
-from ingest_pipeline.binance.rest import BinanceAPIError, BinanceRestClient, BinanceUnavailable
+from ingest_pipeline.binance.rest import BinanceAPIError, BinanceUnavailable
 from ingest_pipeline.defs.catalog import (
     catalog_fields,
     record_schema,
@@ -50,8 +45,10 @@ from ingest_pipeline.defs.catalog import (
     with_code_references,
 )
 from ingest_pipeline.defs.checks import Check, check_specs, hour_evaluations, hour_partition_key
+from ingest_pipeline.defs.history_source import history_source
 from ingest_pipeline.defs.partitions import hourly_partitions, partition_hours
 from ingest_pipeline.defs.resources import BinanceRestResource, BronzeResource
+from ingest_pipeline.preview import human_size, preview_table
 from ingest_pipeline.records import (
     AGG_TRADES,
     DEPTH_SNAPSHOT,
@@ -59,11 +56,10 @@ from ingest_pipeline.records import (
     Record,
     id_field,
     klines_type,
-    record_key,
     time_field,
 )
 from ingest_pipeline.settings import Settings
-from ingest_pipeline.storage.bronze import BronzeStore, WriteResult
+from ingest_pipeline.storage.bronze import BronzeStore, TradeCoverage, WriteResult
 from ingest_pipeline.timeutil import HOUR_MS, floor_hour, from_ms, iso_ms, now_ms
 
 LAYER = "bronze"
@@ -72,7 +68,6 @@ BINANCE_POOL = "binance"
 # A month's backfill becomes ~30 runs of a day each instead of 720 single-hour runs.
 BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=24)
 DEPTH_SNAPSHOT_LIMIT = 1000
-PREVIEW_ROWS = 5
 # Binance's answer to a symbol it does not list (GET /api/v3/exchangeInfo?symbol=...).
 INVALID_SYMBOL_CODE = -1121
 
@@ -171,7 +166,8 @@ def _klines_rule(interval: str) -> Callable[[HourData], quality.Verdict]:
 
 
 def _trades_rule(d: HourData) -> quality.Verdict:
-    return quality.check_trades_match_agg_trades(d.records, d.other(AGG_TRADES) or [])
+    coverage = d.store.trade_coverage(d.symbol, d.hour) or TradeCoverage(0, 0)
+    return quality.check_trades_match_agg_trades(d.records, coverage.covered, coverage.aggs)
 
 
 TRADE_ID_CHECKS = (
@@ -203,13 +199,13 @@ TRADE_ID_CHECKS = (
 def _fetch_trades(
     source: HistorySource, store: BronzeStore, symbol: str, hours: list[int]
 ) -> Iterator[HourFetch]:
-    def aggs_of(hour: int) -> list[Record]:
-        aggs = store.read_hour(symbol, AGG_TRADES, hour)
-        if aggs is None:  # checked before the run fetched anything; deleted since
+    def bounds_of(hour: int) -> tuple[int, int] | None:
+        coverage = store.trade_coverage(symbol, hour)
+        if coverage is None:  # checked before the run fetched anything; deleted since
             raise upstream_missing(symbol, TRADES, AGG_TRADES, [hour])
-        return aggs
+        return coverage.bounds
 
-    return source.trades(symbol, hours, aggs_of)
+    return source.trades(symbol, hours, bounds_of)
 
 
 def history_types(settings: Settings) -> list[BronzeType]:
@@ -274,44 +270,6 @@ def history_types(settings: Settings) -> list[BronzeType]:
 
 
 # --- per-hour metadata ------------------------------------------------------------------------
-
-
-def human_size(n: int) -> str:
-    """``1.21 MB (1,213,441 bytes)``: decimal units, as S3 reports sizes."""
-    size, unit = float(n), "bytes"
-    for u in ("kB", "MB", "GB", "TB"):
-        if size < 1000:
-            break
-        size, unit = size / 1000, u
-    exact = f"{n:,} bytes"
-    return exact if unit == "bytes" else f"{size:.3g} {unit} ({exact})"
-
-
-# Fields holding epoch-ms times: shown as ISO times in previews.
-TIME_FIELDS = {"event_ts", "ingest_ts", "timestamp", "open_time", "close_time"}
-
-
-def _cell(name: str, value: Any) -> str:
-    if name in TIME_FIELDS and isinstance(value, int):
-        text = iso_ms(value)
-    elif isinstance(value, list):
-        # Book levels would make a preview unreadable: show their count only.
-        text = f"[{len(value)} levels]"
-    else:
-        text = str(value)
-    return text.replace("|", "\\|")
-
-
-def preview_table(records: Sequence[Record], data_type: str, rows: int = PREVIEW_ROWS) -> str:
-    """The first records of the object (by record key) as a markdown table; times as ISO UTC."""
-    first = heapq.nsmallest(rows, records, key=record_key(data_type))  # type: ignore[arg-type]
-    if not first:
-        return "(no records)"
-    cols = [c for c in first[0] if c != "symbol"]
-    head = "| " + " | ".join(f"{c} (UTC)" if c in TIME_FIELDS else c for c in cols) + " |\n"
-    head += "|" + "---|" * len(cols) + "\n"
-    body = "".join("| " + " | ".join(_cell(c, r.get(c, "")) for c in cols) + " |\n" for r in first)
-    return head + body
 
 
 def hour_metadata(
@@ -508,47 +466,6 @@ def build_history_asset(symbol: str, kind: BronzeType, settings: Settings) -> dg
         yield from hour_evaluations(context, key, kind.checks, verdicts)
 
     return _asset
-
-
-# Verified archive files of a run live here (one folder per run), so that the run's assets share
-# a download (agg_trades reads the day's 1m klines as its trade-count reference; klines_1m lands
-# them). Each asset deletes its own files once landed; what a failed run leaves is swept later.
-ARCHIVE_WORK_ROOT = Path(tempfile.gettempdir()) / "ingest-pipeline-archive"
-ARCHIVE_WORK_TTL_S = 24 * 3600
-
-
-def history_source(
-    context: dg.AssetExecutionContext,
-    settings: Settings,
-    client: BinanceRestClient,
-    hours: Sequence[int],
-) -> HistorySource:
-    """The run's source of history hours, as ``settings.history_source`` says."""
-    if settings.history_source == "rest":
-        return HistorySource(client, None, "rest")
-    if len(hours) > 1 and (hours[0] % DAY_MS or (hours[-1] + HOUR_MS) % DAY_MS):
-        # Dagster cuts a backfill into runs of 24 partitions from the range's first hour: a
-        # range starting at 00:00 gives one run per UTC day. Any other start still works, each
-        # run downloading the (at most two) day files its hours touch.
-        context.log.info(
-            f"run range {from_ms(hours[0]):%Y-%m-%d %H}h..{from_ms(hours[-1]):%Y-%m-%d %H}h "
-            "is not a whole UTC day: the archive's day files are read for their hours only"
-        )
-    _sweep_work_dirs()
-    archive = ArchiveClient(settings.archive_url, work_dir=ARCHIVE_WORK_ROOT / context.run.run_id)
-    return HistorySource(client, archive, settings.history_source)
-
-
-def _sweep_work_dirs() -> None:
-    if not ARCHIVE_WORK_ROOT.is_dir():
-        return
-    cutoff = time.time() - ARCHIVE_WORK_TTL_S
-    for path in ARCHIVE_WORK_ROOT.iterdir():
-        try:
-            if path.stat().st_mtime < cutoff:
-                shutil.rmtree(path, ignore_errors=True)
-        except OSError:
-            continue
 
 
 BOOK_CHECK = Check(

@@ -13,6 +13,12 @@ always covers it); a capture that ends at 00:05:05 writes ``[[0,305000]]``; stre
 not filled, or a source cut short, leaves the corresponding holes. At most
 ``MAX_COVERAGE_SPANS`` spans are kept (S3 metadata is limited to 2 KB): beyond that the
 shortest covered spans are dropped, i.e. counted as not covered - never the other way round.
+
+An ``agg_trades`` object also says which individual trades its aggTrades cover
+(:class:`TradeCoverage`: the first ``f``, the last ``l`` and ``sum(l - f + 1)``), so that the
+hour's trades can be bounded and counted with a HEAD instead of decoding the whole object.
+Objects written before these entries existed are decoded instead (a re-run with the same
+records leaves such an object as it is, entries and all).
 """
 
 from __future__ import annotations
@@ -32,7 +38,14 @@ from typing import Any
 
 import orjson
 
-from ingest_pipeline.records import Record, id_field, kline_interval, record_key, time_field
+from ingest_pipeline.records import (
+    AGG_TRADES,
+    Record,
+    id_field,
+    kline_interval,
+    record_key,
+    time_field,
+)
 from ingest_pipeline.spans import Span, Spans, clip
 from ingest_pipeline.storage.s3objects import get_bytes_or_none, head_or_none
 from ingest_pipeline.symbols import check_symbol
@@ -47,10 +60,15 @@ FINGERPRINT_META = "content-sha256"
 RECORDS_META = "records"
 COVERAGE_META = "coverage"
 MAX_COVERAGE_SPANS = 100
+TRADES_COVERED_META = "trades-covered"
+FIRST_TRADE_ID_META = "first-trade-id"
+LAST_TRADE_ID_META = "last-trade-id"
 _IGNORED_IN_FINGERPRINT = "ingest_ts"
 # ingest_ts is an integer and no other field can hold this text (symbols are alphanumeric,
 # prices and sizes are numbers or numeric strings), so masking it in the JSON is exact.
 _INGEST_TS = re.compile(rb'"ingest_ts":\d+')
+_INGEST_TS_KEY = b'"ingest_ts":'
+_INGEST_TS_ZERO = b'"ingest_ts":0'
 
 
 def hour_path(symbol: str, data_type: str, hour_ms: int) -> str:
@@ -79,17 +97,17 @@ def prepare_records(
     if not records:
         return records, 0
     tfield = time_field(data_type)
-    times = [r[tfield] for r in records]
+    times = list(map(operator.itemgetter(tfield), records))
     if min(times) < hour_ms or max(times) >= hour_ms + HOUR_MS:
         bad = next(r for r in records if not hour_ms <= r[tfield] < hour_ms + HOUR_MS)
         raise ValueError(
             f"{data_type} record {record_key(data_type)(bad)} has {tfield}={bad[tfield]} "
             f"outside the hour [{hour_ms}, {hour_ms + HOUR_MS})"
         )
-    strays = {r["symbol"] for r in records} - {symbol}
+    strays = set(map(operator.itemgetter("symbol"), records)) - {symbol}
     interval = kline_interval(data_type)
     if interval is not None:
-        strays |= {r["interval"] for r in records} - {interval}
+        strays |= set(map(operator.itemgetter("interval"), records)) - {interval}
     if strays:
         raise ValueError(f"{data_type} object of {symbol} given records of {sorted(strays)}")
     ids = list(map(operator.itemgetter(id_field(data_type)), records))
@@ -121,6 +139,22 @@ def _jsonl(records: Sequence[Record]) -> bytes:
     return b"\n".join(map(orjson.dumps, records)) + b"\n"
 
 
+def _ingest_ts_zeroed(chunk: bytes, records: Sequence[Record]) -> bytes:
+    """The JSONL ``chunk`` of ``records`` with every ``ingest_ts`` value zeroed.
+
+    An archive file's records share one ``ingest_ts`` (the download's receive time): then, when
+    the key occurs once per record and nowhere else, one plain replace of that value gives
+    exactly what the regex gives, for about half its cost (measured on a day of trades).
+    """
+    values = {r.get(_IGNORED_IN_FINGERPRINT) for r in records}
+    if len(values) == 1:
+        (value,) = values
+        # The regex zeroes digits only: a negative or non-integer value takes the regex.
+        if type(value) is int and value >= 0 and chunk.count(_INGEST_TS_KEY) == len(records):
+            return chunk.replace(_INGEST_TS_KEY + b"%d" % value, _INGEST_TS_ZERO)
+    return _INGEST_TS.sub(_INGEST_TS_ZERO, chunk)
+
+
 def encode_with_fingerprint(
     records: Sequence[Record], level: int = DEFAULT_GZIP_LEVEL
 ) -> tuple[bytes, str]:
@@ -145,8 +179,9 @@ def encode_with_fingerprint(
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending: deque[Future[bytes]] = deque()
             for i in range(0, len(records), CHUNK_RECORDS):
-                chunk = _jsonl(records[i : i + CHUNK_RECORDS])
-                digest.update(_INGEST_TS.sub(b'"ingest_ts":0', chunk))
+                part = records[i : i + CHUNK_RECORDS]
+                chunk = _jsonl(part)
+                digest.update(_ingest_ts_zeroed(chunk, part))
                 pending.append(pool.submit(compressor.compress, chunk))
                 if len(pending) > 2:
                     parts.append(pending.popleft().result())
@@ -178,6 +213,51 @@ def decode_coverage(metadata: dict[str, str], hour_ms: int) -> Spans:
     return clip(
         ((hour_ms + a, hour_ms + b) for a, b in orjson.loads(value)), hour_ms, hour_ms + HOUR_MS
     )
+
+
+@dataclass(frozen=True)
+class TradeCoverage:
+    """The individual trades an hour's aggTrades cover: ids ``first..last`` (the first
+    aggTrade's ``f``, the last one's ``l``, by aggTrade id; None for an hour without aggTrades)
+    and ``covered = sum(l - f + 1)`` over its ``aggs`` aggTrades."""
+
+    aggs: int
+    covered: int
+    first: int | None = None
+    last: int | None = None
+
+    @classmethod
+    def of(cls, aggs: Sequence[Record]) -> TradeCoverage:
+        """Of aggTrades ordered by id (as a bronze object holds them)."""
+        firsts = map(operator.itemgetter("first_trade_id"), aggs)
+        covered = sum(map(operator.itemgetter("last_trade_id"), aggs)) - sum(firsts) + len(aggs)
+        if not aggs:
+            return cls(0, covered)
+        return cls(len(aggs), covered, aggs[0]["first_trade_id"], aggs[-1]["last_trade_id"])
+
+    @property
+    def bounds(self) -> tuple[int, int] | None:
+        """``(first, last)`` trade id, or None for an hour without aggTrades."""
+        return None if self.first is None or self.last is None else (self.first, self.last)
+
+    def metadata(self) -> dict[str, str]:
+        meta = {TRADES_COVERED_META: str(self.covered)}
+        if self.bounds is not None:
+            meta[FIRST_TRADE_ID_META], meta[LAST_TRADE_ID_META] = map(str, self.bounds)
+        return meta
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, str]) -> TradeCoverage | None:
+        """From an object's S3 metadata; None when it predates these entries."""
+        if TRADES_COVERED_META not in metadata or RECORDS_META not in metadata:
+            return None
+        first, last = metadata.get(FIRST_TRADE_ID_META), metadata.get(LAST_TRADE_ID_META)
+        return cls(
+            int(metadata[RECORDS_META]),
+            int(metadata[TRADES_COVERED_META]),
+            None if first is None else int(first),
+            None if last is None else int(last),
+        )
 
 
 def decode_jsonl_gz(data: bytes) -> list[Record]:
@@ -253,6 +333,18 @@ class BronzeStore:
         head = self.head(symbol, data_type, hour_ms)
         return None if head is None else decode_coverage(head.get("Metadata", {}), hour_ms)
 
+    def trade_coverage(self, symbol: str, hour_ms: int) -> TradeCoverage | None:
+        """What the hour's ``agg_trades`` object covers (one HEAD; an object written before
+        the entries existed is read and decoded), or None when it does not exist."""
+        head = self.head(symbol, AGG_TRADES, hour_ms)
+        if head is None:
+            return None
+        known = TradeCoverage.from_metadata(head.get("Metadata", {}))
+        if known is not None:
+            return known
+        aggs = self.read_hour(symbol, AGG_TRADES, hour_ms)
+        return None if aggs is None else TradeCoverage.of(aggs)
+
     def write_hour(
         self,
         symbol: str,
@@ -270,6 +362,8 @@ class BronzeStore:
         metadata = {FINGERPRINT_META: fingerprint, RECORDS_META: str(len(ordered))}
         if covered is not None:
             metadata[COVERAGE_META] = covered
+        if data_type == AGG_TRADES:
+            metadata.update(TradeCoverage.of(ordered).metadata())
         rkey = record_key(data_type)
         bounds: dict[str, Any] = {
             "first_key": rkey(ordered[0]) if ordered else None,

@@ -15,7 +15,12 @@ from ingest_pipeline.binance.archive import (
     parse_checksum,
 )
 from ingest_pipeline.binance.archive_csv import INVALID_AGG_REASON, parse_hours
-from ingest_pipeline.binance.history import expected_kline_opens, plan_files
+from ingest_pipeline.binance.history import (
+    check_agg_hour,
+    check_trade_hour,
+    expected_kline_opens,
+    plan_files,
+)
 from ingest_pipeline.binance.normalize import agg_trade_from_rest, kline_from_rest, trade_from_rest
 from ingest_pipeline.records import AGG_TRADES, TRADES, klines_type
 from ingest_pipeline.timeutil import HOUR_MS, parse_hour
@@ -145,3 +150,31 @@ def test_expected_kline_opens() -> None:
     assert expected_kline_opens("1M", parse_hour("2024-12-01-00:00")) == [
         parse_hour("2024-12-01-00:00")
     ]
+
+
+def test_agg_hour_must_chain_and_cover_the_klines_count() -> None:
+    def agg(a: int, f: int, n: int) -> dict[str, int]:
+        return {"trade_id": a, "first_trade_id": f, "last_trade_id": f + n - 1}
+
+    aggs = [agg(7, 100, 3), agg(8, 103, 1), agg(9, 104, 2)]
+    assert check_agg_hour(aggs, 6) is None
+    assert check_agg_hour([], 0) is None
+    assert check_agg_hour(aggs, 7) == (
+        "the file covers 6 trades, Binance's 1m klines count 7: truncated or padded"
+    )
+    assert check_agg_hour(aggs, None) is not None
+    # The first break is named, whether the aggregate ids or the trade ids jump.
+    id_jump = [aggs[0], agg(9, 103, 1), agg(11, 104, 2)]
+    assert check_agg_hour(id_jump, 6) == "ids jump from aggTrade 7 (l=102) to 9 (f=103)"
+    trade_jump = [*aggs[:2], agg(9, 105, 2)]
+    assert check_agg_hour(trade_jump, 6) == "ids jump from aggTrade 8 (l=103) to 9 (f=105)"
+
+
+def test_trade_hour_must_be_the_range_of_its_agg_trades() -> None:
+    trades = [{"trade_id": i} for i in range(100, 106)]
+    assert check_trade_hour(trades, (100, 105)) is None
+    assert check_trade_hour([], None) is None
+    assert check_trade_hour(trades[:-1], (100, 105)) == (
+        "5 trades in the file, the hour's aggTrades cover ids 100..105"
+    )
+    assert check_trade_hour(trades, None) == "6 trades in an hour without aggTrades"

@@ -22,6 +22,7 @@ from ingest_pipeline.binance.history import (
 from ingest_pipeline.binance.rest import BinanceRestClient
 from ingest_pipeline.records import Record
 from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
+from ingest_pipeline.storage.bronze import TradeCoverage
 from ingest_pipeline.timeutil import HOUR_MS, parse_hour
 
 # Servers over real sockets (see ingest_pipeline_tests/tiers.py).
@@ -67,6 +68,9 @@ class Truth:
             self._aggs[hour] = fetch_agg_trades(self.rest, SYMBOL, hour).records
         return self._aggs[hour]
 
+    def bounds(self, hour: int) -> tuple[int, int] | None:
+        return TradeCoverage.of(self.aggs(hour)).bounds
+
     def trades(self, hour: int) -> list[Record]:
         a = self.aggs(hour)
         return fetch_trades(
@@ -85,7 +89,7 @@ def source(sim: SimulatorServer, mode: str = "auto") -> tuple[HistorySource, Arc
 def run_all(src: HistorySource, truth: Truth) -> dict[str, list[HourFetch]]:
     got = {
         "agg_trades": list(src.agg_trades(SYMBOL, HOURS)),
-        "trades": list(src.trades(SYMBOL, HOURS, truth.aggs)),
+        "trades": list(src.trades(SYMBOL, HOURS, truth.bounds)),
         "klines_1m": list(src.klines(SYMBOL, "1m", HOURS)),
     }
     expect = {"agg_trades": truth.aggs, "trades": truth.trades, "klines_1m": truth.klines}
@@ -123,7 +127,7 @@ def test_clean_day_comes_from_the_archive_without_rest_history(
     src, archive = source(sim)
     got = {
         "agg_trades": list(src.agg_trades(SYMBOL, HOURS)),
-        "trades": list(src.trades(SYMBOL, HOURS, aggs.__getitem__)),
+        "trades": list(src.trades(SYMBOL, HOURS, truth.bounds)),
         "klines_1m": list(src.klines(SYMBOL, "1m", HOURS)),
     }
     assert rest_history_requests(sim) == before
@@ -201,7 +205,7 @@ def test_days_around_the_microsecond_switch_equal_rest_record_for_record(
         assert got.source == FROM_ARCHIVE and strip(got.fetched.records) == strip(truth)
         assert all(r["event_ts"] < 10**13 for r in got.fetched.records)  # ms, not µs
         aggs[got.hour] = truth
-    for got in src.trades(symbol, hours, aggs.__getitem__):
+    for got in src.trades(symbol, hours, lambda h: TradeCoverage.of(aggs[h]).bounds):
         a = aggs[got.hour]
         truth = fetch_trades(rest, symbol, a[0]["first_trade_id"], a[-1]["last_trade_id"]).records
         assert got.source == FROM_ARCHIVE and strip(got.fetched.records) == strip(truth)

@@ -22,7 +22,12 @@ from ingest_pipeline.defs.bronze import (
 from ingest_pipeline.defs.resources import build_resources
 from ingest_pipeline.records import AGG_TRADES, DEPTH_SNAPSHOT, TRADES, klines_type
 from ingest_pipeline.settings import Settings
-from ingest_pipeline.storage.bronze import BronzeStore
+from ingest_pipeline.storage.bronze import (
+    FIRST_TRADE_ID_META,
+    LAST_TRADE_ID_META,
+    TRADES_COVERED_META,
+    BronzeStore,
+)
 from ingest_pipeline.timeutil import HOUR_MS, floor_hour, from_ms, iso_ms, now_ms, parse_hour
 from ingest_pipeline_tests.dagster_harness import check_partition_statuses
 
@@ -231,6 +236,39 @@ def test_blocking_check_fails_the_step_and_still_records_every_hour(
     )
     assert statuses == {"SUCCEEDED": {"2024-08-09-00:00"}, "FAILED": {"2024-08-09-01:00"}}
     assert sorted(latest_by_partition(instance, trades.key)) == keys("2024-08-09-00:00", 2)
+
+
+def test_trades_follow_agg_trades_written_before_their_coverage_entries(
+    settings: Settings, instance: dg.DagsterInstance
+) -> None:
+    """A bucket from before agg_trades objects said which trades they cover: the trades asset
+    decodes the aggTrades instead, lands the same trades and its checks pass; the aggTrades
+    object is left as it was."""
+    scoped = dataclasses.replace(settings, symbols=("ETHUSDT",), history_source="rest")
+    agg, trades = (build_history_asset("ETHUSDT", t, scoped) for t in history_types(scoped)[:2])
+    resources = build_resources(scoped)
+    assert dg.materialize(
+        [agg], resources=resources, instance=instance, tags=ranged(PARTITION, PARTITION)
+    ).success
+    store = store_of(settings)
+    key = store.key("ETHUSDT", AGG_TRADES, HOUR)
+    stored = store._s3.get_object(Bucket=store.bucket, Key=key)
+    entries = (TRADES_COVERED_META, FIRST_TRADE_ID_META, LAST_TRADE_ID_META)
+    older = {k: v for k, v in stored["Metadata"].items() if k not in entries}
+    assert older != stored["Metadata"]
+    store._s3.put_object(Bucket=store.bucket, Key=key, Body=stored["Body"].read(), Metadata=older)
+    before = store._s3.head_object(Bucket=store.bucket, Key=key)
+
+    result = dg.materialize(
+        [trades], resources=resources, instance=instance, tags=ranged(PARTITION, PARTITION)
+    )
+    assert result.success
+    assert all(c.passed for c in result.get_asset_check_evaluations())
+    aggs = store.read_hour("ETHUSDT", AGG_TRADES, HOUR)
+    ids = [t["trade_id"] for t in store.read_hour("ETHUSDT", TRADES, HOUR)]
+    assert ids == list(range(aggs[0]["first_trade_id"], aggs[-1]["last_trade_id"] + 1))
+    after = store._s3.head_object(Bucket=store.bucket, Key=key)
+    assert (after["ETag"], after["Metadata"]) == (before["ETag"], older)
 
 
 @pytest.mark.parametrize("data_type", [TRADES, KLINES])

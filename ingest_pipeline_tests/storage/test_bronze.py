@@ -1,4 +1,6 @@
 import gzip
+import hashlib
+import re
 
 import pytest
 
@@ -6,7 +8,11 @@ from ingest_pipeline.aws import aws_client
 from ingest_pipeline.records import AGG_TRADES, DEPTH_SNAPSHOT, klines_type
 from ingest_pipeline.settings import Settings
 from ingest_pipeline.storage.bronze import (
+    FIRST_TRADE_ID_META,
+    LAST_TRADE_ID_META,
+    TRADES_COVERED_META,
     BronzeStore,
+    TradeCoverage,
     decode_jsonl_gz,
     encode_jsonl_gz,
     encode_with_fingerprint,
@@ -119,6 +125,25 @@ def test_fingerprint_ignores_ingest_ts_only() -> None:
     assert encode_with_fingerprint(base[:2])[1] != fp
 
 
+@pytest.mark.parametrize(
+    "records",
+    [
+        [trade(i, i, ingest=1_733_011_200_123) for i in range(25_000)],  # one value: a replace
+        [trade(i, i, ingest=7) for i in range(3)],
+        [trade(i, i, ingest=i // 2) for i in range(5)],  # several values
+        [trade(1, ingest=-5), trade(2, ingest=-5)],  # no digits right after the key
+        [{**trade(1, ingest=12), 'x"ingest_ts': 4}, {**trade(2, ingest=12), 'x"ingest_ts': 4}],
+        [trade(1, ingest=3), {k: v for k, v in trade(2).items() if k != "ingest_ts"}],
+    ],
+)
+def test_fingerprint_is_the_sha256_of_the_body_with_ingest_ts_digits_zeroed(
+    records: list[dict],
+) -> None:
+    body, fingerprint = encode_with_fingerprint(records)
+    masked = re.sub(rb'"ingest_ts":\d+', b'"ingest_ts":0', gzip.decompress(body))
+    assert fingerprint == hashlib.sha256(masked).hexdigest()
+
+
 def test_prepare_keeps_already_ordered_input_as_is() -> None:
     records = [trade(i, i) for i in range(5)]
     ordered, dropped = prepare_records(records, AGG_TRADES, HOUR, "BTCUSDT")
@@ -136,3 +161,52 @@ def test_lines_are_exact_even_when_a_string_holds_a_record_joint() -> None:
 def test_prepare_refuses_records_of_another_symbol() -> None:
     with pytest.raises(ValueError, match="ETHUSDT"):
         prepare_records([trade(1), {**trade(2), "symbol": "ETHUSDT"}], AGG_TRADES, HOUR, "BTCUSDT")
+
+
+def test_agg_trades_object_says_which_trades_it_covers(store: BronzeStore) -> None:
+    # Aggregate i covers trades 2i and 2i + 1; given out of order, stored by aggregate id.
+    store.write_hour("BTCUSDT", AGG_TRADES, HOUR, [trade(i, i) for i in reversed(range(100))])
+    meta = store.head("BTCUSDT", AGG_TRADES, HOUR)["Metadata"]  # type: ignore[index]
+    assert (meta[FIRST_TRADE_ID_META], meta[LAST_TRADE_ID_META]) == ("0", "199")
+    assert meta[TRADES_COVERED_META] == "200"
+    coverage = store.trade_coverage("BTCUSDT", HOUR)
+    assert coverage == TradeCoverage(aggs=100, covered=200, first=0, last=199)
+    assert coverage == TradeCoverage.of(store.read_hour("BTCUSDT", AGG_TRADES, HOUR) or [])
+    assert coverage.bounds == (0, 199)
+    # Only agg_trades objects carry the entries.
+    kline = {"symbol": "BTCUSDT", "interval": "1m", "open_time": HOUR, "ingest_ts": 1}
+    store.write_hour("BTCUSDT", klines_type("1m"), HOUR, [kline])
+    head = store.head("BTCUSDT", klines_type("1m"), HOUR)
+    assert head is not None and TRADES_COVERED_META not in head["Metadata"]
+
+
+def test_agg_trades_object_without_the_entries_is_decoded_and_left_alone(
+    store: BronzeStore,
+) -> None:
+    records = [trade(i, i) for i in range(50)]
+    result = store.write_hour("BTCUSDT", AGG_TRADES, HOUR, records)
+    # The object as a writer before the entries existed left it: same body, older metadata.
+    old = store._s3.get_object(Bucket=store.bucket, Key=result.key)
+    older_meta = {
+        k: v
+        for k, v in old["Metadata"].items()
+        if k not in (TRADES_COVERED_META, FIRST_TRADE_ID_META, LAST_TRADE_ID_META)
+    }
+    store._s3.put_object(
+        Bucket=store.bucket, Key=result.key, Body=old["Body"].read(), Metadata=older_meta
+    )
+    assert store.trade_coverage("BTCUSDT", HOUR) == TradeCoverage(50, 100, 0, 99)
+    before = store._s3.head_object(Bucket=store.bucket, Key=result.key)
+    again = store.write_hour(
+        "BTCUSDT", AGG_TRADES, HOUR, [trade(i, i, ingest=9) for i in range(50)]
+    )
+    after = store._s3.head_object(Bucket=store.bucket, Key=result.key)
+    assert again.action == "unchanged"
+    assert (after["ETag"], after["Metadata"]) == (before["ETag"], older_meta)
+
+
+def test_trade_coverage_of_an_empty_and_of_a_missing_hour(store: BronzeStore) -> None:
+    store.write_hour("ETHUSDT", AGG_TRADES, HOUR, [])
+    empty = store.trade_coverage("ETHUSDT", HOUR)
+    assert empty == TradeCoverage(0, 0) and empty.bounds is None
+    assert store.trade_coverage("ETHUSDT", HOUR + HOUR_MS) is None
