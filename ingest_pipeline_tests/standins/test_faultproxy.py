@@ -168,8 +168,16 @@ def test_head_through_the_proxy_keeps_content_length_and_a_rerun_is_unchanged(
         assert got["ContentLength"] == len(body) and got["Body"].read() == body
 
         store = BronzeStore(s3, aws_settings.bucket, aws_settings.bronze_prefix)
+        # aggTrades carry the range of trade ids they aggregate (their object's HEAD says it).
         records = [
-            {"symbol": "BTCUSDT", "trade_id": i, "event_ts": HOUR + i, "ingest_ts": HOUR + i}
+            {
+                "symbol": "BTCUSDT",
+                "trade_id": i,
+                "first_trade_id": 2 * i,
+                "last_trade_id": 2 * i + 1,
+                "event_ts": HOUR + i,
+                "ingest_ts": HOUR + i,
+            }
             for i in range(50)
         ]
         first = store.write_hour("BTCUSDT", AGG_TRADES, HOUR, records)
