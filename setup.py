@@ -44,7 +44,7 @@ setup(
             # the xdist_group marks (pytest-dev/pytest-xdist#1386, open).
             "pytest>=8,<9.2",
             "pytest-timeout>=2.2",
-            # `make test` spreads the suite over workers (ingest_pipeline_tests/conftest.py).
+            # `make test` spreads the suite over workers (groups: ingest_pipeline_tests/conftest.py).
             "pytest-xdist>=3.6,<4",
             "hypothesis>=6.100",
             "ruff>=0.6",
