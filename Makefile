@@ -27,11 +27,8 @@ lint: install
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
-# Four workers on two cores, two of them for the tests that run a `dagster dev` (one after
-# another on each), two for the rest: many tests wait (on the daemon's ticks, on streams, on
-# real-time replays). Groups and their order: ingest_pipeline_tests/conftest.py.
 test: lint
-	$(BIN)/pytest -n 4 --dist loadgroup --no-loadscope-reorder
+	$(BIN)/pytest
 
 # The unit tier: offline, no sockets, no daemon; under a minute (tiers in ingest_pipeline_tests/tiers.py).
 test-fast: install

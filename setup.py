@@ -40,12 +40,8 @@ setup(
             f"dagster-postgres=={DAGSTER_LIBS}",
             # Drives Debian's chromium through its chromedriver (never downloads a browser).
             "selenium>=4.20",
-            # <9.2: on pytest 9.2 pytest-xdist's --dist loadgroup (`make test`) silently ignores
-            # the xdist_group marks (pytest-dev/pytest-xdist#1386, open).
-            "pytest>=8,<9.2",
+            "pytest>=8",
             "pytest-timeout>=2.2",
-            # `make test` spreads the suite over workers (groups: ingest_pipeline_tests/conftest.py).
-            "pytest-xdist>=3.6,<4",
             "hypothesis>=6.100",
             "ruff>=0.6",
             # `make lint`: the walls between layers (.importlinter) and types over the core.

@@ -130,10 +130,7 @@ def own_aws(local_settings: Settings) -> Any:
         yield server
 
 
-# Only so that a stuck deployment fails instead of hanging: ~3 min alone, up to twice that while
-# `make test` runs the rest of the suite beside it on 2 cores.
 @pytest.mark.daemon
-@pytest.mark.timeout(900)
 def test_supervised_streamer_loses_no_trade_across_kills_termination_and_a_freeze(
     own_aws: EmbeddedAWS, tmp_path: Path
 ) -> None:
