@@ -4,8 +4,10 @@ against
 (a) the time REST needs for the same records at Binance's weight limit (6000/min), computed
     from the pages and weights our client sends for each hour, and
 (b) bare unzip + gzip of the same archive bytes (zip member inflated, gzip at bronze's level),
-in the same run; the REST weight spent (the simulator's weight counter) and the pipeline's peak
-RSS. Not a test::
+and, for reference, (c) the floor the output format sets: gzip (bronze's level) + SHA-256 (the
+content fingerprint) of the JSONL that bronze holds for the same hours (more bytes than the
+CSV), in the same run; the REST weight spent (the simulator's weight counter) and the
+pipeline's peak RSS. Not a test::
 
     python bench/archive_backfill.py [--days 30] [--trades-per-hour 125000] [--data DIR]
                                      [--parallel] [--phases]
@@ -236,16 +238,41 @@ def pipeline(settings: Settings, archive_url: str, sim_url: str, days: int, work
     return merged
 
 
-def bare_unzip_gzip(paths: list[Path]) -> tuple[float, float]:
-    """(wall, CPU) seconds to inflate every zip member and gzip it at bronze's level."""
+def bare_unzip_gzip(paths: list[Path]) -> tuple[float, float, int]:
+    """(wall, CPU) seconds to inflate every zip member and gzip it at bronze's level, and the
+    CSV bytes inflated."""
     t0, c0 = time.perf_counter(), cpu_s()
+    csv_bytes = 0
     for path in paths:
         with zipfile.ZipFile(path) as z, z.open(z.infolist()[0]) as member:
             comp = zlib.compressobj(DEFAULT_GZIP_LEVEL, zlib.DEFLATED, 31)
             while chunk := member.read(8 << 20):
+                csv_bytes += len(chunk)
                 comp.compress(chunk)
             comp.flush()
-    return time.perf_counter() - t0, cpu_s() - c0
+    return time.perf_counter() - t0, cpu_s() - c0, csv_bytes
+
+
+def format_floor(settings: Settings) -> tuple[float, int]:
+    """(CPU seconds, JSONL bytes) of gzip + SHA-256 over every bronze object's JSONL: what any
+    writer of this format pays whatever it reads. Reading the objects back is not timed."""
+    s3 = aws_client("s3", settings)
+    cpu = 0.0
+    jsonl_bytes = 0
+    pages = s3.get_paginator("list_objects_v2").paginate(
+        Bucket=settings.bucket, Prefix=f"{settings.bronze_prefix}/{SYMBOL}/"
+    )
+    for page in pages:
+        for obj in page.get("Contents", []):
+            body = s3.get_object(Bucket=settings.bucket, Key=obj["Key"])["Body"].read()
+            jsonl = zlib.decompress(body, 47)
+            del body
+            jsonl_bytes += len(jsonl)
+            c0 = cpu_s()
+            zlib.compress(jsonl, DEFAULT_GZIP_LEVEL, wbits=31)
+            hashlib.sha256(jsonl).digest()
+            cpu += cpu_s() - c0
+    return cpu, jsonl_bytes
 
 
 def phases(settings: Settings, archive_url: str) -> dict[str, float]:
@@ -352,7 +379,8 @@ def main() -> None:
         result = pipeline(settings, mirror_url, sim_url, days, 1)
         after = requests.get(f"{sim_url}/_sim/stats", timeout=5).json()
         parallel = pipeline(settings, mirror_url, sim_url, days, 2) if args.parallel else None
-        bare_s, bare_cpu = bare_unzip_gzip(paths)
+        bare_s, bare_cpu, csv_bytes = bare_unzip_gzip(paths)
+        floor_cpu, jsonl_bytes = format_floor(settings)
         phase_cpu = phases(settings, mirror_url) if args.phases else None
     finally:
         aws.stop()
@@ -379,8 +407,12 @@ def main() -> None:
         f"({cpu / days:.1f} s/day), peak RSS {result['peak_rss_mib']:.0f} MiB",
         f"  (a) REST at 6000 weight/min:  {rest_s:8.1f} s  ({n_req:,} requests, {weight:,} weight)",
         f"  (b) bare unzip + gzip:        {bare_s:8.1f} s wall, {bare_cpu:7.1f} s CPU",
+        f"  (c) gzip + SHA-256 of bronze's JSONL:         {floor_cpu:7.1f} s CPU "
+        f"(JSONL {jsonl_bytes / 1e6:,.0f} MB = {jsonl_bytes / csv_bytes:.2f}x the CSV's "
+        f"{csv_bytes / 1e6:,.0f} MB)",
         f"  (a)/ours: {rest_s / ours:.0f}x on wall, {rest_s / cpu:.0f}x on CPU;  "
-        f"ours/(b): {ours / bare_s:.2f} on wall, {cpu / bare_cpu:.2f} on CPU",
+        f"ours/(b): {ours / bare_s:.2f} on wall, {cpu / bare_cpu:.2f} on CPU;  "
+        f"(c)/(b): {floor_cpu / bare_cpu:.2f} on CPU",
         f"  REST weight spent during the run: {after['weight'] - before['weight']} "
         f"(history requests {history_requests})",
     ]
