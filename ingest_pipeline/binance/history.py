@@ -120,6 +120,9 @@ def fetch_depth_snapshot(client: BinanceRestClient, symbol: str, limit: int) -> 
 FROM_ARCHIVE = "archive"
 FROM_REST = "rest"
 MINUTE_MS = 60_000
+# Binance publishes a daily file about a day after the day ends, sometimes days later: a file
+# missing for less than this is routine (logged at INFO), one missing longer a defect (WARNING).
+PUBLICATION_LAG_MS = 3 * 24 * HOUR_MS
 # The archive's 1m klines count each minute's trades: the reference a trades file is held to.
 REFERENCE_KLINES = klines_type("1m")
 
@@ -345,19 +348,30 @@ class HistorySource:
             return
         for plan in plan_files(symbol, data_type, hours, self.now(), self.monthly):
             if plan.file is None:
-                yield from self._fallback(plan.hours, rest, plan.reason)
+                yield from self._fallback(plan.hours, rest, plan.reason, expected=True)
             else:
                 yield from self._from_file(plan.file, plan.hours, check, rest)
 
     def _fallback(
-        self, hours: Iterable[int], rest: Callable[[int], Fetched], reason: str
+        self,
+        hours: Iterable[int],
+        rest: Callable[[int], Fetched],
+        reason: str,
+        expected: bool = False,
     ) -> Iterator[HourFetch]:
+        """REST for ``hours``; ``expected``: the archive cannot have them yet (the day is not
+        over, or not long enough for Binance to publish it), which is routine, not a warning."""
         hours = list(hours)
         if not hours:
             return
         if self.mode == "archive":
             raise ArchiveError(f"{reason}; history_source is archive, so REST may not fill in")
-        log.warning("%d hour(s) from REST: %s", len(hours), reason)
+        log.log(
+            logging.INFO if expected else logging.WARNING,
+            "%d hour(s) from REST: %s",
+            len(hours),
+            reason,
+        )
         for h in hours:
             yield HourFetch(h, rest(h), FROM_REST, reason)
 
@@ -383,7 +397,14 @@ class HistorySource:
                         daily_file(f.symbol, f.data_type, day), day_hours, check, rest
                     )
                 return
-            yield from self._fallback(hours, rest, f"{f.name} is not in the archive")
+            ended_ago = self.now() - f.end_ms
+            if ended_ago < PUBLICATION_LAG_MS:
+                reason = (
+                    f"{f.name} is not published yet (its period ended {ended_ago // HOUR_MS} h ago)"
+                )
+            else:
+                reason = f"{f.name} is not in the archive"
+            yield from self._fallback(hours, rest, reason, expected=ended_ago < PUBLICATION_LAG_MS)
             return
         pending = deque(hours)
 
