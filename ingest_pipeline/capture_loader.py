@@ -36,7 +36,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -109,7 +109,7 @@ class ParsedCapture:
         return None if b is None else (b[0], b[1] + 1)
 
 
-def _lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
     with gzip.open(path, "rb") as fh:
         for n, line in enumerate(fh, 1):
             line = line.rstrip(b"\n")
@@ -139,7 +139,9 @@ def parse_capture(paths: Sequence[Path]) -> ParsedCapture:
                 if payload.startswith(_SNAPSHOT_PREFIX):
                     raw = orjson.loads(payload)
                     data_type = DEPTH_SNAPSHOT
-                    record = depth_snapshot_from_rest(raw, file_symbol, recv_ms, recv_ms)
+                    record = cast(
+                        Record, depth_snapshot_from_rest(raw, file_symbol, recv_ms, recv_ms)
+                    )
                 else:
                     data_type, record = parse_ws_message(payload, recv_ms)
             except (MalformedPayload, ValueError) as exc:

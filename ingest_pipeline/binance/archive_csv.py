@@ -154,8 +154,11 @@ def _selection(rows: np.ndarray, ok: np.ndarray, i: int, j: int) -> slice | np.n
     return slice(i, j) if ok.all() else rows[ok]
 
 
-def _split_by_hour(hours: np.ndarray, make: Callable[[int, int], HourPart]) -> Iterator[HourPart]:
-    """Cut rows ordered by hour into one part per hour; ``make(i, j)`` builds rows i..j-1."""
+def _split_by_hour(
+    hours: np.ndarray, make: Callable[[int, int, int], HourPart]
+) -> Iterator[HourPart]:
+    """Cut rows ordered by hour into one part per hour; ``make(hour, i, j)`` builds rows
+    i..j-1, which all fall in ``hour``."""
     if hours.size and np.any(hours[1:] < hours[:-1]):
         raise ArchiveFormatError("rows are not in time order")
     cuts = np.flatnonzero(hours[1:] != hours[:-1]) + 1

@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import operator
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 from ingest_pipeline.binance.archive import (
     DAY_MS,
@@ -58,7 +58,9 @@ class Fetched:
     # {"reason": ..., "raw": ...} for each payload that could not become a record.
     rejects: list[dict[str, Any]] = field(default_factory=list)
 
-    def add_pages(self, pages: Iterable[Page], fn: Callable[..., Record], **kwargs: Any) -> None:
+    def add_pages(
+        self, pages: Iterable[Page], fn: Callable[..., Mapping[str, Any]], **kwargs: Any
+    ) -> None:
         for page in pages:
             good, bad = normalize_page(fn, page.items, ingest_ts=page.received_ms, **kwargs)
             self.records.extend(good)
@@ -103,8 +105,11 @@ def fetch_depth_snapshot(client: BinanceRestClient, symbol: str, limit: int) -> 
     out = Fetched()
     try:
         out.records.append(
-            depth_snapshot_from_rest(
-                page.items, symbol, page.received_ms + offset, page.received_ms
+            cast(
+                Record,
+                depth_snapshot_from_rest(
+                    page.items, symbol, page.received_ms + offset, page.received_ms
+                ),
             )
         )
     except MalformedPayload as exc:

@@ -4,7 +4,7 @@ no I/O; the rules are ``normalize/__init__.py``'s."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from ingest_pipeline.binance.normalize.checks import (
@@ -202,7 +202,7 @@ def depth_snapshot_from_rest(
 
 
 def normalize_page(
-    fn: Callable[..., Record], items: list[Any], **kwargs: Any
+    fn: Callable[..., Mapping[str, Any]], items: list[Any], **kwargs: Any
 ) -> tuple[list[Record], list[Rejected]]:
     """Apply a REST normalizer to every item of a page: ``(records, rejected)``, nothing dropped.
 
@@ -214,7 +214,8 @@ def normalize_page(
         raise MalformedPayload(
             f"page: expected a JSON array, got {type(items).__name__}: {short(items)}", items
         )
-    records: list[Record] = []
+    # The normalizers return their TypedDicts: plain dicts, i.e. Records, at run time.
+    records: list[Any] = []
     rejected: list[Rejected] = []
     append = records.append
     for item in items:
