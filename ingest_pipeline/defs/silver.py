@@ -47,14 +47,13 @@ from typing import Any
 import dagster as dg
 import numpy as np
 import pandas as pd
-from dagster_aws.s3 import S3Resource
 
 from ingest_pipeline import quality
 from ingest_pipeline.defs.bronze import BACKFILL_POLICY, bronze_key
 from ingest_pipeline.defs.catalog import catalog_fields, symbol_key_part, with_code_references
 from ingest_pipeline.defs.checks import Check, check_specs, hour_evaluations, hour_partition_key
 from ingest_pipeline.defs.partitions import hourly_partitions, partition_hours
-from ingest_pipeline.defs.resources import BronzeResource, s3_resource
+from ingest_pipeline.defs.resources import BoundedS3Resource, BronzeResource, s3_resource
 from ingest_pipeline.defs.silver_automation import silver_condition
 from ingest_pipeline.features.quality import (
     HourFrame,
@@ -101,7 +100,7 @@ def silver_asset_key(symbol: str, table: str, settings: Settings | None = None) 
 class SilverResource(dg.ConfigurableResource):
     """The silver layer: parquet feature tables in one bucket under one prefix."""
 
-    s3: dg.ResourceDependency[S3Resource]
+    s3: dg.ResourceDependency[BoundedS3Resource]
     bucket: str
     silver_prefix: str
 
