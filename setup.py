@@ -19,7 +19,6 @@ setup(
     package_data={"ingest_pipeline": ["config/*.yaml"]},
     install_requires=[
         f"dagster=={DAGSTER}",
-        f"dagster-aws=={DAGSTER_LIBS}",
         "requests>=2.31",
         "aiohttp>=3.9",
         "boto3>=1.34",
@@ -31,13 +30,16 @@ setup(
         "prometheus-client>=0.20",
     ],
     extras_require={
-        # What deploy/dagster.yaml needs on top: Postgres instance storage.
-        "deploy": [f"dagster-postgres=={DAGSTER_LIBS}"],
+        # What deploy/dagster.yaml needs on top: Postgres instance storage, the ECS run
+        # launcher. The code never imports dagster_aws (see defs/resources.py).
+        "deploy": [f"dagster-postgres=={DAGSTER_LIBS}", f"dagster-aws=={DAGSTER_LIBS}"],
         "standins": STANDINS,
         "dev": [
             *STANDINS,
             f"dagster-webserver=={DAGSTER}",
             f"dagster-postgres=={DAGSTER_LIBS}",
+            # The deployment tests (the ECS run launcher) and the S3 bound test's comparison.
+            f"dagster-aws=={DAGSTER_LIBS}",
             # Drives Debian's chromium through its chromedriver (never downloads a browser).
             "selenium>=4.20",
             "pytest>=8",

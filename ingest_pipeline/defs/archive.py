@@ -57,7 +57,6 @@ from ingest_pipeline.storage.kinesis_reader import (
     WindowNotReadable,
     archive_hour,
 )
-from ingest_pipeline.streaming import StreamerConfig
 from ingest_pipeline.streaming.continuity import GapStore, gap_span
 from ingest_pipeline.timeutil import HOUR_MS, from_ms, now_ms
 
@@ -177,6 +176,9 @@ def stream_gaps(
 ) -> dict[int, tuple[Spans | None, list[tuple[int, int]]]]:
     """Per hour: the coverage of the trade stream (None: the whole hour) and the id ranges
     of the streamer's gap records (``streaming.continuity.GapStore``) that reach into it."""
+    # Imported here (its module imports aiohttp): every run process imports the definitions.
+    from ingest_pipeline.streaming.config import StreamerConfig
+
     store = GapStore(bronze.s3.get_client(), bronze.bucket, StreamerConfig().state_prefix)
     records = store.list(symbol)
     out: dict[int, tuple[Spans | None, list[tuple[int, int]]]] = {}

@@ -3,11 +3,7 @@
 from collections.abc import Sequence
 from typing import Any
 
-import boto3
 import dagster as dg
-from botocore import UNSIGNED
-from botocore.config import Config
-from dagster_aws.s3 import S3Resource
 from pydantic import Field, PrivateAttr
 
 from ingest_pipeline.aws import (
@@ -47,10 +43,54 @@ class BinanceRestResource(dg.ConfigurableResource):
         return self._client
 
 
+class BoundedS3Resource(dg.ConfigurableResource):
+    """S3 with every call bounded in time: a call that gets no answer fails within
+    ``call_bound_s()`` (87 s by default).
+
+    Our own resource over ``ingest_pipeline.aws.boto3_client`` rather than dagster-aws's
+    ``S3Resource``: that one builds its client with ``Config(retries={"max_attempts": n})``
+    only (botocore's 60 s connect and read timeouts, ``max_attempts`` counted as *retries*: the
+    default 5 meant six 60 s attempts, six minutes of a partition run on a stalled S3), and
+    importing ``dagster_aws`` costs every run and step process about a second (its package
+    imports all its components, and through them ``dagster._core.test_utils``)."""
+
+    region_name: str = Field(description="AWS region.")
+    endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint (None: AWS's own, or AWS_ENDPOINT_URL_S3)."
+    )
+    max_attempts: int = Field(
+        default=MAX_ATTEMPTS, description="Attempts per call in total, the first included."
+    )
+    connect_timeout_s: float = Field(default=CONNECT_TIMEOUT_S, description="Per attempt.")
+    read_timeout_s: float = Field(
+        default=READ_TIMEOUT_S, description="Per attempt: silence before an answer."
+    )
+    # Explicit credentials; None: the AWS credential chain (or the emulator's placeholders on a
+    # loopback endpoint).
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    aws_session_token: str | None = None
+
+    def call_bound_s(self) -> float:
+        """The longest one S3 call can take before it fails."""
+        return call_bound_s(self.connect_timeout_s, self.read_timeout_s, self.max_attempts)
+
+    def get_client(self) -> Any:
+        return boto3_client(
+            "s3",
+            region=self.region_name,
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+            aws_session_token=self.aws_session_token,
+            config=client_config(self.connect_timeout_s, self.read_timeout_s, self.max_attempts),
+        )
+
+
 class BronzeResource(dg.ConfigurableResource):
     """The bronze layer: one bucket, a prefix for records and one for rejected payloads."""
 
-    s3: dg.ResourceDependency[S3Resource]
+    s3: dg.ResourceDependency[BoundedS3Resource]
     bucket: str
     bronze_prefix: str
     deadletter_prefix: str
@@ -69,45 +109,6 @@ class BronzeResource(dg.ConfigurableResource):
             data_type,
             hour_ms,
             rejects,
-        )
-
-
-class BoundedS3Resource(S3Resource):
-    """dagster-aws's ``S3Resource`` with every call bounded in time.
-
-    dagster-aws builds its client with ``Config(retries={"max_attempts": max_attempts})`` only:
-    botocore's 60 s connect and read timeouts, and ``max_attempts`` counted as *retries*, so the
-    default 5 meant six 60 s attempts, six minutes of a partition run on a stalled S3. Here the
-    client uses ``ingest_pipeline.aws.client_config``: per-attempt timeouts and a total attempt
-    count, so a call that gets no answer fails within ``call_bound_s()`` (87 s by default)."""
-
-    max_attempts: int = Field(
-        default=MAX_ATTEMPTS, description="Attempts per call in total, the first included."
-    )
-    connect_timeout_s: float = Field(default=CONNECT_TIMEOUT_S, description="Per attempt.")
-    read_timeout_s: float = Field(
-        default=READ_TIMEOUT_S, description="Per attempt: silence before an answer."
-    )
-
-    def call_bound_s(self) -> float:
-        """The longest one S3 call can take before it fails."""
-        return call_bound_s(self.connect_timeout_s, self.read_timeout_s, self.max_attempts)
-
-    def get_client(self) -> Any:
-        config = client_config(self.connect_timeout_s, self.read_timeout_s, self.max_attempts)
-        if self.use_unsigned_session:
-            config = config.merge(Config(signature_version=UNSIGNED))
-        return boto3_client(
-            "s3",
-            session=boto3.session.Session(profile_name=self.profile_name),
-            region=self.region_name,
-            endpoint_url=self.endpoint_url,
-            use_ssl=self.use_ssl,
-            verify=self.verify,
-            aws_access_key_id=self.aws_access_key_id,
-            aws_secret_access_key=self.aws_secret_access_key,
-            aws_session_token=self.aws_session_token,
-            config=config,
         )
 
 

@@ -34,30 +34,26 @@ their blocking checks passed, and again when any input is updated (a late warm-u
 re-run). The conditions are evaluated in the code server (``use_user_code_server``), the only
 place a custom condition can run.
 
-This module wires; the rest is in the core: which bronze hours each table reads and waits for
+This module wires (a step runs ``silver_run.py``, imported by the step alone: it brings pandas
+and pyarrow, which the definitions, imported by every run process, do without); the rest is in
+the core: which bronze hours each table reads and waits for
 (``storage/silver_inputs.py``), one hour of a table computed (``storage/silver_hours.py``), the
 quality rules (``features/quality.py``), the numbers and preview of an hour
 (``features/summary.py``).
 """
 
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import numpy as np
-import pandas as pd
-from dagster_aws.s3 import S3Resource
 
-from ingest_pipeline import quality
 from ingest_pipeline.defs.bronze import BACKFILL_POLICY, bronze_key
 from ingest_pipeline.defs.catalog import catalog_fields, symbol_key_part, with_code_references
-from ingest_pipeline.defs.checks import Check, check_specs, hour_evaluations, hour_partition_key
-from ingest_pipeline.defs.partitions import hourly_partitions, partition_hours
-from ingest_pipeline.defs.resources import BronzeResource, s3_resource
+from ingest_pipeline.defs.checks import Check, check_specs
+from ingest_pipeline.defs.partitions import hourly_partitions
+from ingest_pipeline.defs.resources import BoundedS3Resource, BronzeResource, s3_resource
 from ingest_pipeline.defs.silver_automation import silver_condition
 from ingest_pipeline.features.quality import (
-    HourFrame,
     check_bid_mid_ask,
     check_complete_rows,
     check_complete_share,
@@ -67,20 +63,20 @@ from ingest_pipeline.features.quality import (
     check_ts_increasing,
     on_frame,
 )
-from ingest_pipeline.features.spec import DEFAULT_SPEC, FeatureSpec
-from ingest_pipeline.features.summary import hour_numbers, null_counts, preview_markdown
-from ingest_pipeline.features.tables import (
+from ingest_pipeline.features.spec import (
     BOOK_TABLE,
+    DEFAULT_SPEC,
     KLINE_TABLE,
     TRADE_TABLE,
     TRAINING_TABLE,
+    FeatureSpec,
     table_columns,
 )
 from ingest_pipeline.settings import Settings
-from ingest_pipeline.storage.silver import SilverStore
-from ingest_pipeline.storage.silver_hours import SourceHour, source_hour, training_hour
-from ingest_pipeline.storage.silver_inputs import BronzeHours, silver_tables, source_tables
-from ingest_pipeline.timeutil import from_ms
+from ingest_pipeline.storage.silver_inputs import silver_tables, source_tables
+
+if TYPE_CHECKING:
+    from ingest_pipeline.storage.silver import SilverStore
 
 LAYER = "silver"
 # An automation sensor evaluated in the code server may target at most 500 assets and checks
@@ -101,11 +97,14 @@ def silver_asset_key(symbol: str, table: str, settings: Settings | None = None) 
 class SilverResource(dg.ConfigurableResource):
     """The silver layer: parquet feature tables in one bucket under one prefix."""
 
-    s3: dg.ResourceDependency[S3Resource]
+    s3: dg.ResourceDependency[BoundedS3Resource]
     bucket: str
     silver_prefix: str
 
-    def get_store(self) -> SilverStore:
+    def get_store(self) -> "SilverStore":
+        # Imported here (pandas, pyarrow): every run process imports the definitions.
+        from ingest_pipeline.storage.silver import SilverStore
+
         return SilverStore(self.s3.get_client(), self.bucket, self.silver_prefix)
 
 
@@ -206,39 +205,6 @@ def build_silver_sensors(
 # Metadata
 
 
-def _float_meta(v: float) -> dg.MetadataValue:
-    # NaN is not JSON: leave the point out of the plot rather than store an invalid value.
-    return dg.MetadataValue.float(v) if np.isfinite(v) else dg.MetadataValue.null()
-
-
-def _hour_metadata(
-    table: str, frame: pd.DataFrame, spec: FeatureSpec, extra: Mapping[str, Any]
-) -> dict[str, Any]:
-    meta: dict[str, Any] = {
-        "dagster/row_count": dg.MetadataValue.int(len(frame)),
-        "null_counts": dg.MetadataValue.json(null_counts(frame)),
-        "preview": dg.MetadataValue.md(preview_markdown(frame)),
-    }
-    for name, v in hour_numbers(table, frame, spec).items():
-        meta[name] = dg.MetadataValue.int(v) if isinstance(v, int) else _float_meta(v)
-    meta.update(extra)
-    return meta
-
-
-def _source_metadata(h: SourceHour) -> dict[str, Any]:
-    """What a source table's hour was computed from, as materialization metadata."""
-    meta: dict[str, Any] = {
-        "previous_hour_in_bronze": dg.MetadataValue.bool(h.previous_in_bronze),
-    }
-    if h.next_in_bronze is not None:
-        meta["next_hour_in_bronze"] = dg.MetadataValue.bool(h.next_in_bronze)
-    if h.trade_source is not None:
-        meta["trade_source"] = dg.MetadataValue.text(h.trade_source)
-    if h.book_sync is not None:
-        meta["book_sync"] = dg.MetadataValue.json(h.book_sync)
-    return meta
-
-
 def _column_schema(cols: Sequence[str], spec: FeatureSpec) -> dg.TableSchema:
     docs = spec.descriptions()
     names = ["ts", *cols, "complete"]
@@ -274,83 +240,6 @@ def _catalog(
         }
     )
     return fields
-
-
-@dataclass
-class HourOutcome:
-    """One table's hour as computed by a run: what was written and what the checks said."""
-
-    table: str
-    hour: int
-    frame: pd.DataFrame
-    uri: str | None
-    metadata: dict[str, Any]
-    verdicts: dict[str, quality.Verdict]
-
-    def blocked(self) -> list[str]:
-        """Blocking checks that failed (an hour without rows was not checked)."""
-        return [
-            c.name
-            for c in TABLE_CHECKS[self.table]
-            if c.blocking and c.name in self.verdicts and not self.verdicts[c.name].passed
-        ]
-
-
-def _outcome(
-    table: str,
-    hour: int,
-    frame: pd.DataFrame,
-    store: SilverStore,
-    symbol: str,
-    spec: FeatureSpec,
-    extra: dict[str, Any],
-    input_coverage: Mapping[str, float],
-    log: Any,
-) -> HourOutcome:
-    """Write one table's hour (nothing when it has no rows) and apply the table's checks."""
-    written = store.write_hour(symbol, hour, frame, table, spec, columns=table_columns(table, spec))
-    uri = written.uri if written.rows else None
-    if uri is None:
-        log.info(f"{symbol} {table} {from_ms(hour):%Y-%m-%d %H}h: no input, nothing written")
-        return HourOutcome(table, hour, frame, None, {}, {})
-    extra["dagster/uri"] = dg.MetadataValue.text(uri)
-    if input_coverage:
-        extra["input_coverage"] = dg.MetadataValue.json(input_coverage)
-    data = HourFrame(frame, hour, spec, input_coverage)
-    verdicts = {c.name: c.rule(data) for c in TABLE_CHECKS[table]}
-    log.info(
-        f"{symbol} {table} {from_ms(hour):%Y-%m-%d %H}h: {len(frame)} rows, "
-        f"{int(frame['complete'].sum())} complete, {uri}"
-    )
-    metadata = _hour_metadata(table, frame, spec, extra)
-    return HourOutcome(table, hour, frame, uri, metadata, verdicts)
-
-
-def _blocked(outcomes: Sequence[HourOutcome]) -> list[str]:
-    return [f"{o.table} {from_ms(o.hour):%Y-%m-%d %H}h {c}" for o in outcomes for c in o.blocked()]
-
-
-def _report(
-    context: dg.AssetExecutionContext,
-    key: dg.AssetKey,
-    checks: Sequence[Check],
-    outcomes: list[HourOutcome],
-) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
-    """Record what a run made of one table: a materialization per hour with rows (with that
-    hour's metadata), then their check evaluations; an hour without rows is not materialized."""
-    made = [o for o in outcomes if o.uri is not None]
-    for o in made:
-        yield dg.AssetMaterialization(
-            key, partition=hour_partition_key(o.hour), metadata=o.metadata
-        )
-    # The multi-asset fails at its end, once the training set has left out the blocked hours.
-    verdicts = {o.hour: o.verdicts for o in made}
-    yield from hour_evaluations(context, key, checks, verdicts, fail_on_blocking=False)
-    skipped = len(outcomes) - len(made)
-    context.log.info(
-        f"{'/'.join(key.path)}: {len(made)} hour(s) materialized"
-        + (f", {skipped} without input skipped" if skipped else "")
-    )
 
 
 def build_symbol_silver(
@@ -414,66 +303,13 @@ def build_symbol_silver(
     def _silver(
         context: dg.AssetExecutionContext, bronze: BronzeResource, silver: SilverResource
     ) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
-        selected = context.selected_asset_keys
-        hours = list(partition_hours(context))
-        b = BronzeHours(bronze.get_store(), symbol)
-        store = silver.get_store()
-        done: dict[str, dict[int, HourOutcome]] = {}
-        blocked: list[str] = []
-        for source in sources:
-            key = silver_asset_key(symbol, source.table, settings)
-            if key not in selected:
-                continue
-            outcomes = []
-            for hour in hours:
-                h = source_hour(source, b, hour, symbol, spec)
-                outcomes.append(
-                    _outcome(
-                        source.table,
-                        hour,
-                        h.frame,
-                        store,
-                        symbol,
-                        spec,
-                        _source_metadata(h),
-                        h.coverage,
-                        context.log,
-                    )  # fmt: skip
-                )
-            done[source.table] = {o.hour: o for o in outcomes}
-            blocked += _blocked(outcomes)
-            yield from _report(context, key, TABLE_CHECKS[source.table], outcomes)
-        if training_key in selected:
-            outcomes = []
-            for hour in hours:
-                stopped = [
-                    table
-                    for table, by_hour in done.items()
-                    if (o := by_hour.get(hour)) is not None and o.blocked()
-                ]
-                if stopped:
-                    context.log.warning(
-                        f"{symbol} training_set {from_ms(hour):%Y-%m-%d %H}h not joined: "
-                        f"{', '.join(stopped)} failed a blocking check"
-                    )
-                    continue
-                computed = {
-                    t: by_hour[hour].frame for t, by_hour in done.items() if hour in by_hour
-                }
-                frame, present = training_hour(store, symbol, hour, computed, spec)
-                extra = {"tables_present": dg.MetadataValue.json(present)}
-                outcomes.append(
-                    _outcome(
-                        TRAINING_TABLE, hour, frame, store, symbol, spec, extra, {}, context.log
-                    )
-                )
-            blocked += _blocked(outcomes)
-            yield from _report(context, training_key, TRAINING_CHECKS, outcomes)
-        if blocked:
-            # Dagster would fail the step for the blocking evaluations too; this says which.
-            raise dg.Failure(
-                description=f"{len(blocked)} blocking check(s) failed: {'; '.join(blocked[:10])}"
-            )
+        # Imported here (pandas, pyarrow and the feature code): every run process imports the
+        # definitions, only a silver step computes.
+        from ingest_pipeline.defs.silver_run import run_symbol_silver
+
+        yield from run_symbol_silver(
+            context, bronze, silver, symbol, settings, spec, sources, training_key
+        )
 
     return _silver
 

@@ -60,7 +60,6 @@ from typing import Any
 import dagster as dg
 
 from ingest_pipeline.settings import Settings
-from ingest_pipeline.streaming import Streamer, StreamerConfig
 
 STREAMER_JOB = "realtime_streamer"
 SUPERVISOR = "streamer_supervisor"
@@ -207,6 +206,10 @@ def build_streamer_job(settings: Settings) -> dg.JobDefinition:
 
     @dg.op(name="run_streamer", description="Binance WebSocket -> Kinesis until terminated.")
     def run_streamer(context: dg.OpExecutionContext, config: StreamerRunConfig) -> None:
+        # Imported here (aiohttp and the rest of the streamer's runtime): every run process
+        # imports the definitions, only this op needs it.
+        from ingest_pipeline.streaming import Streamer, StreamerConfig
+
         instance, run_id = context.instance, context.run_id
         state = _state_dir(settings, instance)
         renew_s, ttl_s = lease_timing(settings)

@@ -1,15 +1,21 @@
 """The data-quality rules of the silver tables (pure: a frame in, a verdict out). The Dagster
 layer wires them as asset checks (``defs/silver.py``)."""
 
+from __future__ import annotations
+
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from ingest_pipeline import quality
 from ingest_pipeline.features.spec import DEFAULT_SPEC, FeatureSpec
 from ingest_pipeline.timeutil import HOUR_MS
+
+if TYPE_CHECKING:
+    # Annotations only: the silver definitions import these rules, every run process with them.
+    import pandas as pd
 
 
 @dataclass(frozen=True)

@@ -219,3 +219,30 @@ def hour_range(hour_ms: int, has_previous: bool, has_next: bool) -> GridRange:
         known_from=hour_ms - HOUR_MS if has_previous else hour_ms,
         known_until=hour_ms + 2 * HOUR_MS if has_next else hour_ms + HOUR_MS,
     )
+
+
+# The silver tables (computed in :mod:`.tables`): the training set split by source, and joined
+# back. Here, without numpy or pandas, for the asset definitions.
+TRADE_TABLE = "trade_features"
+BOOK_TABLE = "book_features"
+KLINE_TABLE = "kline_features"
+TRAINING_TABLE = "training_set"
+SOURCE_TABLES = (TRADE_TABLE, BOOK_TABLE, KLINE_TABLE)
+
+
+def table_columns(table: str, spec: FeatureSpec = DEFAULT_SPEC) -> list[str]:
+    """Value columns of a silver table, in training-set order (no ``symbol``, ``ts``,
+    ``complete``). Trade labels live with the trades, mid labels with the book."""
+    if table == TRADE_TABLE:
+        return spec.trade_columns() + spec.trade_label_columns()
+    if table == BOOK_TABLE:
+        return spec.bba_columns() + spec.depth_columns() + spec.mid_label_columns()
+    if table == KLINE_TABLE:
+        return spec.kline_columns()
+    if table == TRAINING_TABLE:
+        return spec.feature_columns() + spec.label_columns()
+    raise ValueError(f"unknown silver table {table!r}")
+
+
+def table_has_labels(table: str) -> bool:
+    return table in (TRADE_TABLE, BOOK_TABLE, TRAINING_TABLE)

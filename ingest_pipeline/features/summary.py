@@ -8,8 +8,13 @@ import numpy as np
 import pandas as pd
 
 from ingest_pipeline.features.quality import value_columns
-from ingest_pipeline.features.spec import FeatureSpec, duration_suffix
-from ingest_pipeline.features.tables import BOOK_TABLE, TRADE_TABLE, TRAINING_TABLE
+from ingest_pipeline.features.spec import (
+    BOOK_TABLE,
+    TRADE_TABLE,
+    TRAINING_TABLE,
+    FeatureSpec,
+    duration_suffix,
+)
 from ingest_pipeline.timeutil import iso_ms
 
 PREVIEW_ROWS = 6

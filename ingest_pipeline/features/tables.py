@@ -11,31 +11,34 @@ import pandas as pd
 
 from ingest_pipeline.features.formulas import NAN
 from ingest_pipeline.features.offline import FeatureResult, SymbolInputs, hour_features
-from ingest_pipeline.features.spec import DEFAULT_SPEC, FeatureSpec, GridRange, hour_range
+from ingest_pipeline.features.spec import (
+    BOOK_TABLE,
+    DEFAULT_SPEC,
+    KLINE_TABLE,
+    SOURCE_TABLES,
+    TRADE_TABLE,
+    TRAINING_TABLE,
+    FeatureSpec,
+    GridRange,
+    hour_range,
+    table_columns,
+    table_has_labels,
+)
 
-TRADE_TABLE = "trade_features"
-BOOK_TABLE = "book_features"
-KLINE_TABLE = "kline_features"
-TRAINING_TABLE = "training_set"
-SOURCE_TABLES = (TRADE_TABLE, BOOK_TABLE, KLINE_TABLE)
-
-
-def table_columns(table: str, spec: FeatureSpec = DEFAULT_SPEC) -> list[str]:
-    """Value columns of a silver table, in training-set order (no ``symbol``, ``ts``,
-    ``complete``). Trade labels live with the trades, mid labels with the book."""
-    if table == TRADE_TABLE:
-        return spec.trade_columns() + spec.trade_label_columns()
-    if table == BOOK_TABLE:
-        return spec.bba_columns() + spec.depth_columns() + spec.mid_label_columns()
-    if table == KLINE_TABLE:
-        return spec.kline_columns()
-    if table == TRAINING_TABLE:
-        return spec.feature_columns() + spec.label_columns()
-    raise ValueError(f"unknown silver table {table!r}")
-
-
-def table_has_labels(table: str) -> bool:
-    return table in (TRADE_TABLE, BOOK_TABLE, TRAINING_TABLE)
+# The tables' names and columns live in .spec, where the asset definitions read them without
+# numpy or pandas; they name what this module computes, so they are exported here too.
+__all__ = [
+    "BOOK_TABLE",
+    "KLINE_TABLE",
+    "SOURCE_TABLES",
+    "TRADE_TABLE",
+    "TRAINING_TABLE",
+    "hour_table",
+    "join_tables",
+    "table_columns",
+    "table_complete",
+    "table_has_labels",
+]
 
 
 def _empty_table(spec: FeatureSpec, cols: Sequence[str]) -> pd.DataFrame:

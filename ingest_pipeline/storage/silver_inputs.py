@@ -2,14 +2,22 @@
 its coverage from the object's metadata, which bronze type feeds which input, and which hours
 of them each source table reads and waits for (:func:`source_tables`)."""
 
+from __future__ import annotations
+
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ingest_pipeline import spans
 from ingest_pipeline.features.coverage import BBA_SOURCE, DEPTH_SOURCE, KLINE_SOURCE, TRADE_SOURCE
-from ingest_pipeline.features.offline import SymbolInputs
-from ingest_pipeline.features.spec import DEFAULT_SPEC, FeatureSpec
-from ingest_pipeline.features.tables import BOOK_TABLE, KLINE_TABLE, TRADE_TABLE, TRAINING_TABLE
+from ingest_pipeline.features.spec import (
+    BOOK_TABLE,
+    DEFAULT_SPEC,
+    KLINE_TABLE,
+    TRADE_TABLE,
+    TRAINING_TABLE,
+    FeatureSpec,
+)
 from ingest_pipeline.records import (
     AGG_TRADES,
     BBA,
@@ -21,6 +29,11 @@ from ingest_pipeline.records import (
 )
 from ingest_pipeline.settings import Settings
 from ingest_pipeline.storage.bronze import BronzeStore
+
+if TYPE_CHECKING:
+    # Imported where the loaders run (features.offline imports pandas): the silver asset
+    # definitions read source_tables, and every Dagster run process imports them.
+    from ingest_pipeline.features.offline import SymbolInputs
 
 # Hours of an input a table reads, as (first, last) offsets from its own hour: the previous
 # hour warms the windows up, the next one gives the labels.
@@ -65,6 +78,8 @@ def trade_source(b: BronzeHours, hour: int) -> tuple[str, list[Record] | None]:
 
 
 def load_trades(b: BronzeHours, hour: int) -> SymbolInputs | None:
+    from ingest_pipeline.features.offline import SymbolInputs
+
     data_type, records = trade_source(b, hour)
     if records is None:
         return None
@@ -72,6 +87,8 @@ def load_trades(b: BronzeHours, hour: int) -> SymbolInputs | None:
 
 
 def load_book(b: BronzeHours, hour: int) -> SymbolInputs | None:
+    from ingest_pipeline.features.offline import SymbolInputs
+
     bba, diffs, snaps = (b.read(t, hour) for t in (BBA, DEPTH_DELTA, DEPTH_SNAPSHOT))
     if bba is None and diffs is None:
         # A snapshot alone carries no BBA and no diff: it only helps as warm-up.
@@ -88,6 +105,8 @@ def load_klines(interval: str) -> Callable[[BronzeHours, int], SymbolInputs | No
     data_type = klines_type(interval)
 
     def load(b: BronzeHours, hour: int) -> SymbolInputs | None:
+        from ingest_pipeline.features.offline import SymbolInputs
+
         records = b.read(data_type, hour)
         if records is None:
             return None
