@@ -47,6 +47,23 @@ query Status($id: String!) {
 }
 """
 
+REPOS = (
+    "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
+)
+SENSOR_STATE = """
+query Sensor($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    __typename
+    ... on Sensor { sensorState { id status } }
+  }
+}
+"""
+STOP_SENSOR = """
+mutation Stop($id: String!) {
+  stopSensor(id: $id) { __typename ... on PythonError { message } }
+}
+"""
+
 
 class DagsterDev:
     """``dagster dev`` on a free loopback port; stopped with its whole process group."""
@@ -138,6 +155,25 @@ class DagsterDev:
         if body.get("errors"):
             raise RuntimeError(body["errors"])
         return body["data"]
+
+    def stop_silver(self) -> None:
+        """For tests of bronze only: silver's automation would launch feature runs as bronze
+        hours land, minutes of CPU on a 2-core machine that the test neither waits for nor
+        checks."""
+        self.stop_sensor("silver_automation")
+
+    def stop_sensor(self, name: str) -> None:
+        """What the UI's sensor toggle sends: the sensor is STOPPED in the instance."""
+        repo = self.graphql(REPOS)["repositoriesOrError"]["nodes"][0]
+        selector = {
+            "repositoryLocationName": repo["location"]["name"],
+            "repositoryName": repo["name"],
+            "sensorName": name,
+        }
+        state = self.graphql(SENSOR_STATE, {"selector": selector})["sensorOrError"]
+        stopped = self.graphql(STOP_SENSOR, {"id": state["sensorState"]["id"]})["stopSensor"]
+        if stopped["__typename"] != "StopSensorMutationResult":
+            raise RuntimeError(stopped)
 
     def launch_backfill(self, asset_paths: Sequence[Sequence[str]], partitions: list[str]) -> str:
         """What the UI sends for "Materialize selected" over a partition range."""
