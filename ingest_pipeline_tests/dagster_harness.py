@@ -20,6 +20,11 @@ from ingest_pipeline.standins.moto_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# Its sitecustomize shortens the backfill daemon's pause when a test asks for it.
+BOOT = Path(__file__).resolve().parent / "dagster_boot"
+# The pause tests ask for (Dagster's is 30 s): each backfill needs one iteration to request its
+# runs, more as their hours land, and one to file itself done.
+QUICK_BACKFILL_S = 2
 
 LAUNCH_BACKFILL = """
 mutation Launch($params: LaunchBackfillParams!) {
@@ -42,6 +47,23 @@ query Status($id: String!) {
 }
 """
 
+REPOS = (
+    "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
+)
+SENSOR_STATE = """
+query Sensor($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    __typename
+    ... on Sensor { sensorState { id status } }
+  }
+}
+"""
+STOP_SENSOR = """
+mutation Stop($id: String!) {
+  stopSensor(id: $id) { __typename ... on PythonError { message } }
+}
+"""
+
 
 class DagsterDev:
     """``dagster dev`` on a free loopback port; stopped with its whole process group."""
@@ -52,7 +74,11 @@ class DagsterDev:
         env: Mapping[str, str],
         instance_yaml: str,
         workspace: Path = ROOT / "workspace.yaml",
+        *,
+        backfill_interval_s: int | None = None,
     ) -> None:
+        """``backfill_interval_s``: the backfill daemon's pause between iterations instead of
+        Dagster's 30 s (see ``dagster_boot/sitecustomize.py``)."""
         self.home = home
         self.workspace = workspace
         self.port = free_port()
@@ -65,6 +91,10 @@ class DagsterDev:
             "DAGSTER_HOME": str(home),
             "DAGSTER_DISABLE_TELEMETRY": "1",
         }
+        if backfill_interval_s is not None:
+            path = os.pathsep.join(p for p in (str(BOOT), os.environ.get("PYTHONPATH")) if p)
+            self.env["PYTHONPATH"] = path
+            self.env["TEST_DAGSTER_BACKFILL_INTERVAL_SECONDS"] = str(backfill_interval_s)
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> DagsterDev:
@@ -126,6 +156,25 @@ class DagsterDev:
             raise RuntimeError(body["errors"])
         return body["data"]
 
+    def stop_silver(self) -> None:
+        """For tests of bronze only: silver's automation would launch feature runs as bronze
+        hours land, minutes of CPU on a 2-core machine that the test neither waits for nor
+        checks."""
+        self.stop_sensor("silver_automation")
+
+    def stop_sensor(self, name: str) -> None:
+        """What the UI's sensor toggle sends: the sensor is STOPPED in the instance."""
+        repo = self.graphql(REPOS)["repositoriesOrError"]["nodes"][0]
+        selector = {
+            "repositoryLocationName": repo["location"]["name"],
+            "repositoryName": repo["name"],
+            "sensorName": name,
+        }
+        state = self.graphql(SENSOR_STATE, {"selector": selector})["sensorOrError"]
+        stopped = self.graphql(STOP_SENSOR, {"id": state["sensorState"]["id"]})["stopSensor"]
+        if stopped["__typename"] != "StopSensorMutationResult":
+            raise RuntimeError(stopped)
+
     def launch_backfill(self, asset_paths: Sequence[Sequence[str]], partitions: list[str]) -> str:
         """What the UI sends for "Materialize selected" over a partition range."""
         params = {
@@ -146,7 +195,7 @@ class DagsterDev:
             status = result["partitionBackfillOrError"]["status"]
             if status not in ("REQUESTED", "CANCELING", "FAILING"):
                 return status
-            time.sleep(2)
+            time.sleep(0.5)
         raise TimeoutError(f"backfill {backfill_id} still {status}: {self.log_tail()}")
 
 

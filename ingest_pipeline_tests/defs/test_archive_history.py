@@ -20,7 +20,12 @@ from ingest_pipeline.settings import Settings
 from ingest_pipeline.standins.moto_server import EmbeddedAWS
 from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
 from ingest_pipeline.timeutil import HOUR_MS, from_ms, parse_hour
-from ingest_pipeline_tests.dagster_harness import ROOT, DagsterDev, check_partition_statuses
+from ingest_pipeline_tests.dagster_harness import (
+    QUICK_BACKFILL_S,
+    ROOT,
+    DagsterDev,
+    check_partition_statuses,
+)
 from ingest_pipeline_tests.defs.test_backfill import bucket_records, bucket_state
 
 SYMBOLS = ("SYM0001USDT", "SYM0002USDT")
@@ -147,7 +152,11 @@ def test_ui_backfill_over_days_uses_the_archive_and_every_check_passes(
     requests.post(f"{sim.url}/_sim/archive/faults", json={"faults": []}, timeout=5)
     zips_before = requests.get(f"{sim.url}/_sim/archive/stats", timeout=5).json()["requests"]
     rest_before = rest_history_requests(sim.url)
-    with DagsterDev(tmp_path / "home", env, (ROOT / "dagster.yaml").read_text()) as dagster:
+    instance_yaml = (ROOT / "dagster.yaml").read_text()
+    with DagsterDev(
+        tmp_path / "home", env, instance_yaml, backfill_interval_s=QUICK_BACKFILL_S
+    ) as dagster:
+        dagster.stop_silver()
         paths = [["bronze", symbol, t] for t in HISTORY]
         backfill_id = dagster.launch_backfill(paths, partitions)
         status = dagster.wait_backfill(backfill_id, timeout_s=1000)

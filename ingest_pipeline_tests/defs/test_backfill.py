@@ -20,7 +20,12 @@ from ingest_pipeline.standins.moto_server import EmbeddedAWS
 from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
 from ingest_pipeline.storage.bronze import BronzeStore, decode_jsonl_gz
 from ingest_pipeline.timeutil import HOUR_MS, from_ms, parse_hour
-from ingest_pipeline_tests.dagster_harness import ROOT, DagsterDev, check_partition_statuses
+from ingest_pipeline_tests.dagster_harness import (
+    QUICK_BACKFILL_S,
+    ROOT,
+    DagsterDev,
+    check_partition_statuses,
+)
 
 SYMBOLS = ("SYM0001USDT", "SYM0002USDT")  # quiet generated symbols: ~500 trades an hour
 HISTORY = (AGG_TRADES, TRADES, klines_type("1m"))
@@ -88,7 +93,10 @@ def test_ui_backfill_across_midnight_and_two_symbols(
         "INGEST_SYMBOLS": ",".join(SYMBOLS),
     }
     instance_yaml = (ROOT / "dagster.yaml").read_text()
-    with DagsterDev(tmp_path / "home", env, instance_yaml) as dagster:
+    with DagsterDev(
+        tmp_path / "home", env, instance_yaml, backfill_interval_s=QUICK_BACKFILL_S
+    ) as dagster:
+        dagster.stop_silver()
         paths = [["bronze", s, t] for s in SYMBOLS for t in HISTORY]
         backfill_id = dagster.launch_backfill(paths, partitions)
         status = dagster.wait_backfill(backfill_id, timeout_s=420)

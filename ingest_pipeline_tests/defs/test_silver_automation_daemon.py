@@ -30,7 +30,7 @@ from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
 from ingest_pipeline.storage.bronze import BronzeStore
 from ingest_pipeline.storage.silver import SilverStore
 from ingest_pipeline.timeutil import HOUR_MS, floor_hour, from_ms, now_ms
-from ingest_pipeline_tests.dagster_harness import ROOT, DagsterDev
+from ingest_pipeline_tests.dagster_harness import QUICK_BACKFILL_S, ROOT, DagsterDev
 
 SYMBOL = "SYM0001USDT"  # a quiet generated symbol: a few hundred trades an hour
 INTERVAL_S = 3
@@ -66,7 +66,7 @@ def wait(cond: Callable[[], Any], timeout: float, what: str, dagster: DagsterDev
         value = cond()
         if value:
             return value
-        time.sleep(1)
+        time.sleep(0.5)
     raise TimeoutError(f"{what}: {dagster.log_tail()}")
 
 
@@ -89,8 +89,8 @@ def silver_runs(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) 
     return [r for r in records if key in (r.dagster_run.asset_selection or set())]
 
 
-# dagster dev takes ~30 s to come up and the backfill daemon iterates every 30 s: two bronze
-# backfills and the sensor's runs need a few minutes on a busy machine.
+# dagster dev takes ~30 s to come up; three backfills and the sensor's runs need a few minutes
+# on a busy machine.
 @pytest.mark.daemon
 @pytest.mark.timeout(900)
 def test_silver_runs_itself_once_bronze_landed_and_not_past_a_failed_blocking_check(
@@ -116,7 +116,9 @@ def test_silver_runs_itself_once_bronze_landed_and_not_past_a_failed_blocking_ch
     trade_f, kline_f, training = (
         silver_asset_key(SYMBOL, t) for t in ("trade_features", "kline_features", "training_set")
     )
-    with DagsterDev(tmp_path / "home", env, instance_yaml, workspace) as dagster:
+    with DagsterDev(
+        tmp_path / "home", env, instance_yaml, workspace, backfill_interval_s=QUICK_BACKFILL_S
+    ) as dagster:
         instance = dg.DagsterInstance.from_config(str(tmp_path / "home"))
         wait(lambda: len(ticks(dagster)) >= 1, 120, "the sensor never ticked", dagster)
 
@@ -164,7 +166,7 @@ def test_silver_runs_itself_once_bronze_landed_and_not_past_a_failed_blocking_ch
 
         # ... requested by the sensor's own tick, at most two ticks after the bronze hours
         # were done (the bronze backfill is "in progress" until the backfill daemon's next
-        # iteration, up to 30 s after its run, so the request may come before we saw it done)
+        # iteration after its run, so the request may come before we saw it done)
         history = ticks(dagster)
         [run] = silver_runs(instance, trade_f, pk(h))
         [requesting] = [t for t in history if run.dagster_run.run_id in t["runIds"]]

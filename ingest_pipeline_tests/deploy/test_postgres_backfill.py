@@ -23,7 +23,7 @@ from ingest_pipeline.standins.moto_server import EmbeddedAWS
 from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
 from ingest_pipeline.storage.bronze import BronzeStore
 from ingest_pipeline.timeutil import HOUR_MS, from_ms, parse_hour
-from ingest_pipeline_tests.dagster_harness import ROOT, DagsterDev
+from ingest_pipeline_tests.dagster_harness import QUICK_BACKFILL_S, ROOT, DagsterDev
 from ingest_pipeline_tests.deploy.postgres import ThrowawayPostgres, pg_bin
 from ingest_pipeline_tests.deploy.tools import require
 
@@ -124,7 +124,10 @@ def test_concurrent_backfill_on_postgres(
             "BINANCE_REST_URL": sim.url,
             "INGEST_SYMBOLS": ",".join(SYMBOLS),
         }
-        with DagsterDev(home, env, local_instance_yaml()) as dagster:
+        with DagsterDev(
+            home, env, local_instance_yaml(), backfill_interval_s=QUICK_BACKFILL_S
+        ) as dagster:
+            dagster.stop_silver()
             backfill_id = dagster.launch_backfill(paths, partitions)
             status = dagster.wait_backfill(backfill_id, timeout_s=240)
             log = dagster.log_tail(200_000)

@@ -38,7 +38,7 @@ from ingest_pipeline.standins.moto_server import EmbeddedAWS
 from ingest_pipeline.standins.simulator import SimulatorConfig, SimulatorServer
 from ingest_pipeline.storage.bronze import BronzeStore
 from ingest_pipeline.timeutil import parse_hour
-from ingest_pipeline_tests.dagster_harness import ROOT, DagsterDev
+from ingest_pipeline_tests.dagster_harness import QUICK_BACKFILL_S, ROOT, DagsterDev
 from ingest_pipeline_tests.deploy.tools import require
 
 ARTIFACTS = ROOT / "test-artifacts" / "ui"
@@ -235,7 +235,8 @@ def test_ui_after_a_ranged_backfill_and_a_terminated_streamer_in_chromium(
             "INGEST_STREAMER_HEARTBEAT_SECONDS": "2",
             "INGEST_STREAMER_STATE_DIR": str(tmp_path / "streamer"),
         }
-        with DagsterDev(home, env, instance_yaml) as dagster:
+        with DagsterDev(home, env, instance_yaml, backfill_interval_s=QUICK_BACKFILL_S) as dagster:
+            dagster.stop_silver()
             # What "Materialize selected" over 12 hours sends: one ranged run per the policy.
             backfill = dagster.launch_backfill([["bronze", SYMBOL, t] for t in MATERIALIZED], HOURS)
             status = dagster.wait_backfill(backfill, timeout_s=BACKFILL_TIMEOUT_S)
