@@ -130,10 +130,9 @@ def assert_every_check_passed_per_hour(
         assert by_status == {"SUCCEEDED": set(partitions)}, key
 
 
-# Daily runs of three steps each, two at a time (the binance pool): minutes, mostly Dagster's
-# process starts and event log (a week took 13 min on a 2-core machine at load 17; three days
-# show the same: day-cut runs, one download per file and day, no REST history).
-DAYS = 3
+# A week, as a user backfills it from the UI: daily runs of three steps each, two at a time
+# (the binance pool), mostly Dagster's process starts and event log.
+DAYS = 7
 
 
 @pytest.mark.daemon
@@ -165,19 +164,21 @@ def test_ui_backfill_over_days_uses_the_archive_and_every_check_passes(
         for path in paths:
             assert instance.get_materialized_partitions(dg.AssetKey(path)) == set(partitions)
         assert_every_check_passed_per_hour(instance, aws.settings, symbol, partitions)
-        # Runs of the root asset are cut along UTC days: one per day, 00:00..23:00. Its children
-        # (trades, klines_1m) are requested by the daemon as its hours land, so their runs
-        # follow those ticks; every hour is still materialized once.
-        root = dg.AssetKey(paths[0])
-        ranges = {
+        # The backfill's runs are cut along UTC days, 00:00..23:00, each landing all three
+        # types of its day: the children join their parent's run (same hourly partitions and
+        # backfill policy), so a day costs one run, not one per type.
+        runs = instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
+        assert sorted(
             (
                 r.tags["dagster/asset_partition_range_start"],
                 r.tags["dagster/asset_partition_range_end"],
+                frozenset(r.asset_selection or ()),
             )
-            for r in instance.get_runs()
-            if r.asset_selection and root in r.asset_selection
-        }
-        assert ranges == {(partitions[i], partitions[i + 23]) for i in range(0, DAYS * 24, 24)}
+            for r in runs
+        ) == [
+            (partitions[i], partitions[i + 23], frozenset(dg.AssetKey(p) for p in paths))
+            for i in range(0, DAYS * 24, 24)
+        ]
         for path in paths:
             events = instance.fetch_materializations(dg.AssetKey(path), limit=500).records
             meta = [e.asset_materialization.metadata for e in events]  # type: ignore[union-attr]
