@@ -162,14 +162,14 @@ class DagsterDev:
         checks."""
         self.stop_sensor("silver_automation")
 
+    def repository_selector(self) -> dict[str, str]:
+        """The location and name of the workspace's (one) repository, as selectors name it."""
+        repo = self.graphql(REPOS)["repositoriesOrError"]["nodes"][0]
+        return {"repositoryLocationName": repo["location"]["name"], "repositoryName": repo["name"]}
+
     def stop_sensor(self, name: str) -> None:
         """What the UI's sensor toggle sends: the sensor is STOPPED in the instance."""
-        repo = self.graphql(REPOS)["repositoriesOrError"]["nodes"][0]
-        selector = {
-            "repositoryLocationName": repo["location"]["name"],
-            "repositoryName": repo["name"],
-            "sensorName": name,
-        }
+        selector = {**self.repository_selector(), "sensorName": name}
         state = self.graphql(SENSOR_STATE, {"selector": selector})["sensorOrError"]
         stopped = self.graphql(STOP_SENSOR, {"id": state["sensorState"]["id"]})["stopSensor"]
         if stopped["__typename"] != "StopSensorMutationResult":

@@ -12,11 +12,8 @@ import pandas as pd
 from ingest_pipeline.features.formulas import NAN
 from ingest_pipeline.features.offline import FeatureResult, SymbolInputs, hour_features
 from ingest_pipeline.features.spec import (
-    BOOK_TABLE,
     DEFAULT_SPEC,
-    KLINE_TABLE,
     SOURCE_TABLES,
-    TRADE_TABLE,
     TRAINING_TABLE,
     FeatureSpec,
     GridRange,
@@ -26,19 +23,8 @@ from ingest_pipeline.features.spec import (
 )
 
 # The tables' names and columns live in .spec, where the asset definitions read them without
-# numpy or pandas; they name what this module computes, so they are exported here too.
-__all__ = [
-    "BOOK_TABLE",
-    "KLINE_TABLE",
-    "SOURCE_TABLES",
-    "TRADE_TABLE",
-    "TRAINING_TABLE",
-    "hour_table",
-    "join_tables",
-    "table_columns",
-    "table_complete",
-    "table_has_labels",
-]
+# numpy or pandas.
+__all__ = ["hour_table", "join_tables", "table_complete"]
 
 
 def _empty_table(spec: FeatureSpec, cols: Sequence[str]) -> pd.DataFrame:

@@ -11,15 +11,9 @@ import pandas as pd
 
 from ingest_pipeline import spans
 from ingest_pipeline.features.offline import SymbolInputs
-from ingest_pipeline.features.spec import FeatureSpec
+from ingest_pipeline.features.spec import BOOK_TABLE, SOURCE_TABLES, TRADE_TABLE, FeatureSpec
 from ingest_pipeline.features.summary import jsonable
-from ingest_pipeline.features.tables import (
-    BOOK_TABLE,
-    SOURCE_TABLES,
-    TRADE_TABLE,
-    hour_table,
-    join_tables,
-)
+from ingest_pipeline.features.tables import hour_table, join_tables
 from ingest_pipeline.storage.silver import SilverStore
 from ingest_pipeline.storage.silver_inputs import BronzeHours, SourceTable, trade_source
 from ingest_pipeline.timeutil import HOUR_MS

@@ -60,22 +60,6 @@ mutation Terminate($runId: String!) {
   }
 }
 """
-SENSOR_STATE = """
-query Sensor($selector: SensorSelector!) {
-  sensorOrError(sensorSelector: $selector) {
-    __typename
-    ... on Sensor { sensorState { id status } }
-  }
-}
-"""
-STOP_SENSOR = """
-mutation Stop($id: String!) {
-  stopSensor(id: $id) { __typename ... on PythonError { message } }
-}
-"""
-REPOS = (
-    "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
-)
 
 
 def wait(cond: Callable[[], Any], timeout: float, what: str, dagster: DagsterDev) -> Any:
@@ -270,15 +254,7 @@ def _scenario(dagster: DagsterDev, instance: dg.DagsterInstance) -> dict[str, An
     time.sleep(2.0)
 
     # 5. The operator stops the supervisor, then terminates the last run.
-    repo = dagster.graphql(REPOS)["repositoriesOrError"]["nodes"][0]
-    selector = {
-        "repositoryLocationName": repo["location"]["name"],
-        "repositoryName": repo["name"],
-        "sensorName": SUPERVISOR,
-    }
-    state = dagster.graphql(SENSOR_STATE, {"selector": selector})["sensorOrError"]
-    stopped = dagster.graphql(STOP_SENSOR, {"id": state["sensorState"]["id"]})["stopSensor"]
-    assert stopped["__typename"] == "StopSensorMutationResult", stopped
+    dagster.stop_sensor(SUPERVISOR)
     _terminate(dagster, instance, run.run_id)
     time.sleep(2 * INTERVAL_S)
     alive = instance.get_runs(dg.RunsFilter(job_name=STREAMER_JOB, statuses=ALIVE))

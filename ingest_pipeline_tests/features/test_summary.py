@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ingest_pipeline.features import DEFAULT_SPEC, SyncStats
+from ingest_pipeline.features.spec import BOOK_TABLE, KLINE_TABLE, TRADE_TABLE, TRAINING_TABLE
 from ingest_pipeline.features.summary import (
     hour_numbers,
     hourly_realized_vol,
@@ -15,7 +16,6 @@ from ingest_pipeline.features.summary import (
     null_counts,
     preview_markdown,
 )
-from ingest_pipeline.features.tables import BOOK_TABLE, KLINE_TABLE, TRADE_TABLE, TRAINING_TABLE
 from ingest_pipeline_tests.features.test_hand_computed import H0
 
 W = DEFAULT_SPEC.max_window_ms  # rv_300s: one value per 300 s window of the hour

@@ -8,14 +8,9 @@ import pandas as pd
 from ingest_pipeline import spans
 from ingest_pipeline.features import DEFAULT_SPEC, SymbolInputs
 from ingest_pipeline.features.coverage import BBA_SOURCE, DEPTH_SOURCE, TRADE_SOURCE
+from ingest_pipeline.features.spec import BOOK_TABLE, KLINE_TABLE, TRADE_TABLE
 from ingest_pipeline.features.summary import jsonable
-from ingest_pipeline.features.tables import (
-    BOOK_TABLE,
-    KLINE_TABLE,
-    TRADE_TABLE,
-    hour_table,
-    join_tables,
-)
+from ingest_pipeline.features.tables import hour_table, join_tables
 from ingest_pipeline.records import AGG_TRADES, BBA, DEPTH_DELTA, DEPTH_SNAPSHOT, TRADE
 from ingest_pipeline.settings import Settings
 from ingest_pipeline.storage.silver_hours import source_hour, training_hour

@@ -74,9 +74,6 @@ ASSET_NODES = """
     assetChecksOrError { ... on AssetChecks { checks { name } } }
 } }
 """
-REPOS = (
-    "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
-)
 LAUNCH_RUN = """
 mutation Launch($p: ExecutionParams!) {
   launchRun(executionParams: $p) {
@@ -406,13 +403,8 @@ def check_terminated_streamer(
 ) -> None:
     """A streamer run launched and terminated as from the UI: Canceled, no failed step; its
     log says starting / running / stopped, and holds the streamer's own log lines."""
-    repo = dagster.graphql(REPOS)["repositoriesOrError"]["nodes"][0]
     params = {
-        "selector": {
-            "repositoryLocationName": repo["location"]["name"],
-            "repositoryName": repo["name"],
-            "jobName": "realtime_streamer",
-        },
+        "selector": {**dagster.repository_selector(), "jobName": "realtime_streamer"},
         "runConfigData": {},
     }
     launched = dagster.graphql(LAUNCH_RUN, {"p": params})["launchRun"]
