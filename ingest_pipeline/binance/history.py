@@ -403,13 +403,13 @@ class HistorySource:
                     )
                 return
             ended_ago = self.now() - f.end_ms
-            if ended_ago < PUBLICATION_LAG_MS:
-                reason = (
-                    f"{f.name} is not published yet (its period ended {ended_ago // HOUR_MS} h ago)"
-                )
-            else:
-                reason = f"{f.name} is not in the archive"
-            yield from self._fallback(hours, rest, reason, expected=ended_ago < PUBLICATION_LAG_MS)
+            unpublished = ended_ago < PUBLICATION_LAG_MS
+            reason = (
+                f"{f.name} is not published yet (its period ended {ended_ago // HOUR_MS} h ago)"
+                if unpublished
+                else f"{f.name} is not in the archive"
+            )
+            yield from self._fallback(hours, rest, reason, expected=unpublished)
             return
         pending = deque(hours)
 
