@@ -10,7 +10,7 @@ export DAGSTER_DISABLE_TELEMETRY := 1
 install: $(VENV)/.installed
 
 # [dev] includes [standins] (simulator, moto server, fault proxy): demo, dev and test need them.
-$(VENV)/.installed: setup.py
+$(VENV)/.installed: setup.py ingest_pipeline/binance/_archive_rows.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'

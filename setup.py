@@ -1,4 +1,4 @@
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 # Dagster packages move in lock-step: core 1.13.x pairs with libraries 0.29.x of the same patch.
 # An unpinned dagster-aws next to a newer core resolves to an ancient, broken 0.11.x.
@@ -17,6 +17,13 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(exclude=["ingest_pipeline_tests*"]),
     package_data={"ingest_pipeline": ["config/*.yaml"]},
+    # The archive's bulk rows written straight to JSON lines (binance/archive_csv.py says why).
+    ext_modules=[
+        Extension(
+            "ingest_pipeline.binance._archive_rows",
+            ["ingest_pipeline/binance/_archive_rows.c"],
+        )
+    ],
     install_requires=[
         f"dagster=={DAGSTER}",
         "requests>=2.31",

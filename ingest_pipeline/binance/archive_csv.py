@@ -8,20 +8,25 @@ either source is the same bronze object. Pure apart from reading the local zip.
 
 from __future__ import annotations
 
+import io
 import logging
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from ingest_pipeline.binance import _archive_rows
 from ingest_pipeline.binance.archive import ArchiveFormatError, file_kind
 from ingest_pipeline.binance.rest import read_ahead
+from ingest_pipeline.encoded import EncodedRecords
 from ingest_pipeline.records import AGG_TRADES, KLINES, SOURCE_REST, TRADES, Record, datatype
 from ingest_pipeline.timeutil import HOUR_MS
 
@@ -34,6 +39,9 @@ MICROS_THRESHOLD = 10**14
 INVALID_AGG_REASON = "aggTrade row marked invalid by Binance (p=0, q=0, f=-1, l=-1)"
 # Arrow's CSV reader block: ~8 MiB of text is ~120k trade rows, a few tens of MB as records.
 CSV_BLOCK_BYTES = 8 << 20
+# The compiled writer's block: its output buffers (~2.5x the block, twice) stay below glibc's
+# mmap threshold and are reused, where fresh mapped pages cost ~1.7x its time (measured).
+WRITER_BLOCK_BYTES = 2 << 20
 
 _INT = pa.int64()
 _FLOAT = pa.float64()
@@ -58,10 +66,58 @@ COLUMNS: dict[str, tuple[tuple[str, pa.DataType], ...]] = {
 }  # fmt: skip
 
 
+# aggTrades and trades, the bulk of every day, go through the compiled writer
+# (``_archive_rows.c``): CSV text -> bronze's JSON lines, no dict per row. Its kind numbers.
+_WRITER_KINDS = {AGG_TRADES: 0, TRADES: 1}
+
+
+def _plain_text(number: str) -> bytes:
+    """A decimal as the writer writes it: plain digits, at least one on each side of '.'."""
+    text = format(Decimal(number), "f")
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.rstrip('0') or '0'}".encode()
+
+
+def _plain_exponents() -> tuple[int, int]:
+    """The decimal exponents (of d.ddd x 10^e) whose floats the installed orjson writes as
+    plain digits, as the writer does: it must write exactly what orjson writes, and orjson's
+    choice of where scientific notation starts has changed between versions. (1, 0) when
+    orjson writes no plain digits at all: the writer then takes no row."""
+    plain = {
+        e
+        for e in range(-12, 24)
+        if all(orjson.dumps(float(f"{m}e{e}")) == _plain_text(f"{m}e{e}") for m in ("1", "1.25"))
+    }
+    if 0 not in plain:
+        return 1, 0
+    low = high = 0
+    while low - 1 in plain:
+        low -= 1
+    while high + 1 in plain:
+        high += 1
+    return low, high
+
+
+PLAIN_EXPONENTS = _plain_exponents()
+
+
 def _has_header(first_line: bytes) -> bool:
     # Every spot column starts with a digit or a sign; a header starts with a name.
     first = first_line.split(b",", 1)[0].strip().lstrip(b"\xef\xbb\xbf")
     return bool(first) and not first.lstrip(b"-").isdigit()
+
+
+def _header(source: IO[bytes], kind: str) -> bool | None:
+    """Whether the CSV opens with a header row (None: it opens with a blank line, no rows).
+    ``source`` must support ``peek`` (a ``zipfile`` member does)."""
+    head = source.peek(4096)[:4096]  # type: ignore[attr-defined]
+    first_line = head.split(b"\n", 1)[0]
+    if not first_line.strip():
+        return None
+    header = _has_header(first_line)
+    if header:
+        log.info("archive %s CSV has a header row %r: skipped", kind, first_line[:120])
+    return header
 
 
 def read_batches(
@@ -74,13 +130,9 @@ def read_batches(
     """
     kind, _ = file_kind(data_type)
     columns = COLUMNS[datatype(data_type).name]
-    head = source.peek(4096)[:4096]  # type: ignore[attr-defined]
-    first_line = head.split(b"\n", 1)[0]
-    if not first_line.strip():
+    header = _header(source, kind)
+    if header is None:
         return
-    header = _has_header(first_line)
-    if header:
-        log.info("archive %s CSV has a header row %r: skipped", kind, first_line[:120])
     try:
         yield from _batches(source, kind, columns, header, block_bytes)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
@@ -127,10 +179,22 @@ class HourPart:
     """Records (and rejected rows) of one hour found in one batch of an archive file."""
 
     hour: int
-    records: list[Record]
+    records: Sequence[Record]
     rejects: list[dict[str, Any]] = field(default_factory=list)
     # Rows Binance itself marked invalid (aggTrades p=0 q=0 f=-1 l=-1), also in ``rejects``.
     invalid_marked: int = 0
+    # Rows the compiled writer took instead (``records`` is then empty).
+    written: Written | None = None
+
+
+@dataclass
+class Written:
+    """The compiled writer's JSON lines of some rows of one hour: views into its block's
+    buffers (``masked`` with ingest_ts zeroed) and the rows' int64 columns by record field."""
+
+    jsonl: memoryview
+    masked: memoryview
+    columns: dict[str, np.ndarray]
 
 
 def _raw_rows(batch: pa.RecordBatch, rows: np.ndarray) -> list[dict[str, Any]]:
@@ -346,9 +410,49 @@ class HourRecords:
     """Everything one archive file holds for one hour."""
 
     hour: int
-    records: list[Record] = field(default_factory=list)
+    records: Sequence[Record] = field(default_factory=list)
     rejects: list[dict[str, Any]] = field(default_factory=list)
     invalid_marked: int = 0
+
+
+class _HourBuilder:
+    """Collects the parts of one hour; its records stay JSON lines unless a part is dicts."""
+
+    def __init__(self, hour: int) -> None:
+        self.hour = hour
+        self.parts: list[Written | Sequence[Record]] = []
+        self.rejects: list[dict[str, Any]] = []
+        self.invalid_marked = 0
+
+    def add(self, part: HourPart) -> None:
+        if part.written is not None:
+            self.parts.append(part.written)
+        elif part.records:
+            self.parts.append(part.records)
+        self.rejects.extend(part.rejects)
+        self.invalid_marked += part.invalid_marked
+
+    def build(self, symbol: str) -> HourRecords:
+        written = [p for p in self.parts if isinstance(p, Written)]
+        if not written or len(written) < len(self.parts):
+            records = [r for p in self.parts for r in _records_of(symbol, p)]
+            return HourRecords(self.hour, records, self.rejects, self.invalid_marked)
+        encoded = _encoded(symbol, written)
+        return HourRecords(self.hour, encoded, self.rejects, self.invalid_marked)
+
+
+def _encoded(symbol: str, parts: list[Written]) -> EncodedRecords:
+    return EncodedRecords(
+        symbol,
+        b"".join(p.jsonl for p in parts),
+        b"".join(p.masked for p in parts),
+        {n: np.concatenate([p.columns[n] for p in parts]) for n in parts[0].columns},
+    )
+
+
+def _records_of(symbol: str, part: Written | Sequence[Record]) -> Sequence[Record]:
+    # An hour that a declined block shares with written ones: all of it as dicts (rare).
+    return _encoded(symbol, [part]).decoded() if isinstance(part, Written) else part
 
 
 def parse_hours(
@@ -364,8 +468,6 @@ def parse_hours(
     Raises ArchiveFormatError where the file stops being readable (hours already yielded are
     complete).
     """
-    name = datatype(data_type).name
-    _, interval = file_kind(data_type)
     try:
         archive = zipfile.ZipFile(zip_path)
     except zipfile.BadZipFile as exc:
@@ -375,29 +477,94 @@ def parse_hours(
         if len(members) != 1 or not members[0].filename.endswith(".csv"):
             names = [i.filename for i in members]
             raise ArchiveFormatError(f"{zip_path}: expected one CSV, found {names}")
-        current: HourRecords | None = None
+        current: _HourBuilder | None = None
         try:
             with archive.open(members[0]) as source:
-                # Inflating and parsing the next block (C++, without the GIL) overlaps with
-                # building and writing the records of this one, as REST pages do.
-                for batch in read_ahead(read_batches(source, data_type, block_bytes)):
-                    if name == AGG_TRADES:
-                        parts = agg_trade_parts(batch, symbol, ingest_ts)
-                    elif name == TRADES:
-                        parts = trade_parts(batch, symbol, ingest_ts)
-                    else:
-                        parts = kline_parts(batch, symbol, interval or "", ingest_ts)
-                    for part in parts:
-                        if current is not None and part.hour < current.hour:
-                            raise ArchiveFormatError("rows are not in time order")
-                        if current is None or part.hour != current.hour:
-                            if current is not None:
-                                yield current
-                            current = HourRecords(part.hour)
-                        current.records.extend(part.records)
-                        current.rejects.extend(part.rejects)
-                        current.invalid_marked += part.invalid_marked
+                for part in _parts(source, data_type, symbol, ingest_ts, block_bytes):
+                    if current is not None and part.hour < current.hour:
+                        raise ArchiveFormatError("rows are not in time order")
+                    if current is None or part.hour != current.hour:
+                        if current is not None:
+                            yield current.build(symbol)
+                        current = _HourBuilder(part.hour)
+                    current.add(part)
         except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
             raise ArchiveFormatError(f"{zip_path}: unreadable member: {exc}") from exc
         if current is not None:
-            yield current
+            yield current.build(symbol)
+
+
+def _parts(
+    source: IO[bytes], data_type: str, symbol: str, ingest_ts: int, block_bytes: int
+) -> Iterator[HourPart]:
+    name = datatype(data_type).name
+    if name not in _WRITER_KINDS:
+        _, interval = file_kind(data_type)
+        # Inflating and parsing the next block (C++, without the GIL) overlaps with building
+        # and writing the records of this one, as REST pages do.
+        for batch in read_ahead(read_batches(source, data_type, block_bytes)):
+            yield from kline_parts(batch, symbol, interval or "", ingest_ts)
+        return
+    kind, _ = file_kind(data_type)
+    header = _header(source, kind)
+    if header is None:
+        return
+    head = b'{"symbol":' + orjson.dumps(symbol) + b',"event_ts":'
+    digits = b"%d" % ingest_ts
+    make = agg_trade_parts if name == AGG_TRADES else trade_parts
+    columns = COLUMNS[name]
+    for block in read_ahead(_text_blocks(source, min(block_bytes, WRITER_BLOCK_BYTES), header)):
+        written = _archive_rows.encode(_WRITER_KINDS[name], block, head, digits, *PLAIN_EXPONENTS)
+        if written is not None:
+            yield from _written_parts(written, len(digits))
+            continue
+        # A row the writer does not take: the whole block the general way, which rejects or
+        # refuses what deserves it.
+        try:
+            for batch in _batches(
+                io.BufferedReader(io.BytesIO(block)), kind, columns, False, block_bytes
+            ):
+                yield from make(batch, symbol, ingest_ts)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise ArchiveFormatError(f"{kind} CSV: {exc}") from exc
+
+
+def _text_blocks(source: IO[bytes], block_bytes: int, skip_header: bool) -> Iterator[bytes]:
+    """The CSV text in blocks of whole lines (the last one as the file ends it)."""
+    carry = b""
+    if skip_header:
+        source.readline()
+    while chunk := source.read(block_bytes):
+        cut = chunk.rfind(b"\n") + 1
+        if cut == 0:
+            carry += chunk
+            continue
+        yield carry + chunk[:cut]
+        carry = chunk[cut:]
+    if carry:
+        yield carry
+
+
+def _written_parts(output: tuple[Any, ...], digits: int) -> Iterator[HourPart]:
+    """The compiled writer's output for one block, cut into hours."""
+    jsonl, masked, ends_b, ts_b, ids_b, firsts_b, lasts_b = output
+    ends, ts, ids = (np.frombuffer(b, np.int64) for b in (ends_b, ts_b, ids_b))
+    hours = ts - ts % HOUR_MS
+    if np.any(hours[1:] < hours[:-1]):
+        raise ArchiveFormatError("rows are not in time order")
+    cuts = np.flatnonzero(hours[1:] != hours[:-1]) + 1
+    bounds = [0, *cuts.tolist(), hours.size]
+    # A masked line is the written one with ingest_ts's digits reduced to one "0".
+    shrink = digits - 1
+    whole, masked_whole = memoryview(jsonl), memoryview(masked)
+    for i, j in zip(bounds, bounds[1:], strict=False):
+        start = int(ends[i - 1]) if i else 0
+        end = int(ends[j - 1])
+        columns = {"event_ts": ts[i:j], "trade_id": ids[i:j]}
+        if firsts_b is not None:
+            columns["first_trade_id"] = np.frombuffer(firsts_b, np.int64)[i:j]
+            columns["last_trade_id"] = np.frombuffer(lasts_b, np.int64)[i:j]
+        written = Written(
+            whole[start:end], masked_whole[start - i * shrink : end - j * shrink], columns
+        )
+        yield HourPart(int(hours[i]), [], written=written)

@@ -9,12 +9,12 @@ reason), so a caller can land the one and dead-letter the other.
 from __future__ import annotations
 
 import logging
-import operator
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Any, cast
+
+import numpy as np
 
 from ingest_pipeline.binance.archive import (
     DAY_MS,
@@ -38,6 +38,7 @@ from ingest_pipeline.binance.normalize import (
     trade_from_rest,
 )
 from ingest_pipeline.binance.rest import BinanceRestClient, Page, read_ahead
+from ingest_pipeline.encoded import int_column
 from ingest_pipeline.records import (
     AGG_TRADES,
     KLINE_WIDTH_MS,
@@ -54,7 +55,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Fetched:
-    records: list[Record] = field(default_factory=list)
+    # A list, or an archive hour's JSON lines (``EncodedRecords``).
+    records: Sequence[Record] = field(default_factory=list)
     # {"reason": ..., "raw": ...} for each payload that could not become a record.
     rejects: list[dict[str, Any]] = field(default_factory=list)
 
@@ -63,6 +65,7 @@ class Fetched:
     ) -> None:
         for page in pages:
             good, bad = normalize_page(fn, page.items, ingest_ts=page.received_ms, **kwargs)
+            assert isinstance(self.records, list), "pages add to REST's records only"
             self.records.extend(good)
             self.rejects.extend({"reason": r.reason, "raw": r.raw} for r in bad)
 
@@ -104,14 +107,14 @@ def fetch_depth_snapshot(client: BinanceRestClient, symbol: str, limit: int) -> 
     page = client.depth(symbol, limit)
     out = Fetched()
     try:
-        out.records.append(
+        out.records = [
             cast(
                 Record,
                 depth_snapshot_from_rest(
                     page.items, symbol, page.received_ms + offset, page.received_ms
                 ),
             )
-        )
+        ]
     except MalformedPayload as exc:
         out.rejects.append({"reason": exc.reason, "raw": exc.raw})
     return out
@@ -204,22 +207,15 @@ def check_agg_hour(records: Sequence[Record], reference_count: int | None) -> st
     as many as Binance's 1m klines count in the hour (a cut file fails here)."""
     if reference_count is None:
         return "no trade count to hold the hour against (1m klines unavailable)"
-    # Whole columns compared at C speed (a day is ~2M aggTrades); the loop only names a jump.
+    # Whole columns at C speed (a day is ~2M aggTrades).
     ids, firsts, lasts = (
-        list(map(operator.itemgetter(k), records))
-        for k in ("trade_id", "first_trade_id", "last_trade_id")
+        int_column(records, k) for k in ("trade_id", "first_trade_id", "last_trade_id")
     )
-    if ids and (
-        ids != list(range(ids[0], ids[0] + len(ids)))
-        or not all(map(operator.eq, islice(firsts, 1, None), map((1).__add__, lasts)))
-    ):
-        for i in range(1, len(ids)):
-            if ids[i] != ids[i - 1] + 1 or firsts[i] != lasts[i - 1] + 1:
-                return (
-                    f"ids jump from aggTrade {ids[i - 1]} (l={lasts[i - 1]}) to {ids[i]} "
-                    f"(f={firsts[i]})"
-                )
-    covered = sum(lasts) - sum(firsts) + len(ids)
+    jumps = np.flatnonzero((ids[1:] != ids[:-1] + 1) | (firsts[1:] != lasts[:-1] + 1))
+    if jumps.size:
+        i = int(jumps[0]) + 1
+        return f"ids jump from aggTrade {ids[i - 1]} (l={lasts[i - 1]}) to {ids[i]} (f={firsts[i]})"
+    covered = int(lasts.sum()) - int(firsts.sum()) + len(ids)
     if covered != reference_count:
         return (
             f"the file covers {covered} trades, Binance's 1m klines count {reference_count}: "
@@ -234,8 +230,8 @@ def check_trade_hour(records: Sequence[Record], bounds: tuple[int, int] | None) 
     if bounds is None:
         return None if not records else f"{len(records)} trades in an hour without aggTrades"
     first, last = bounds
-    ids = list(map(operator.itemgetter("trade_id"), records))
-    if ids != list(range(first, last + 1)):
+    ids = int_column(records, "trade_id")
+    if len(ids) != last - first + 1 or not np.array_equal(ids, np.arange(first, last + 1)):
         return f"{len(ids)} trades in the file, the hour's aggTrades cover ids {first}..{last}"
     return None
 
@@ -290,7 +286,7 @@ class HistorySource:
         def rest(h: int) -> Fetched:
             return fetch_agg_trades(self.rest, symbol, h)
 
-        def check(f: ArchiveFile, h: int, records: list[Record]) -> str | None:
+        def check(f: ArchiveFile, h: int, records: Sequence[Record]) -> str | None:
             problem = check_agg_hour(records, self._trade_count(symbol, f, h))
             if problem is None and not records and self.mode == "auto":
                 # Both files say no trade: ask REST before believing an empty hour.
@@ -322,7 +318,7 @@ class HistorySource:
             b = hour_bounds(h)
             return Fetched() if b is None else fetch_trades(self.rest, symbol, *b)
 
-        def check(f: ArchiveFile, h: int, records: list[Record]) -> str | None:
+        def check(f: ArchiveFile, h: int, records: Sequence[Record]) -> str | None:
             return check_trade_hour(records, hour_bounds(h))
 
         return self._hours(symbol, TRADES, hours, check, rest)
@@ -331,7 +327,7 @@ class HistorySource:
         def rest(h: int) -> Fetched:
             return fetch_klines(self.rest, symbol, interval, h)
 
-        def check(f: ArchiveFile, h: int, records: list[Record]) -> str | None:
+        def check(f: ArchiveFile, h: int, records: Sequence[Record]) -> str | None:
             return check_kline_hour(records, interval, h)
 
         return self._hours(symbol, klines_type(interval), hours, check, rest)
@@ -343,7 +339,7 @@ class HistorySource:
         symbol: str,
         data_type: str,
         hours: Iterable[int],
-        check: Callable[[ArchiveFile, int, list[Record]], str | None],
+        check: Callable[[ArchiveFile, int, Sequence[Record]], str | None],
         rest: Callable[[int], Fetched],
     ) -> Iterator[HourFetch]:
         hours = sorted(set(hours))
@@ -384,7 +380,7 @@ class HistorySource:
         self,
         f: ArchiveFile,
         hours: Sequence[int],
-        check: Callable[[ArchiveFile, int, list[Record]], str | None],
+        check: Callable[[ArchiveFile, int, Sequence[Record]], str | None],
         rest: Callable[[int], Fetched],
     ) -> Iterator[HourFetch]:
         assert self.archive is not None

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import orjson
@@ -25,6 +25,7 @@ from ingest_pipeline.symbols import check_symbol
 from ingest_pipeline.timeutil import HOUR_MS
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_PAGE = 1000
 DEFAULT_WEIGHT_LIMIT = 6000
@@ -308,7 +309,7 @@ class BinanceRestClient:
         )
 
 
-def read_ahead(pages: Iterator[Page]) -> Iterator[Page]:
+def read_ahead(pages: Iterator[T]) -> Iterator[T]:
     """The same pages, with the next one requested while the caller works on the current one.
 
     Paging by ``fromId`` is sequential, so the only overlap left is the caller's parsing and

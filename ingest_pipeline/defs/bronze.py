@@ -48,6 +48,7 @@ from ingest_pipeline.defs.checks import Check, check_specs, hour_evaluations, ho
 from ingest_pipeline.defs.history_source import history_source
 from ingest_pipeline.defs.partitions import hourly_partitions, partition_hours
 from ingest_pipeline.defs.resources import BinanceRestResource, BronzeResource
+from ingest_pipeline.encoded import int_column
 from ingest_pipeline.preview import human_size, preview_table
 from ingest_pipeline.records import (
     AGG_TRADES,
@@ -132,7 +133,7 @@ class HourData:
     symbol: str
     data_type: str
     hour: int
-    records: list[Record]
+    records: Sequence[Record]
     store: BronzeStore
     # The previous hour's records when this run wrote them, so checks need not read them back.
     previous: list[Record] | None = None
@@ -291,9 +292,9 @@ def hour_metadata(
         meta[f"first_{ident}"] = dg.MetadataValue.int(result.first_key[-1])
         meta[f"last_{ident}"] = dg.MetadataValue.int(result.last_key[-1])
     if records:
-        times = [r[when] for r in records]
-        meta[f"first_{when}"] = dg.MetadataValue.text(iso_ms(min(times)))
-        meta[f"last_{when}"] = dg.MetadataValue.text(iso_ms(max(times)))
+        times = int_column(records, when)
+        meta[f"first_{when}"] = dg.MetadataValue.text(iso_ms(int(times.min())))
+        meta[f"last_{when}"] = dg.MetadataValue.text(iso_ms(int(times.max())))
     if result.changes:
         meta["changes"] = dg.MetadataValue.json(result.changes)
     meta["preview"] = dg.MetadataValue.md(preview_table(records, data_type))
@@ -527,7 +528,7 @@ def build_depth_snapshot_asset(symbol: str, settings: Settings) -> dg.AssetsDefi
         store = bronze.get_store()
         # Captures accumulate: every snapshot of the hour is a resync point for a book rebuild.
         captured = fetched.records
-        fetched.records = (store.read_hour(symbol, DEPTH_SNAPSHOT, current) or []) + captured
+        fetched.records = [*(store.read_hour(symbol, DEPTH_SNAPSHOT, current) or []), *captured]
         result = land_hour(context, bronze, store, symbol, DEPTH_SNAPSHOT, current, fetched)
         meta = hour_metadata(DEPTH_SNAPSHOT, result, fetched.records, len(fetched.rejects))
         if captured:

@@ -36,8 +36,10 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
+import numpy as np
 import orjson
 
+from ingest_pipeline.encoded import EncodedRecords, int_column
 from ingest_pipeline.records import (
     AGG_TRADES,
     Record,
@@ -85,7 +87,7 @@ def hour_path(symbol: str, data_type: str, hour_ms: int) -> str:
 
 def prepare_records(
     records: Iterable[Record], data_type: str, hour_ms: int, symbol: str
-) -> tuple[list[Record], int]:
+) -> tuple[Sequence[Record], int]:
     """Sort by record key and drop duplicate keys (the first seen wins).
 
     Returns the records and the number of duplicates dropped. A record of another symbol (or
@@ -93,6 +95,10 @@ def prepare_records(
     raises ``ValueError``. Within one object the key's other parts are constant, so its id
     field alone orders and identifies the records.
     """
+    if isinstance(records, EncodedRecords):
+        if _in_order(records, data_type, hour_ms, symbol):
+            return records, 0
+        records = records.decoded()
     records = list(records)
     if not records:
         return records, 0
@@ -118,6 +124,18 @@ def prepare_records(
     for i, r in zip(ids, records, strict=True):
         unique.setdefault(i, r)
     return [unique[i] for i in sorted(unique)], len(records) - len(unique)
+
+
+def _in_order(records: EncodedRecords, data_type: str, hour_ms: int, symbol: str) -> bool:
+    """Whether JSON-line records are already what ``prepare_records`` would return: ids
+    strictly increasing, times inside the hour, one symbol (by construction, asserted)."""
+    if records.symbol != symbol or kline_interval(data_type) is not None:
+        return False
+    ids = int_column(records, id_field(data_type))
+    times = int_column(records, time_field(data_type))
+    return not len(records) or bool(
+        times.min() >= hour_ms and times.max() < hour_ms + HOUR_MS and np.all(ids[1:] > ids[:-1])
+    )
 
 
 def encode_jsonl_gz(records: Sequence[Record], level: int = DEFAULT_GZIP_LEVEL) -> bytes:
@@ -165,6 +183,13 @@ def encode_with_fingerprint(
     """
     # wbits=31 selects the gzip container; zlib writes mtime 0, unlike GzipFile's default.
     compressor = zlib.compressobj(level, zlib.DEFLATED, 31)
+    if isinstance(records, EncodedRecords):
+        # Already JSON lines: deflate on a second thread while this one hashes (both release
+        # the GIL).
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            body = pool.submit(lambda: compressor.compress(records.jsonl) + compressor.flush())
+            fingerprint = hashlib.sha256(records.masked).hexdigest()
+            return body.result(), fingerprint
     digest = hashlib.sha256()
     parts: list[bytes] = []
     # zlib releases the GIL while it deflates: compressing chunk i on a second thread while
@@ -229,11 +254,12 @@ class TradeCoverage:
     @classmethod
     def of(cls, aggs: Sequence[Record]) -> TradeCoverage:
         """Of aggTrades ordered by id (as a bronze object holds them)."""
-        firsts = map(operator.itemgetter("first_trade_id"), aggs)
-        covered = sum(map(operator.itemgetter("last_trade_id"), aggs)) - sum(firsts) + len(aggs)
         if not aggs:
-            return cls(0, covered)
-        return cls(len(aggs), covered, aggs[0]["first_trade_id"], aggs[-1]["last_trade_id"])
+            return cls(0, 0)
+        firsts = int_column(aggs, "first_trade_id")
+        lasts = int_column(aggs, "last_trade_id")
+        covered = int(lasts.sum()) - int(firsts.sum()) + len(aggs)
+        return cls(len(aggs), covered, int(firsts[0]), int(lasts[-1]))
 
     @property
     def bounds(self) -> tuple[int, int] | None:
