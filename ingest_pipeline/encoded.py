@@ -18,23 +18,27 @@ import orjson
 
 from ingest_pipeline.records import Record
 
+# Bytes, or a view of some: the lines of one block of the writer without a copy.
+Chunk = bytes | memoryview
+
 
 class EncodedRecords(Sequence[Record]):
-    """One hour's records of one symbol as JSON lines (``jsonl``, one ``\\n``-terminated line per
-    record, exactly what bronze's serializer writes for them), the same lines with every
-    ``ingest_ts`` zeroed (``masked``, what the content fingerprint hashes) and int64 columns
-    by record field (at least the time and id fields)."""
+    """One hour's records of one symbol as JSON lines in chunks (``jsonl``: each chunk whole
+    ``\n``-terminated lines, one per record, exactly what bronze's serializer writes for
+    them), the same lines with every ``ingest_ts`` zeroed (``masked``, what the content
+    fingerprint hashes) and int64 columns by record field (at least the time and id fields).
+    Chunks are kept as they came: joining an hour's ~30 MB would cost a copy."""
 
     def __init__(
         self,
         symbol: str,
-        jsonl: bytes,
-        masked: bytes,
+        jsonl: Sequence[Chunk],
+        masked: Sequence[Chunk],
         columns: dict[str, np.ndarray],
     ) -> None:
         self.symbol = symbol
-        self.jsonl = jsonl
-        self.masked = masked
+        self.jsonl = [c for c in jsonl if len(c)]
+        self.masked = [c for c in masked if len(c)]
         self.columns = columns
         self._size = len(next(iter(columns.values())))
         self._decoded: list[Record] | None = None
@@ -53,10 +57,7 @@ class EncodedRecords(Sequence[Record]):
             # The first and last record (an object's key bounds) without decoding the rest.
             if not self._size:
                 raise IndexError(index)
-            last = len(self.jsonl) - 1
-            if index == 0:
-                return orjson.loads(self.jsonl[: self.jsonl.find(b"\n")])  # type: ignore[no-any-return]
-            return orjson.loads(self.jsonl[self.jsonl.rfind(b"\n", 0, last) + 1 : last])  # type: ignore[no-any-return]
+            return orjson.loads(_edge_line(self.jsonl[0] if index == 0 else self.jsonl[-1], index))  # type: ignore[no-any-return]
         return self.decoded()[index]
 
     def __eq__(self, other: object) -> bool:
@@ -76,9 +77,22 @@ class EncodedRecords(Sequence[Record]):
     def decoded(self) -> list[Record]:
         """The records as dicts (decoded once, then kept)."""
         if self._decoded is None:
-            lines = self.jsonl[:-1].replace(b"\n", b",")
+            lines = b"".join(self.jsonl)[:-1].replace(b"\n", b",")
             self._decoded = orjson.loads(b"[" + lines + b"]") if self._size else []
         return self._decoded
+
+
+def _edge_line(chunk: Chunk, index: int) -> bytes:
+    """The first (``index`` 0) or last (-1) line of a chunk of whole lines, reading only as
+    much of it as that line needs."""
+    n = 4096
+    while True:
+        part = bytes(chunk[:n] if index == 0 else chunk[-n:])
+        if index == 0 and (cut := part.find(b"\n")) >= 0:
+            return part[:cut]
+        if index == -1 and ((cut := part.rfind(b"\n", 0, len(part) - 1)) >= 0 or n >= len(chunk)):
+            return part[cut + 1 :]
+        n *= 2
 
 
 def int_column(records: Sequence[Record], name: str) -> np.ndarray:

@@ -161,17 +161,32 @@ comma(const char **pp, const char *end)
     } while (0)
 #define PUT_LIT(o, s) PUT((o), (s), sizeof(s) - 1)
 
+/* Two digits at a time: a timestamp has 13. */
+static const char DIGIT_PAIRS[201] =
+    "0001020304050607080910111213141516171819"
+    "2021222324252627282930313233343536373839"
+    "4041424344454647484950515253545556575859"
+    "6061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
 static inline char *
 put_int(char *o, int64_t v)
 {
-    char tmp[24];
-    int n = 0;
-    do {
-        tmp[sizeof(tmp) - 1 - n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    memcpy(o, tmp + sizeof(tmp) - n, n);
-    return o + n;
+    char tmp[24], *end = tmp + sizeof(tmp), *p = end;
+    while (v >= 100) {
+        p -= 2;
+        memcpy(p, DIGIT_PAIRS + 2 * (v % 100), 2);
+        v /= 100;
+    }
+    if (v >= 10) {
+        p -= 2;
+        memcpy(p, DIGIT_PAIRS + 2 * v, 2);
+    }
+    else {
+        *--p = (char)('0' + v);
+    }
+    memcpy(o, p, end - p);
+    return o + (end - p);
 }
 
 static inline char *

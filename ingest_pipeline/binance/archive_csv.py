@@ -444,8 +444,8 @@ class _HourBuilder:
 def _encoded(symbol: str, parts: list[Written]) -> EncodedRecords:
     return EncodedRecords(
         symbol,
-        b"".join(p.jsonl for p in parts),
-        b"".join(p.masked for p in parts),
+        [p.jsonl for p in parts],
+        [p.masked for p in parts],
         {n: np.concatenate([p.columns[n] for p in parts]) for n in parts[0].columns},
     )
 

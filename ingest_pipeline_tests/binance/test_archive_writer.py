@@ -225,7 +225,9 @@ def test_encoded_records_behave_as_the_list_they_hold() -> None:
     lines = b"".join(orjson.dumps(r) + b"\n" for r in records)
     masked = lines.replace(b'"ingest_ts":3', b'"ingest_ts":0')
     ids = np.arange(3, dtype=np.int64)
-    encoded = EncodedRecords(SYMBOL, lines, masked, {"trade_id": ids, "event_ts": ids + DAY})
+    half = lines.index(b"\n") + 1
+    chunks = [lines[:half], memoryview(lines)[half:]]
+    encoded = EncodedRecords(SYMBOL, chunks, [masked], {"trade_id": ids, "event_ts": ids + DAY})
     assert len(encoded) == 3 and encoded == records and list(encoded) == records
     assert encoded[0] == records[0] and encoded[-1] == records[-1] and encoded[1:] == records[1:]
     assert int_column(encoded, "trade_id") is ids
