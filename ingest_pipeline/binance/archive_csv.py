@@ -1,9 +1,15 @@
-"""Archive files into records: CSV -> Arrow batches -> the SPEC records of each hour.
+"""Archive files into records: the SPEC records of each hour of a CSV.
 
 Spot CSVs have no header row (some futures files gained one: detected, never assumed) and
 their timestamps are milliseconds up to 2024-12-31, microseconds from 2025-01-01; records keep
 milliseconds. Records are shaped exactly as the REST normalizers shape them, so an hour from
 either source is the same bronze object. Pure apart from reading the local zip.
+
+Two paths, one result. aggTrades and trades blocks go through the compiled writer
+(``_archive_rows.c``), which turns CSV text straight into bronze's JSON lines
+(``EncodedRecords``) and takes only rows it can write exactly; a block with any other row, and
+every klines file, goes through Arrow's CSV reader into dicts, which reject or refuse what
+deserves it. ``test_archive_writer.py`` holds the two to the same bronze bytes.
 """
 
 from __future__ import annotations
