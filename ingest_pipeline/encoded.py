@@ -24,7 +24,7 @@ Chunk = bytes | memoryview
 
 class EncodedRecords(Sequence[Record]):
     """One hour's records of one symbol as JSON lines in chunks (``jsonl``: each chunk whole
-    ``\n``-terminated lines, one per record, exactly what bronze's serializer writes for
+    newline-terminated lines, one per record, exactly what bronze's serializer writes for
     them), the same lines with every ``ingest_ts`` zeroed (``masked``, what the content
     fingerprint hashes) and int64 columns by record field (at least the time and id fields).
     Chunks are kept as they came: joining an hour's ~30 MB would cost a copy."""
