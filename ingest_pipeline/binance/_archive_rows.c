@@ -36,13 +36,14 @@ take_uint(const char **pp, const char *end, int64_t *out)
     const char *p = *pp;
     int64_t v = 0;
     int n = 0;
-    for (; p < end && *p != ','; p++, n++) {
+    for (; p < end && *p != ','; p++) {
         unsigned d = (unsigned)(*p - '0');
-        if (d > 9)
+        /* 18 digits always fit an int64; more could overflow it. */
+        if (d > 9 || ++n > 18)
             return 0;
         v = v * 10 + d;
     }
-    if (n < 1 || n > 18)
+    if (n < 1)
         return 0;
     *pp = p;
     *out = v;
@@ -216,7 +217,7 @@ typedef struct {
     int min_exp, max_exp;
     char *json, *masked;
     int64_t *ends, *ts, *ids, *firsts, *lasts;
-    Py_ssize_t json_n, masked_n;
+    Py_ssize_t lines, json_n, masked_n;
 } job;
 
 #define INGEST_KEY ",\"ingest_ts\":"
@@ -230,6 +231,9 @@ run(job *j)
     int agg = j->kind == KIND_AGG;
     Py_ssize_t r = 0;
     while (p < stop) {
+        /* The buffers were sized for the lines counted before the GIL was released. */
+        if (r == j->lines)
+            return 0;
         const char *nl = memchr(p, '\n', (size_t)(stop - p));
         const char *end = nl ? nl : stop;
         const char *next = nl ? nl + 1 : stop;
@@ -345,6 +349,7 @@ encode(PyObject *module, PyObject *args)
     job j = {
         .kind = kind, .data = data, .size = block.len, .head = head.buf, .head_n = head.len,
         .ingest = ingest.buf, .ingest_n = ingest.len, .min_exp = min_exp, .max_exp = max_exp,
+        .lines = lines,
         .json = PyBytes_AS_STRING(json), .masked = PyBytes_AS_STRING(masked),
         .ends = (int64_t *)PyBytes_AS_STRING(ends), .ts = (int64_t *)PyBytes_AS_STRING(ts),
         .ids = (int64_t *)PyBytes_AS_STRING(ids),

@@ -215,7 +215,7 @@ def check_agg_hour(records: Sequence[Record], reference_count: int | None) -> st
     if jumps.size:
         i = int(jumps[0]) + 1
         return f"ids jump from aggTrade {ids[i - 1]} (l={lasts[i - 1]}) to {ids[i]} (f={firsts[i]})"
-    covered = int(lasts.sum()) - int(firsts.sum()) + len(ids)
+    covered = int((lasts - firsts + 1).sum())
     if covered != reference_count:
         return (
             f"the file covers {covered} trades, Binance's 1m klines count {reference_count}: "

@@ -263,7 +263,7 @@ class TradeCoverage:
             return cls(0, 0)
         firsts = int_column(aggs, "first_trade_id")
         lasts = int_column(aggs, "last_trade_id")
-        covered = int(lasts.sum()) - int(firsts.sum()) + len(aggs)
+        covered = int((lasts - firsts + 1).sum())
         return cls(len(aggs), covered, int(firsts[0]), int(lasts[-1]))
 
     @property

@@ -160,6 +160,7 @@ GOOD_AGG = "10,93000.01000000,0.00100000,100,101,{t},True,True"
         ("11,93000.5,1.0,102,102,{t},TRUE,True", "another spelling of true"),
         ("11,93000.5,1.0,103,102,{t},True,True", "f above l"),
         ("11,93000.5,1.0,102,102,{t},True", "a missing column"),
+        ("1" * 20 + ",93000.5,1.0,102,102,{t},True,True", "an id past int64"),
     ],
 )
 def test_rows_the_writer_declines_take_the_general_path(tmp_path: Path, odd: str, why: str) -> None:
