@@ -139,10 +139,7 @@ def read_batches(
     header = _header(source, kind)
     if header is None:
         return
-    try:
-        yield from _batches(source, kind, columns, header, block_bytes)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise ArchiveFormatError(f"{kind} CSV: {exc}") from exc
+    yield from _batches(source, kind, columns, header, block_bytes)
 
 
 def _batches(
@@ -152,27 +149,31 @@ def _batches(
     header: bool,
     block_bytes: int,
 ) -> Iterator[pa.RecordBatch]:
-    # Arrow parses the first block on open: conversion errors can surface here too.
-    reader = pacsv.open_csv(
-        source,
-        read_options=pacsv.ReadOptions(
-            column_names=[name for name, _ in columns],
-            skip_rows=1 if header else 0,
-            block_size=block_bytes,
-            use_threads=False,
-        ),
-        parse_options=pacsv.ParseOptions(newlines_in_values=False),
-        convert_options=pacsv.ConvertOptions(
-            column_types=dict(columns),
-            true_values=["True", "true", "TRUE", "1"],
-            false_values=["False", "false", "FALSE", "0"],
-            strings_can_be_null=False,
-            quoted_strings_can_be_null=False,
-        ),
-    )
-    for batch in reader:
-        if batch.num_rows:
-            yield batch
+    """Arrow batches of a CSV without its header; a row Arrow cannot convert raises
+    ArchiveFormatError, wherever it is (Arrow parses the first block on open)."""
+    try:
+        reader = pacsv.open_csv(
+            source,
+            read_options=pacsv.ReadOptions(
+                column_names=[name for name, _ in columns],
+                skip_rows=1 if header else 0,
+                block_size=block_bytes,
+                use_threads=False,
+            ),
+            parse_options=pacsv.ParseOptions(newlines_in_values=False),
+            convert_options=pacsv.ConvertOptions(
+                column_types=dict(columns),
+                true_values=["True", "true", "TRUE", "1"],
+                false_values=["False", "false", "FALSE", "0"],
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+        for batch in reader:
+            if batch.num_rows:
+                yield batch
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise ArchiveFormatError(f"{kind} CSV: {exc}") from exc
 
 
 def to_ms(values: np.ndarray) -> np.ndarray:
@@ -526,13 +527,10 @@ def _parts(
             continue
         # A row the writer does not take: the whole block the general way, which rejects or
         # refuses what deserves it.
-        try:
-            for batch in _batches(
-                io.BufferedReader(io.BytesIO(block)), kind, columns, False, block_bytes
-            ):
-                yield from make(batch, symbol, ingest_ts)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise ArchiveFormatError(f"{kind} CSV: {exc}") from exc
+        for batch in _batches(
+            io.BufferedReader(io.BytesIO(block)), kind, columns, False, block_bytes
+        ):
+            yield from make(batch, symbol, ingest_ts)
 
 
 def _text_blocks(source: IO[bytes], block_bytes: int, skip_header: bool) -> Iterator[bytes]:
@@ -555,22 +553,22 @@ def _written_parts(output: tuple[Any, ...], digits: int) -> Iterator[HourPart]:
     """The compiled writer's output for one block, cut into hours."""
     jsonl, masked, ends_b, ts_b, ids_b, firsts_b, lasts_b = output
     ends, ts, ids = (np.frombuffer(b, np.int64) for b in (ends_b, ts_b, ids_b))
-    hours = ts - ts % HOUR_MS
-    if np.any(hours[1:] < hours[:-1]):
-        raise ArchiveFormatError("rows are not in time order")
-    cuts = np.flatnonzero(hours[1:] != hours[:-1]) + 1
-    bounds = [0, *cuts.tolist(), hours.size]
+    firsts = None if firsts_b is None else np.frombuffer(firsts_b, np.int64)
+    lasts = None if lasts_b is None else np.frombuffer(lasts_b, np.int64)
     # A masked line is the written one with ingest_ts's digits reduced to one "0".
     shrink = digits - 1
     whole, masked_whole = memoryview(jsonl), memoryview(masked)
-    for i, j in zip(bounds, bounds[1:], strict=False):
+
+    def make(hour: int, i: int, j: int) -> HourPart:
         start = int(ends[i - 1]) if i else 0
         end = int(ends[j - 1])
         columns = {"event_ts": ts[i:j], "trade_id": ids[i:j]}
-        if firsts_b is not None:
-            columns["first_trade_id"] = np.frombuffer(firsts_b, np.int64)[i:j]
-            columns["last_trade_id"] = np.frombuffer(lasts_b, np.int64)[i:j]
+        if firsts is not None and lasts is not None:
+            columns["first_trade_id"] = firsts[i:j]
+            columns["last_trade_id"] = lasts[i:j]
         written = Written(
             whole[start:end], masked_whole[start - i * shrink : end - j * shrink], columns
         )
-        yield HourPart(int(hours[i]), [], written=written)
+        return HourPart(hour, [], written=written)
+
+    return _split_by_hour(ts - ts % HOUR_MS, make)
